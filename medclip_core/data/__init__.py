@@ -1,0 +1,13 @@
+"""Data for MedCLIP Explorer: the Open-i report corpus and the phantom chest X-ray set rendered from it."""
+from medclip_core.data.reports import (
+    FINDINGS,
+    MESH_TO_FINDING,
+    Finding,
+    Report,
+    corpus_stats,
+    load_reports,
+    report_splits,
+)
+
+__all__ = ["FINDINGS", "MESH_TO_FINDING", "Finding", "Report", "corpus_stats", "load_reports",
+           "report_splits"]
