@@ -1,0 +1,200 @@
+"""The one interface every model backend implements, and the model card that describes it.
+
+Tasks only ever see a :class:`ClipModel`: ``preprocess`` an image, ``tokenize`` texts,
+``encode_image`` / ``encode_text`` (L2-normalised, same space), ``patch_tokens`` (per-patch
+embeddings projected into that space, for heatmaps and segmentation) and ``logit_scale``.
+Backends (open_clip, transformers) subclass it and fill in four small hooks.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from medclip_core.errors import MedclipError
+from medclip_core.io import MedicalImage, image_from_array
+
+ImageLike = Union[MedicalImage, Image.Image, np.ndarray]
+
+
+class PatchTokensUnsupported(MedclipError, NotImplementedError):
+    """The model's image tower has no per-patch embeddings in the joint space (e.g. ResNet + attention pool)."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a user needs to know to choose and cite a model."""
+
+    name: str
+    backend: str
+    source: str
+    modality: str
+    image_size: int
+    embed_dim: int
+    licence: str
+    description: str = ""
+    url: str = ""
+    context_length: int | None = None
+    gated: bool = False
+    clinical_use: str = "research only, not for diagnosis"
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How an original image of ``width`` x ``height`` maps onto the square model input.
+
+    The image is scaled by ``scale`` (resize) and then the window starting at ``(left, top)``
+    of side ``input_size`` is kept (centre crop). ``original_box`` is that window in original
+    pixel coordinates, which is where a patch map must be drawn back.
+    """
+
+    width: int
+    height: int
+    input_size: int
+    scale_x: float
+    scale_y: float
+    left: float
+    top: float
+
+    @property
+    def original_box(self) -> tuple[float, float, float, float]:
+        x0 = self.left / self.scale_x
+        y0 = self.top / self.scale_y
+        return (x0, y0, x0 + self.input_size / self.scale_x, y0 + self.input_size / self.scale_y)
+
+
+def image_to_rgb_array(image: ImageLike) -> np.ndarray:
+    """Any accepted image type -> float32 (H, W, 3) in [0, 1]."""
+    if isinstance(image, Image.Image):
+        image = image_from_array(np.asarray(image.convert("RGB")))
+    elif isinstance(image, np.ndarray):
+        image = image_from_array(image)
+    if not isinstance(image, MedicalImage):
+        raise MedclipError(f"Expected an image, got {type(image).__name__}.")
+    pixels = image.pixels.astype(np.float32, copy=False)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return pixels
+
+
+class ClipModel(ABC):
+    """A CLIP-style dual encoder with the preprocessing it was trained with.
+
+    ``resize_mode`` is ``"crop"`` (shorter side to ``image_size`` then centre crop, as CLIP and
+    open_clip do) or ``"squash"`` (resize both sides to ``image_size``, as SigLIP does).
+    """
+
+    def __init__(
+        self,
+        card: ModelCard,
+        device: torch.device,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        resize_mode: str = "crop",
+    ) -> None:
+        self.card = card
+        self.device = device
+        self.image_size = card.image_size
+        self.resize_mode = resize_mode
+        self._mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
+
+    # -- hooks the backends implement -------------------------------------------------
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """Texts -> whatever the text tower takes (a tensor or a dict of tensors), on ``device``."""
+
+    @abstractmethod
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels -> (B, D) unnormalised embeddings; differentiable."""
+
+    @abstractmethod
+    def text_features(self, tokens: Any) -> torch.Tensor:
+        """Tokens -> (B, D) unnormalised embeddings; differentiable."""
+
+    @abstractmethod
+    def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, gh, gw, D) per-patch embeddings in the joint space, unnormalised."""
+
+    @property
+    @abstractmethod
+    def logit_scale(self) -> float:
+        """The learned temperature, as the multiplier of cosine similarities."""
+
+    @property
+    @abstractmethod
+    def module(self) -> torch.nn.Module:
+        """The underlying torch module (for training, devices and parameter counts)."""
+
+    # -- shared behaviour ---------------------------------------------------------------
+    def geometry(self, width: int, height: int) -> CropGeometry:
+        size = self.image_size
+        if self.resize_mode == "squash":
+            return CropGeometry(width, height, size, size / width, size / height, 0.0, 0.0)
+        scale = size / min(width, height)
+        new_w, new_h = round(width * scale), round(height * scale)
+        return CropGeometry(
+            width, height, size, new_w / width, new_h / height, (new_w - size) // 2, (new_h - size) // 2
+        )
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """One image -> (3, S, S) float tensor, resized, cropped and normalised as the model expects."""
+        rgb = torch.from_numpy(np.ascontiguousarray(image_to_rgb_array(image))).permute(2, 0, 1)
+        height, width = rgb.shape[1:]
+        geo = self.geometry(width, height)
+        new_size = (round(height * geo.scale_y), round(width * geo.scale_x))
+        resized = F.interpolate(rgb[None], size=new_size, mode="bicubic", antialias=True, align_corners=False)[0]
+        left, top = int(geo.left), int(geo.top)
+        cropped = resized[:, top : top + self.image_size, left : left + self.image_size].clamp(0.0, 1.0)
+        return (cropped - self._mean) / self._std
+
+    def preprocess_batch(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        return torch.stack([self.preprocess(image) for image in images])
+
+    def _as_pixels(self, images: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            images = self.preprocess_batch(list(images))
+        if images.ndim == 3:
+            images = images[None]
+        return images.to(self.device, dtype=self._dtype)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @torch.inference_mode()
+    def encode_image(self, images: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor:
+        """Images (preprocessed batch or raw images) -> (B, D) L2-normalised float32 embeddings."""
+        return F.normalize(self.image_features(self._as_pixels(images)).float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> (B, D) L2-normalised float32 embeddings."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return F.normalize(self.text_features(self.tokenize(list(texts))).float(), dim=-1)
+
+    @torch.inference_mode()
+    def patch_tokens(self, images: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor:
+        """Images -> (B, gh, gw, D) L2-normalised per-patch embeddings in the joint space."""
+        return F.normalize(self.patch_features(self._as_pixels(images)).float(), dim=-1)
+
+    @property
+    def supports_patch_tokens(self) -> bool:
+        return True
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def eval(self) -> "ClipModel":
+        self.module.eval()
+        return self

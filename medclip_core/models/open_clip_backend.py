@@ -1,0 +1,201 @@
+"""open_clip backend: built-in architectures with pretrained tags, ``hf-hub:`` ids, ``local-dir:``
+folders in open_clip's layout, and our own checkpoints (which are open_clip architectures).
+
+Patch tokens: for open_clip's ``VisionTransformer`` the final tokens go through ``ln_post`` and
+the visual projection, the same path the pooled token takes; for timm ViT trunks (BiomedCLIP)
+the trunk's normalised tokens go through the projection head. Other towers (ResNets,
+attention-pooled towers) have no per-patch embeddings in the joint space.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import open_clip
+import torch
+from open_clip.timm_model import TimmModel
+from open_clip.transformer import VisionTransformer
+from safetensors.torch import load_file
+
+from medclip_core.errors import ModelUnavailableError
+from medclip_core.models import checkpoint, hub
+from medclip_core.models.base import ClipModel, ModelCard, PatchTokensUnsupported
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class OpenClipModel(ClipModel):
+    """A ``ClipModel`` around an open_clip ``CLIP``/``CustomTextCLIP`` and its tokenizer."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, card: ModelCard, device: torch.device,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(card, device, mean, std, resize_mode="crop")
+        self._model = model.to(device).eval()
+        self._tokenizer = tokenizer
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self._model
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self._tokenizer, "context_length", None) or 77)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts)).to(self.device)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._model.encode_image(pixels)
+
+    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._model.encode_text(tokens)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self._model.logit_scale.exp().item())
+
+    @property
+    def supports_patch_tokens(self) -> bool:
+        visual = self._model.visual
+        if isinstance(visual, VisionTransformer):
+            return visual.attn_pool is None
+        return isinstance(visual, TimmModel) and hasattr(visual.trunk, "forward_features") and hasattr(
+            visual.trunk, "num_prefix_tokens"
+        )
+
+    def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not self.supports_patch_tokens:
+            raise PatchTokensUnsupported(
+                f"Model '{self.card.name}' has a {type(self._model.visual).__name__} image tower without "
+                "per-patch embeddings in the joint space, so heatmaps and segmentation are not available for it."
+            )
+        visual = self._model.visual
+        if isinstance(visual, VisionTransformer):
+            x = visual.transformer(visual._embeds(pixels))
+            tokens = visual.ln_post(x[:, 1:])
+            if visual.proj is not None:
+                tokens = tokens @ visual.proj
+        else:
+            x = visual.trunk.forward_features(pixels)
+            tokens = visual.head(x[:, visual.trunk.num_prefix_tokens :])
+        grid = int(math.isqrt(tokens.shape[1]))
+        return tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
+
+
+def _preprocess_stats(model: torch.nn.Module) -> tuple[int, Sequence[float], Sequence[float]]:
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", getattr(model.visual, "image_size", 224))
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return int(size), cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), cfg.get("std", open_clip.OPENAI_DATASET_STD)
+
+
+def _embed_dim(model: torch.nn.Module) -> int:
+    with torch.no_grad():
+        size = _preprocess_stats(model)[0]
+        return int(model.encode_image(torch.zeros(1, 3, size, size, device=next(model.parameters()).device)).shape[-1])
+
+
+def _finish(model: torch.nn.Module, tokenizer: Any, card: ModelCard, device: torch.device) -> OpenClipModel:
+    size, mean, std = _preprocess_stats(model)
+    card_fields = card.to_dict()
+    card_fields.update(image_size=size, embed_dim=_embed_dim(model),
+                       context_length=int(getattr(tokenizer, "context_length", 0) or 0) or None)
+    return OpenClipModel(model, tokenizer, ModelCard(**card_fields), device, mean, std)
+
+
+def load_open_clip_dir(path: Path, card: ModelCard, device: torch.device) -> OpenClipModel:
+    """A folder in open_clip's hub layout: open_clip_config.json + open_clip_model.safetensors (or .bin)."""
+    name = f"local-dir:{path}"
+    try:
+        model = open_clip.create_model(name, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelUnavailableError(f"Could not load the open_clip model in {path}: {exc}") from exc
+    return _finish(model, tokenizer, card, device)
+
+
+def load_open_clip_hub(repo_id: str, card: ModelCard, device: torch.device) -> OpenClipModel:
+    where = hub.locate(card.name, repo_id, OPEN_CLIP_CONFIG)
+    if isinstance(where, Path):
+        return load_open_clip_dir(where, card, device)
+    try:
+        model = open_clip.create_model(f"hf-hub:{repo_id}", device=device)
+        tokenizer = open_clip.get_tokenizer(f"hf-hub:{repo_id}")
+    except Exception as exc:  # network or hub errors of any library layer
+        raise ModelUnavailableError(f"Downloading '{card.name}' ({repo_id}) failed: {exc}") from exc
+    return _finish(model, tokenizer, card, device)
+
+
+def builtin_weights_repo(architecture: str, tag: str) -> str:
+    cfg = open_clip.get_pretrained_cfg(architecture, tag)
+    if not cfg or not cfg.get("hf_hub"):
+        raise ModelUnavailableError(f"open_clip has no pretrained weights '{tag}' for '{architecture}'.")
+    return cfg["hf_hub"].rstrip("/")
+
+
+def load_open_clip_builtin(architecture: str, tag: str, card: ModelCard, device: torch.device) -> OpenClipModel:
+    repo_id = builtin_weights_repo(architecture, tag)
+    weights = next((p for f in OPEN_CLIP_WEIGHTS if (p := hub.cached_snapshot(repo_id, f)) is not None), None)
+    if weights is None and not hub.hub_reachable():
+        raise ModelUnavailableError(hub.unavailable_message(card.name, repo_id))
+    try:
+        if weights is not None:
+            weight_file = next(weights / f for f in OPEN_CLIP_WEIGHTS if (weights / f).is_file())
+            model = open_clip.create_model(architecture, pretrained=str(weight_file), device=device)
+        else:
+            model = open_clip.create_model(architecture, pretrained=tag, device=device)
+        tokenizer = open_clip.get_tokenizer(architecture)
+    except Exception as exc:  # network or hub errors of any library layer
+        raise ModelUnavailableError(f"Loading '{card.name}' ({architecture}, {tag}) failed: {exc}") from exc
+    return _finish(model, tokenizer, card, device)
+
+
+def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    """The open_clip module and tokenizer a checkpoint config describes (weights not loaded)."""
+    model_cfg = json.loads(json.dumps(config["model_cfg"]))
+    text_cfg = model_cfg.setdefault("text_cfg", {})
+    package = config.get("text_tower_package")
+    if package:
+        tower = str(checkpoint.text_tower_path(package))
+        text_cfg.update(hf_model_name=tower, hf_tokenizer_name=tower, hf_model_pretrained=True)
+    if text_cfg.get("hf_model_name"):
+        module = open_clip.model.CustomTextCLIP(**model_cfg)
+        tokenizer = open_clip.tokenizer.HFTokenizer(
+            text_cfg.get("hf_tokenizer_name") or text_cfg["hf_model_name"],
+            context_length=text_cfg.get("context_length", 77),
+        )
+    else:
+        module = open_clip.model.CLIP(**model_cfg)
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+    pre = config.get("preprocess_cfg", {})
+    module.visual.preprocess_cfg = {
+        "size": model_cfg["vision_cfg"].get("image_size", 224),
+        "mean": pre.get("mean", open_clip.OPENAI_DATASET_MEAN),
+        "std": pre.get("std", open_clip.OPENAI_DATASET_STD),
+    }
+    return module, tokenizer
+
+
+def load_checkpoint_dir(path: Path, card: ModelCard | None, device: torch.device) -> OpenClipModel:
+    """Our own checkpoint folder (see :mod:`medclip_core.models.checkpoint`)."""
+    config = checkpoint.read_config(path)
+    weights = path / checkpoint.WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelUnavailableError(f"Checkpoint folder {path} has no {checkpoint.WEIGHTS_NAME}.")
+    module, tokenizer = build_checkpoint_module(config)
+    state = load_file(str(weights))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    frozen = checkpoint.frozen_prefix(config)
+    missing = [k for k in missing if not (frozen and k.startswith(frozen))]
+    if missing or unexpected:
+        raise ModelUnavailableError(
+            f"Checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    if card is None:
+        card = ModelCard(**{**config["card"], "source": f"local-dir:{path}"})
+    elif config.get("card", {}).get("metrics"):
+        card = ModelCard(**{**card.to_dict(), "metrics": config["card"]["metrics"]})
+    return _finish(module.to(device), tokenizer, card, device)
