@@ -1,0 +1,157 @@
+"""Metrics as small pure numpy functions, so every number the app reports can be checked by hand.
+
+Classification: ROC AUC (rank based, ties counted half). Retrieval: recall@k and precision@k over
+a similarity matrix with a boolean relevance matrix (relevance need not be one-to-one). Grounding:
+the pointing game on a heatmap drawn back onto the original image through the model's crop, and
+IoU / Dice for masks.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from medclip_core.models.base import CropGeometry
+
+Box = tuple[float, float, float, float]
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``; tied values share the mean of the ranks they span."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    # start index of each run of equal values
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    run_ranks = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(run_ranks, ends - starts)
+    return ranks
+
+
+def roc_auc(y_true: Sequence[bool] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative).
+
+    Computed from ranks (Mann-Whitney U), ties between a positive and a negative count 1/2.
+    Returns NaN when only one class is present.
+    """
+    y = np.asarray(y_true).astype(bool).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    if y.shape != score.shape:
+        raise ValueError(f"y_true has {y.size} entries, score has {score.size}.")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum = average_ranks(score)[y].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _top_k_relevance(similarity: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """(Q, min(k, G)) relevance of each query's k most similar gallery items, best first."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    relevant = np.asarray(relevant, dtype=bool)
+    if similarity.shape != relevant.shape or similarity.ndim != 2:
+        raise ValueError(f"similarity {similarity.shape} and relevant {relevant.shape} must be the same (Q, G).")
+    if k < 1:
+        raise ValueError("k must be at least 1.")
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(relevant, top, axis=1)
+
+
+def recall_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
+    """Fraction of queries with at least one relevant item among their top k, for each k.
+
+    ``similarity`` and ``relevant`` are (Q, G): query i against gallery item j. Queries with no
+    relevant item at all are left out (NaN when none is left). Equal similarities keep gallery order.
+    """
+    has_relevant = np.asarray(relevant, dtype=bool).any(axis=1)
+    out = {}
+    for k in ks:
+        hits = _top_k_relevance(similarity, relevant, k).any(axis=1)[has_relevant]
+        out[k] = float(hits.mean()) if hits.size else float("nan")
+    return out
+
+
+def precision_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Iterable[int] = (5,)) -> dict[int, float]:
+    """Mean over queries of the fraction of relevant items among the top k (top G when G < k)."""
+    return {k: float(_top_k_relevance(similarity, relevant, k).mean()) for k in ks}
+
+
+def point_in_boxes(x: float, y: float, boxes: Iterable[Box]) -> bool:
+    """Whether the point (x, y), in pixel coordinates, lies in any ``(x0, y0, x1, y1)`` box (edges included)."""
+    return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in boxes)
+
+
+def pointing_game(heatmap: np.ndarray, boxes: Iterable[Box]) -> bool:
+    """Hit when the heatmap's maximum (first one if tied) falls in any box.
+
+    The maximum is the pixel at column x, row y, taken at its centre (x + 0.5, y + 0.5); boxes are
+    ``(x0, y0, x1, y1)`` in the same pixel coordinates, so pixel i spans [i, i + 1).
+    """
+    heatmap = np.asarray(heatmap)
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return point_in_boxes(col + 0.5, row + 0.5, boxes)
+
+
+def _bilinear_weights(n_out: int, start: float, stop: float, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix that samples n_in cells spread over [start, stop) at pixel centres.
+
+    Matches ``align_corners=False`` interpolation: cell centres sit at (j + 0.5) / n_in of the
+    span, values are clamped at the edges, and pixels outside the span get all-zero rows.
+    """
+    centres = np.arange(n_out) + 0.5
+    inside = (centres >= start) & (centres < stop)
+    position = (centres - start) / (stop - start) * n_in - 0.5
+    position = np.clip(position, 0.0, n_in - 1)
+    lower = np.floor(position).astype(int)
+    upper = np.minimum(lower + 1, n_in - 1)
+    frac = position - lower
+    weights = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(weights, (rows, lower), 1.0 - frac)
+    np.add.at(weights, (rows, upper), frac)
+    weights[~inside] = 0.0
+    return weights
+
+
+def heatmap_from_patches(patch_sims: np.ndarray, geometry: CropGeometry, width: int, height: int) -> np.ndarray:
+    """Patch-grid scores (gh, gw) -> (height, width) heatmap in [0, 1] over the original image.
+
+    The grid is min-max scaled to [0, 1] and drawn bilinearly onto ``geometry.original_box``, the
+    part of the original image the model saw; pixels outside that box (cut by the centre crop) are 0.
+    A constant grid gives an all-zero map.
+    """
+    grid = np.asarray(patch_sims, dtype=np.float64)
+    if grid.ndim != 2:
+        raise ValueError(f"patch_sims must be (gh, gw), got shape {grid.shape}.")
+    span = grid.max() - grid.min()
+    grid = (grid - grid.min()) / span if span > 0 else np.zeros_like(grid)
+    x0, y0, x1, y1 = geometry.original_box
+    rows = _bilinear_weights(height, y0, y1, grid.shape[0])
+    cols = _bilinear_weights(width, x0, x1, grid.shape[1])
+    return np.clip(rows @ grid @ cols.T, 0.0, 1.0).astype(np.float32)
+
+
+def box_area_fraction(boxes: Iterable[Box], width: int, height: int) -> float:
+    """Fraction of a width x height image covered by the union of ``boxes`` (pixel centres inside)."""
+    covered = np.zeros((height, width), dtype=bool)
+    ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
+    for x0, y0, x1, y1 in boxes:
+        covered |= ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
+    return float(covered.mean())
+
+
+def iou(pred: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union of two boolean masks; 1.0 when both are empty."""
+    pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
+    union = np.logical_or(pred, target).sum()
+    return float(np.logical_and(pred, target).sum() / union) if union else 1.0
+
+
+def dice(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice coefficient 2|A∩B| / (|A| + |B|) of two boolean masks; 1.0 when both are empty."""
+    pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
+    total = pred.sum() + target.sum()
+    return float(2.0 * np.logical_and(pred, target).sum() / total) if total else 1.0

@@ -1,0 +1,252 @@
+"""One benchmark over the phantom chest X-ray set: zero-shot AUC, retrieval, grounding, speed.
+
+The phantom set gives, for every image, its report, its finding labels and a box per finding, so
+one pass measures what real public sets rarely allow together:
+
+* zero-shot: pairwise (CheXzero) prompt-ensemble probability per finding -> ROC AUC per finding
+  with at least ``MIN_CLASS_COUNT`` positives and negatives, and their macro mean;
+* retrieval between the n images and their n reports. Many reports say the same thing in other
+  words, so "the exact report" is the wrong target: a retrieved item counts as relevant when its
+  finding-label set equals the query's (recall@1/5/10, precision@5, both directions);
+* grounding (pointing game): patch-token similarity to the finding's positive prompt ensemble,
+  drawn back onto the image; a hit when its maximum lies in a box of that finding. Reported raw
+  and with CLIP-Surgery-style redundancy removal (the mean prompt embedding over all findings is
+  subtracted first, which cancels what every prompt has in common), beside the chance rate
+  (the mean fraction of the image the boxes cover);
+* timing: wall-clock seconds and image throughput.
+
+Text embeddings are computed afresh on every call (no cache), because this runs on models whose
+weights are still changing during training.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from medclip_core.data.reports import FINDINGS
+from medclip_core.eval.metrics import (
+    box_area_fraction, heatmap_from_patches, pointing_game, precision_at_k, recall_at_k, roc_auc,
+)
+from medclip_core.models.base import ClipModel
+from medclip_core.tasks.zero_shot import label_text_embeddings, scores_from_embeddings
+
+# Findings drawn as a localised density, for which a box is a fair grounding target.
+FOCAL_FINDINGS: tuple[str, ...] = tuple(
+    f for f in ("nodule", "opacity", "pleural effusion", "atelectasis", "calcified granuloma", "pneumothorax")
+    if f in FINDINGS)
+MIN_CLASS_COUNT = 5
+RETRIEVAL_KS = (1, 5, 10)
+PRECISION_K = 5
+IMAGE_SIZE = 224
+
+Progress = Callable[[float, str], Any]
+
+
+@dataclass
+class PhantomEvalResult:
+    """Everything :func:`evaluate_phantom` measured; ``to_dict()`` is the JSON written to disk.
+
+    * ``n_images`` rendered images over ``n_reports`` distinct reports.
+    * ``zero_shot``: ``mode``, ``auc`` {finding: AUC}, ``macro_auc``, ``positives`` {finding: count
+      for every finding}, ``skipped`` (findings with too few positives or negatives).
+    * ``retrieval``: ``image_to_text`` and ``text_to_image``, each {"recall@1", "recall@5",
+      "recall@10", "precision@5"}, and ``relevance`` (how a hit is defined).
+    * ``grounding``: ``raw`` and ``redundancy_removed``, each {"per_finding": {finding: hit rate},
+      "mean"}; ``chance`` {"per_finding", "mean"}; ``n_targets`` {finding: count}; ``note``.
+    * ``timing``: ``seconds_total``, ``seconds_render``, ``seconds_image_encoding``,
+      ``images_per_second`` (image encoding throughput).
+
+    Undefined values (no qualifying finding, no box) are None.
+    """
+
+    model: str
+    split: str
+    seed: int
+    n_images: int
+    n_reports: int
+    zero_shot: dict[str, Any]
+    retrieval: dict[str, Any]
+    grounding: dict[str, Any]
+    timing: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN -> None, numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _zero_shot_summary(probabilities: np.ndarray, label_sets: list[frozenset[str]]) -> dict[str, Any]:
+    truth = np.array([[label in labels for label in FINDINGS] for labels in label_sets], dtype=bool)
+    positives = {label: int(truth[:, j].sum()) for j, label in enumerate(FINDINGS)}
+    auc, skipped = {}, []
+    for j, label in enumerate(FINDINGS):
+        if min(positives[label], len(label_sets) - positives[label]) >= MIN_CLASS_COUNT:
+            auc[label] = roc_auc(truth[:, j], probabilities[:, j])
+        else:
+            skipped.append(label)
+    return {"mode": "pairwise", "auc": auc, "macro_auc": _mean(list(auc.values())),
+            "positives": positives, "skipped": skipped}
+
+
+def _retrieval_summary(similarity: np.ndarray, label_sets: list[frozenset[str]]) -> dict[str, Any]:
+    set_ids = {labels: i for i, labels in enumerate(dict.fromkeys(label_sets))}
+    ids = np.array([set_ids[labels] for labels in label_sets])
+    relevant = ids[:, None] == ids[None, :]
+
+    def direction(sim: np.ndarray, rel: np.ndarray) -> dict[str, float]:
+        out = {f"recall@{k}": v for k, v in recall_at_k(sim, rel, RETRIEVAL_KS).items()}
+        out[f"precision@{PRECISION_K}"] = precision_at_k(sim, rel, (PRECISION_K,))[PRECISION_K]
+        return out
+
+    return {"image_to_text": direction(similarity, relevant),
+            "text_to_image": direction(similarity.T, relevant.T),
+            "relevance": "same finding-label set"}
+
+
+class _PointingTally:
+    """Pointing-game hits per focal finding, raw and with redundancy removal, plus chance rates."""
+
+    def __init__(self) -> None:
+        self.hits = {"raw": {f: [] for f in FOCAL_FINDINGS}, "redundancy_removed": {f: [] for f in FOCAL_FINDINGS}}
+        self.chance = {f: [] for f in FOCAL_FINDINGS}
+
+    def add(self, patches: torch.Tensor, sample: Any, model: ClipModel,
+            directions: dict[str, dict[str, torch.Tensor]]) -> None:
+        height, width = np.asarray(sample.image).shape[:2]
+        geometry = model.geometry(width, height)
+        for finding in FOCAL_FINDINGS:
+            boxes = (sample.boxes or {}).get(finding) or []
+            if not boxes:
+                continue
+            self.chance[finding].append(box_area_fraction(boxes, width, height))
+            for variant, by_finding in directions.items():
+                sims = (patches @ by_finding[finding]).cpu().numpy()
+                heatmap = heatmap_from_patches(sims, geometry, width, height)
+                self.hits[variant][finding].append(float(pointing_game(heatmap, boxes)))
+
+    def summary(self, note: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for variant, per in self.hits.items():
+            rates = {f: _mean(v) for f, v in per.items() if v}
+            out[variant] = {"per_finding": rates, "mean": _mean(list(rates.values()))}
+        chance = {f: _mean(v) for f, v in self.chance.items() if v}
+        out["chance"] = {"per_finding": chance, "mean": _mean(list(chance.values()))}
+        out["n_targets"] = {f: len(v) for f, v in self.chance.items()}
+        out["note"] = note
+        return out
+
+
+def _report_major_order(n_reports: int, variants: int) -> list[int]:
+    """Dataset indices that visit every report once before any report's second rendering."""
+    return [report * variants + variant for variant in range(variants) for report in range(n_reports)]
+
+
+def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed: int = 0,
+                     batch_size: int = 64, progress: Progress | None = None) -> PhantomEvalResult:
+    """Run the phantom benchmark on ``n`` rendered samples of ``phantom_dataset(split, seed)``.
+
+    When the split has fewer than ``n`` reports (the test split has ~390), each report is rendered
+    in several seeded variants, and every report appears once before any appears again, so the
+    first ``n`` samples cover the split evenly. ``progress(fraction, message)``, when given, is
+    called as batches finish (``gr.Progress`` fits). See :class:`PhantomEvalResult` for the fields.
+    """
+    from medclip_core.data.phantom import phantom_dataset
+
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, message)
+
+    if n < 2:
+        raise ValueError(f"Need at least 2 phantom samples, got n={n}.")
+    start = time.perf_counter()
+    n_reports = len(phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE))
+    variants = math.ceil(n / n_reports)
+    dataset = phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE, variants_per_report=variants)
+    count = min(n, len(dataset))
+    samples = []
+    for i, index in enumerate(_report_major_order(n_reports, variants)[:count]):
+        samples.append(dataset[index])
+        if (i + 1) % batch_size == 0:
+            report(0.4 * (i + 1) / count, f"rendered {i + 1}/{count} images")
+    seconds_render = time.perf_counter() - start
+    label_sets = [frozenset(s.labels) for s in samples]
+
+    model.eval()
+    text = label_text_embeddings(model, FINDINGS, "pairwise", cache=None)
+    positive = dict(zip(FINDINGS, text.positive))
+    common = text.positive.mean(dim=0)
+    directions = {"raw": {f: positive[f] for f in FOCAL_FINDINGS},
+                  "redundancy_removed": {f: positive[f] - common for f in FOCAL_FINDINGS}}
+    grounding_note = None
+    if not model.supports_patch_tokens:
+        grounding_note = "skipped: this model has no patch tokens in the joint space"
+
+    tally = _PointingTally()
+    image_embeddings = []
+    seconds_encode = 0.0
+    for lo in range(0, count, batch_size):
+        batch = samples[lo:lo + batch_size]
+        tick = time.perf_counter()
+        pixels = model.preprocess_batch([s.image for s in batch])
+        image_embeddings.append(model.encode_image(pixels).cpu())
+        seconds_encode += time.perf_counter() - tick
+        if grounding_note is None:
+            targets = [i for i, s in enumerate(batch) if any((s.boxes or {}).get(f) for f in FOCAL_FINDINGS)]
+            if targets:
+                patches = model.patch_tokens(pixels[targets])
+                for patch_grid, i in zip(patches, targets):
+                    tally.add(patch_grid, batch[i], model, directions)
+        done = min(lo + batch_size, count)
+        report(0.4 + 0.5 * done / count, f"encoded {done}/{count} images")
+    image_embeddings = torch.cat(image_embeddings)
+
+    probabilities = scores_from_embeddings(image_embeddings, text, model.logit_scale)
+    report(0.9, "encoding reports")
+    texts = [s.report.text for s in samples]
+    text_embeddings = torch.cat([model.encode_text(texts[lo:lo + batch_size]).cpu()
+                                 for lo in range(0, count, batch_size)])
+    similarity = (image_embeddings @ text_embeddings.T).numpy()
+
+    seconds_total = time.perf_counter() - start
+    report(1.0, "done")
+    return PhantomEvalResult(
+        model=model.card.name, split=split, seed=seed, n_images=count,
+        n_reports=len({s.report.report_id for s in samples}),
+        zero_shot=_zero_shot_summary(probabilities, label_sets),
+        retrieval=_retrieval_summary(similarity, label_sets),
+        grounding=tally.summary(grounding_note),
+        timing={"seconds_total": seconds_total, "seconds_render": seconds_render,
+                "seconds_image_encoding": seconds_encode,
+                "images_per_second": count / seconds_encode if seconds_encode > 0 else float("nan")},
+    )
+
+
+def write_eval(result: PhantomEvalResult, path: str | Path) -> Path:
+    """Write ``result.to_dict()`` as indented JSON to ``path`` (folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+    return path
