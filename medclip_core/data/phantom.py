@@ -1,0 +1,932 @@
+"""The phantom chest X-ray set: a radiograph-like image rendered from each real Open-i report.
+
+No real chest radiographs ship offline, so we draw them. Each image starts from a real lung
+outline (the 517 v7labs lung masks inside the installed ``torchxrayvision`` package; the empty
+ones are dropped), placed in a fixed thoracic frame, and adds the anatomy a frontal film shows:
+body outline and soft tissue, air-dark lungs with branching vessel markings, posterior and
+anterior ribs, clavicles, spine, trachea, heart and mediastinum, diaphragm and gastric bubble.
+Then every finding the report's MeSH terms name is drawn where they say (side and zone), with
+its extent set by severity, and its pixels kept as a mask and boxes: ground truth for grounding
+and segmentation metrics. Last come a slight rotation/shift/scale, exposure and contrast
+variation, blur and quantum-like noise.
+
+The physics is a toy: we sum an attenuation map (soft tissue + bone + fluid - air) and expose
+it, ``1 - exp(-k * A)``, which gives the radiograph convention (air dark, bone bright) and the
+right kind of overlap: a rib crossing an opacity is brighter than either. Side convention: the
+patient's left is the image's right.
+
+Speed comes from caching everything that does not depend on the report: mask geometry per
+(mask, size), and banks of rib cages, vessel trees and noise textures per size.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import io
+import json
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage as ndi
+
+from medclip_core.data.reports import FINDINGS, Finding, Report, load_reports, report_splits
+
+# Where the lungs sit in every image before the final jitter (fractions of the image side).
+LUNG_BOX = (0.11, 0.09, 0.89, 0.80)  # x0, y0, x1, y1
+MIDLINE = 0.5
+N_VARIANTS = 6  # how many rib cages / vessel trees / textures each size keeps
+ANATOMY = ("lung_right", "lung_left", "heart")  # patient's right/left
+
+# Cardiothoracic ratio drawn for each cardiomegaly severity (normal hearts stay at 0.38-0.47).
+CTR_BY_SEVERITY = {"borderline": 0.53, "mild": 0.56, "small": 0.56, "moderate": 0.61,
+                   "large": 0.65, "severe": 0.68, None: 0.59}
+# Fraction of the lung height an effusion fills, by severity.
+EFFUSION_BY_SEVERITY = {"small": 0.12, "mild": 0.14, "borderline": 0.1, "moderate": 0.28,
+                        "large": 0.48, "severe": 0.55, None: 0.2}
+# Radius scale of opacities and other patches, by severity.
+EXTENT_BY_SEVERITY = {"borderline": 0.7, "small": 0.7, "mild": 0.8, "moderate": 1.15,
+                      "large": 1.5, "severe": 1.6, None: 1.0}
+
+
+@dataclass(frozen=True)
+class PhantomSample:
+    """One rendered image with its report and where each finding was drawn."""
+
+    report: Report
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    boxes: dict[str, list[tuple[int, int, int, int]]]
+    anatomy: dict[str, np.ndarray] = field(default_factory=dict)  # lung_right, lung_left, heart
+
+    @property
+    def labels(self) -> frozenset[str]:
+        return self.report.labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Lung masks and their geometry (cached)
+
+def _masks_archive() -> Path:
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("torchxrayvision is not installed; `pip install torchxrayvision`.")
+    return Path(spec.origin).parent / "data" / "semantic_masks_v7labs_lungs.zip"
+
+
+@functools.lru_cache(maxsize=1)
+def lung_mask_bank() -> tuple[np.ndarray, ...]:
+    """The usable real lung masks, each cropped to the lungs and resized to 128x128 (bool).
+
+    A mask is kept when it has two lungs: its two largest components, the smaller at least a
+    quarter of the larger, one on each side. Of the 517 masks, the 82 empty ones fail this.
+    """
+    bank = []
+    with zipfile.ZipFile(_masks_archive()) as archive:
+        for name in sorted(n for n in archive.namelist() if not n.endswith("/")):
+            image = Image.open(io.BytesIO(archive.read(name)))
+            image.draft("L", (256, 256))  # JPEG: decode at reduced scale, much faster
+            image = image.convert("L")
+            image.thumbnail((320, 320))
+            lungs = _two_lungs(np.asarray(image) > 64)
+            if lungs is not None:
+                bank.append(lungs)
+    return tuple(bank)
+
+
+def _two_lungs(mask: np.ndarray) -> np.ndarray | None:
+    labels, count = ndi.label(mask)
+    if count < 2:
+        return None
+    sizes = ndi.sum(mask, labels, range(1, count + 1))
+    first, second = np.argsort(sizes)[::-1][:2] + 1
+    if sizes[second - 1] < 0.25 * sizes[first - 1]:
+        return None
+    lungs = ndi.binary_fill_holes((labels == first) | (labels == second))
+    ys, xs = np.nonzero(lungs)
+    crop = lungs[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    resized = np.asarray(Image.fromarray(crop.astype(np.uint8) * 255).resize((128, 128), Image.BILINEAR)) > 127
+    cols = np.nonzero(resized.any(0))[0]
+    halves = resized[:, :64].sum(), resized[:, 64:].sum()
+    if min(halves) < 0.25 * max(halves) or cols.size < 100:
+        return None
+    return resized
+
+
+@dataclass(frozen=True)
+class LungGeometry:
+    """Per-mask geometry at one image size: the two lungs and where their zones lie."""
+
+    right: np.ndarray      # bool, patient's right lung (image left)
+    left: np.ndarray       # bool, patient's left lung (image right)
+    edge_dist: np.ndarray  # float16 px, distance to the lung edge inside the lungs
+    top: dict[str, float]  # side -> apex row (px)
+    bottom: np.ndarray     # per column: lowest lung row (px), -1 where no lung
+
+    def lung(self, side: str) -> np.ndarray:
+        return self.left if side == "left" else self.right
+
+
+@functools.lru_cache(maxsize=512)
+def lung_geometry(index: int, size: int) -> LungGeometry:
+    """Place mask ``index`` of the bank in the lung box of a ``size`` image; split and measure."""
+    base = lung_mask_bank()[index]
+    x0, y0, x1, y1 = (round(v * size) for v in LUNG_BOX)
+    placed = np.zeros((size, size), bool)
+    resized = Image.fromarray(base.astype(np.uint8) * 255).resize((x1 - x0, y1 - y0), Image.BILINEAR)
+    placed[y0:y1, x0:x1] = np.asarray(resized) > 127
+    labels, count = ndi.label(placed)
+    sizes = ndi.sum(placed, labels, range(1, count + 1))
+    a, b = np.argsort(sizes)[::-1][:2] + 1
+    ca, cb = (np.nonzero(labels == k)[1].mean() for k in (a, b))
+    right, left = (labels == a, labels == b) if ca < cb else (labels == b, labels == a)
+    edge_dist = ndi.distance_transform_edt(placed)
+    rows = np.arange(size)[:, None]
+    bottom = np.where(placed.any(0), (placed * rows).max(0), -1)
+    top = {side: float(np.nonzero(m.any(1))[0][0]) for side, m in (("right", right), ("left", left))}
+    return LungGeometry(right, left, edge_dist.astype(np.float16), top, bottom)
+
+
+# ---------------------------------------------------------------------------------------------
+# Anatomy banks per size (cached): coordinates, noise textures, rib cages, vessel trees, spine
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised pixel-centre coordinates (x, y) in [0, 1]."""
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size
+    return np.meshgrid(c, c)
+
+
+@functools.lru_cache(maxsize=8)
+def _textures(size: int) -> np.ndarray:
+    """Noise fields (2, N_VARIANTS, size, size), zero mean, unit std: [0] coarse, [1] fine grain."""
+    rng = np.random.default_rng(1234 + size)
+    out = []
+    for sigma in (0.014 * size, 0.004 * size + 0.3):
+        for _ in range(N_VARIANTS):
+            t = ndi.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma, mode="wrap")
+            out.append((t - t.mean()) / t.std())
+    return np.stack(out).reshape(2, N_VARIANTS, size, size)
+
+
+def _rib_curve(t: np.ndarray, y0: float, droop: float) -> np.ndarray:
+    """Centre row (normalised) of a posterior rib at lateral distance ``t`` from the spine."""
+    return y0 - 0.03 * np.sin(np.pi * np.clip(t, 0, 1) * 0.75) + droop * t ** 2
+
+
+@functools.lru_cache(maxsize=8)
+def _rib_cages(size: int) -> np.ndarray:
+    """Rib cages and clavicles (N_VARIANTS, size, size) as bone attenuation."""
+    xs, ys = _grid(size)
+    rng = np.random.default_rng(99 + size)
+    cages = []
+    for _ in range(N_VARIANTS):
+        cage = np.zeros((size, size), np.float32)
+        spacing = rng.uniform(0.062, 0.07)
+        first = rng.uniform(0.075, 0.095)
+        half_width = rng.uniform(0.40, 0.43)
+        for sign in (-1, 1):  # image left (patient right) and right
+            t = (xs - MIDLINE) * sign / half_width  # 0 at the spine, 1 at the chest wall
+            inside = (t > 0.06) & (t < 1.04)
+            for i in range(10):
+                thick = (0.011 + 0.0008 * i) * (1 - 0.25 * t)
+                centre = _rib_curve(t, first + i * spacing, 0.13 + 0.01 * i)
+                d = (ys - centre) / thick
+                band = np.clip(1 - d ** 2, 0, 1) ** 0.35 + 0.6 * np.exp(-((d - 0.85) / 0.22) ** 2)
+                cage += np.where(inside, band * (0.55 + 0.45 * (1 - t)), 0) * 0.115
+                # anterior rib: fainter, from the chest wall sweeping down towards the midline
+                ta = np.clip(t, 0.35, 1.0)
+                centre_a = first + (i - 0.6) * spacing + 0.03 + 0.16 * (1 - ta) ** 1.3
+                da = (ys - centre_a) / (thick * 1.1)
+                anterior = (t > 0.38) & (t < 1.0) & (i < 7)
+                cage += np.where(anterior, np.clip(1 - da ** 2, 0, 1) ** 0.5, 0) * 0.045
+            # clavicle: from the manubrium out and slightly up to the shoulder
+            tc = (xs - MIDLINE) * sign / 0.40
+            centre_c = 0.11 - 0.03 * tc + 0.03 * np.sin(np.pi * tc) * 0.6 + rng.uniform(-0.01, 0.01)
+            dc = (ys - centre_c) / (0.017 * (1.1 - 0.3 * tc))
+            clav = np.clip(1 - dc ** 2, 0, 1) ** 0.4 + 0.5 * np.exp(-(np.abs(dc) - 0.9) ** 2 / 0.05)
+            cage += np.where((tc > 0.08) & (tc < 0.95), clav, 0) * 0.22
+        cages.append(ndi.gaussian_filter(cage, 0.0025 * size))
+    return np.stack(cages)
+
+
+@functools.lru_cache(maxsize=8)
+def _vessel_trees(size: int) -> np.ndarray:
+    """Branching pulmonary vessel markings (N_VARIANTS, size, size), densest at the hila."""
+    rng = np.random.default_rng(7 + size)
+    trees = []
+    for _ in range(N_VARIANTS):
+        acc = np.zeros((size, size), np.float32)
+        for sign in (-1, 1):
+            hilum = np.array([MIDLINE + sign * 0.1, 0.43])
+            stack = []
+            for a in np.linspace(-155, 125, 11) + rng.uniform(-8, 8, 11):
+                rad = np.deg2rad(a)
+                root = hilum + rng.uniform(0.015, 0.035) * np.array([np.cos(rad) * sign, np.sin(rad)])
+                stack.append((root, rad, rng.uniform(0.07, 0.1), 1.0))
+            while stack:
+                start, angle, length, width = stack.pop()
+                direction = np.array([np.cos(angle) * sign, np.sin(angle)])
+                steps = max(int(length * size * 2), 2)
+                bend = rng.normal(0, 0.35)
+                t = np.linspace(0, 1, steps)[:, None]
+                normal = np.array([-direction[1], direction[0]])
+                pts = start + t * direction * length + bend * length * (t * (1 - t)) * normal
+                cols = np.clip((pts[:, 0] * size).astype(int), 0, size - 1)
+                rows = np.clip((pts[:, 1] * size).astype(int), 0, size - 1)
+                np.add.at(acc, (rows, cols), width ** 1.5 / np.sqrt(steps / (length * size)))
+                if width > 0.14:
+                    end = pts[-1]
+                    for turn in (rng.uniform(0.25, 0.7), -rng.uniform(0.25, 0.7)):
+                        stack.append((end, angle + turn + rng.normal(0, 0.2), length * rng.uniform(0.55, 0.8),
+                                      width * rng.uniform(0.6, 0.75)))
+            for _ in range(4):  # the hilum itself: lobulated vessel and node shadows
+                centre = hilum + rng.normal(0, 0.02, 2)
+                rows, cols = (np.clip(int(v * size), 0, size - 1) for v in centre[::-1])
+                acc[rows, cols] += 2.5
+        fine = ndi.gaussian_filter(acc, 0.003 * size + 0.25)
+        coarse = ndi.gaussian_filter(acc, 0.012 * size)
+        tree = fine + 4.0 * coarse
+        trees.append(tree / np.percentile(tree[tree > 0], 99))
+    return np.stack(trees)
+
+
+@functools.lru_cache(maxsize=8)
+def _spine(size: int) -> np.ndarray:
+    """A straight thoracic spine column at the midline: bodies, pedicles, discs, spinous processes."""
+    xs, ys = _grid(size)
+    dx = xs - MIDLINE
+    level = ys / 0.047
+    phase = level - np.floor(level)
+    body = np.exp(-(dx / 0.036) ** 6) * (0.75 + 0.25 * np.clip(np.abs(np.sin(np.pi * phase)), 0, 1) ** 0.3)
+    disc = np.exp(-((phase - 0.02) / 0.08) ** 2) * np.exp(-(dx / 0.034) ** 6)
+    pedicles = sum(np.exp(-(((dx - s * 0.027) / 0.009) ** 2 + ((phase - 0.4) / 0.16) ** 2)) for s in (-1, 1))
+    spinous = np.exp(-((dx / 0.008) ** 2 + ((phase - 0.75) / 0.2) ** 2))
+    column = 0.22 * body - 0.08 * disc + 0.12 * pedicles + 0.06 * spinous
+    return ndi.gaussian_filter(column * (ys > 0.02), 0.002 * size + 0.2).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+def _seed_for(report: Report, seed: int, size: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(report.report_id.encode()), size])
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0, 1)
+    return x * x * (3 - 2 * x)
+
+
+class _Canvas:
+    """The attenuation layers and finding masks of one image while it is being drawn."""
+
+    def __init__(self, report: Report, rng: np.random.Generator, size: int):
+        self.report, self.rng, self.size = report, rng, size
+        self.xs, self.ys = _grid(size)
+        self.mesh = " ".join(report.mesh).lower()
+        n_masks = len(lung_mask_bank())
+        self.geo = lung_geometry(int(rng.integers(n_masks)), size)
+        self.variant = int(rng.integers(N_VARIANTS))
+        self.textures = _textures(size)
+        self.lungs = self.geo.left | self.geo.right
+        self.air = self.lungs.astype(np.float32)  # 1 where the lung holds air
+        self.extra = np.zeros((size, size), np.float32)  # findings' attenuation
+        self.vessel_gain = np.ones((size, size), np.float32)
+        self.masks: dict[str, np.ndarray] = {}
+        self.labels = report.labels
+
+    # helpers -------------------------------------------------------------------------------
+    def texture(self, scale: float = 1.0, fine: bool = False) -> np.ndarray:
+        t = self.textures[int(fine), int(self.rng.integers(N_VARIANTS))]
+        shift = self.rng.integers(self.size, size=2)
+        return np.roll(t, tuple(shift), axis=(0, 1)) * scale
+
+    def sides(self, finding: Finding, default_both: bool = False) -> list[str]:
+        if finding.side == "bilateral" or (finding.side is None and default_both):
+            return ["right", "left"]
+        if finding.side in ("left", "right"):
+            return [finding.side]
+        if finding.zone in ("lingula", "retrocardiac"):
+            return ["left"]
+        return [("right", "left")[int(self.rng.integers(2))]]
+
+    def zone(self, side: str, zone: str | None) -> np.ndarray:
+        """Pixels of one lung in a named zone (whole lung when the zone is unknown)."""
+        lung = self.geo.lung(side)
+        top = self.geo.top[side]
+        bottom = float(np.nonzero(lung.any(1))[0][-1])
+        rel = (self.ys * self.size - top) / max(bottom - top, 1)
+        dx = np.abs(self.xs - MIDLINE)
+        cols = np.nonzero(lung.any(0))[0]
+        medial = np.abs(cols / self.size - MIDLINE).min()
+        lateral = np.abs(cols / self.size - MIDLINE).max()
+        rel_x = (dx - medial) / max(lateral - medial, 1e-3)  # 0 medial, 1 at the chest wall
+        bands = {"upper": (0, 0.38), "middle": (0.32, 0.66), "lower": (0.6, 1.01),
+                 "base": (0.7, 1.01), "apex": (0, 0.2), "lingula": (0.45, 0.8),
+                 "retrocardiac": (0.6, 1.01), "hilum": (0.3, 0.6)}
+        lo, hi = bands.get(zone, (0, 1.01))
+        region = lung & (rel >= lo) & (rel < hi)
+        if zone in ("lingula", "retrocardiac", "hilum"):
+            region &= rel_x < (0.45 if zone != "retrocardiac" else 0.35)
+        return region if region.sum() > 12 else lung
+
+    def point_in(self, region: np.ndarray, margin_px: float = 0.0) -> tuple[float, float]:
+        """A random pixel (x, y) of ``region`` at least ``margin_px`` inside it when possible."""
+        if margin_px > 0:
+            inner = region & (self.geo.edge_dist > margin_px)
+            region = inner if inner.any() else region
+        rows, cols = np.nonzero(region)
+        k = int(self.rng.integers(rows.size))
+        return (cols[k] + 0.5) / self.size, (rows[k] + 0.5) / self.size
+
+    def mark(self, label: str, mask: np.ndarray) -> None:
+        self.masks[label] = self.masks.get(label, np.zeros_like(mask, bool)) | mask
+
+    def blob(self, cx: float, cy: float, rx: float, ry: float, angle: float = 0.0) -> np.ndarray:
+        c, s = np.cos(angle), np.sin(angle)
+        u = ((self.xs - cx) * c + (self.ys - cy) * s) / rx
+        v = (-(self.xs - cx) * s + (self.ys - cy) * c) / ry
+        return u * u + v * v
+
+    def line(self, points: np.ndarray, width_px: float, value: float) -> np.ndarray:
+        """Rasterise a polyline (normalised (x, y) points) as a soft line; return its footprint."""
+        dense = []
+        for a, b in zip(points[:-1], points[1:]):
+            n = max(int(np.hypot(*(b - a)) * self.size * 2), 2)
+            dense.append(a + np.outer(np.linspace(0, 1, n), b - a))
+        pts = np.concatenate(dense)
+        acc = np.zeros((self.size, self.size), np.float32)
+        cols = np.clip((pts[:, 0] * self.size).astype(int), 0, self.size - 1)
+        rows = np.clip((pts[:, 1] * self.size).astype(int), 0, self.size - 1)
+        acc[rows, cols] = 1.0
+        soft = ndi.gaussian_filter(acc, max(width_px / 2.5, 0.5))
+        soft /= max(soft.max(), 1e-6)
+        self.extra += value * soft
+        return soft > 0.25
+
+
+def _curve(p0, p1, p2, n: int = 24) -> np.ndarray:
+    """Quadratic Bezier through control points (normalised coordinates)."""
+    t = np.linspace(0, 1, n)[:, None]
+    p0, p1, p2 = (np.asarray(p, np.float32) for p in (p0, p1, p2))
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+
+
+# Finding painters: each draws one finding on the canvas and marks its pixels.
+
+def _draw_effusion(cv: _Canvas, f: Finding) -> None:
+    for side in cv.sides(f):
+        lung = cv.geo.lung(side)
+        rows = np.nonzero(lung.any(1))[0]
+        height = rows[-1] - rows[0]
+        frac = EFFUSION_BY_SEVERITY.get(f.severity, 0.2) * cv.rng.uniform(0.85, 1.15)
+        if "blunted" in f.mesh.lower():
+            frac = 0.08
+        level = (rows[-1] - frac * height) / cv.size
+        cols = np.nonzero(lung.any(0))[0] / cv.size
+        lateral_x = cols.min() if side == "right" else cols.max()
+        medial_x = cols.max() if side == "right" else cols.min()
+        lat = np.clip((cv.xs - medial_x) / (lateral_x - medial_x), 0, 1)
+        meniscus = level - 0.45 * frac * height / cv.size * lat ** 2.2  # climbs the chest wall
+        fluid = lung & (cv.ys > meniscus)
+        gradient = _smoothstep((cv.ys - meniscus) / 0.035)
+        cv.extra += np.where(lung, gradient, 0) * 0.08
+        cv.air *= 1 - np.where(lung, gradient, 0)
+        cv.mark("pleural effusion", fluid)
+
+
+def _draw_opacity(cv: _Canvas, f: Finding) -> None:
+    extent = EXTENT_BY_SEVERITY.get(f.severity, 1.0)
+    patchy = any(w in f.mesh.lower() for w in ("patchy", "scattered", "streaky", "interstitial"))
+    for side in cv.sides(f):
+        region = cv.zone(side, f.zone)
+        cx, cy = cv.point_in(region, 0.03 * cv.size)
+        r = cv.rng.uniform(0.05, 0.08) * extent
+        dist = cv.blob(cx, cy, r, r * cv.rng.uniform(0.7, 1.2), cv.rng.uniform(0, np.pi))
+        field_ = 1.1 - dist + 0.4 * cv.texture() * (1.5 if patchy else 1.0)
+        lesion = _smoothstep(field_ * 1.3) * cv.geo.lung(side) * (0.85 + 0.15 * cv.texture(fine=True))
+        strength = cv.rng.uniform(0.45, 0.75)
+        cv.extra += lesion * strength * 0.08
+        cv.air *= 1 - strength * lesion
+        cv.mark("opacity", lesion > 0.35)
+
+
+def _draw_atelectasis(cv: _Canvas, f: Finding) -> None:
+    for side in cv.sides(f):
+        region = cv.zone(side, f.zone or "base")
+        cx, cy = cv.point_in(region, 0.02 * cv.size)
+        length = cv.rng.uniform(0.07, 0.12) * EXTENT_BY_SEVERITY.get(f.severity, 1.0)
+        thickness = cv.rng.uniform(0.008, 0.014)
+        angle = cv.rng.uniform(-0.35, 0.25) * (1 if side == "right" else -1)
+        band = _smoothstep((1.0 - cv.blob(cx, cy, length, thickness, angle)) * 2)
+        band *= cv.geo.lung(side) * (0.85 + 0.15 * cv.texture())
+        cv.extra += band * 0.1
+        cv.air *= 1 - 0.7 * band
+        cv.mark("atelectasis", band > 0.3)
+
+
+def _draw_nodule(cv: _Canvas, f: Finding) -> None:
+    mesh = f.mesh.lower()
+    count = int(cv.rng.integers(2, 5)) if "multiple" in mesh else 1
+    is_mass = mesh.startswith("mass")
+    for side in cv.sides(f):
+        for _ in range(count):
+            region = cv.zone(side, f.zone)
+            cx, cy = cv.point_in(region, 0.03 * cv.size)
+            radius = cv.rng.uniform(0.028, 0.045) if is_mass else cv.rng.uniform(0.011, 0.022)
+            radius = max(radius, 2.2 / cv.size)
+            d = np.sqrt(cv.blob(cx, cy, radius, radius * cv.rng.uniform(0.85, 1.1)))
+            profile = np.sqrt(np.clip(1 - d ** 2, 0, 1)) + 0.25 * _smoothstep((1.25 - d) * 4)
+            cv.extra += profile * cv.rng.uniform(0.3, 0.38)
+            cv.mark("nodule", d < 1.05)
+
+
+def _draw_granuloma(cv: _Canvas, f: Finding) -> None:
+    mesh = f.mesh.lower()
+    count = int(cv.rng.integers(2, 5)) if ("multiple" in mesh or "scattered" in mesh) else 1
+    for side in cv.sides(f):
+        for _ in range(count):
+            if f.zone in ("hilum", "mediastinum", "paratracheal") or "lymph" in mesh:
+                sign = 1 if side == "left" else -1
+                cx = MIDLINE + sign * cv.rng.uniform(0.08, 0.13)
+                cy = cv.rng.uniform(0.36, 0.48)
+            else:
+                cx, cy = cv.point_in(cv.zone(side, f.zone), 0.02 * cv.size)
+            radius = max(cv.rng.uniform(0.006, 0.010), 1.4 / cv.size)
+            d = np.sqrt(cv.blob(cx, cy, radius, radius))
+            cv.extra += np.clip(1.15 - d, 0, 1) ** 0.5 * 0.6
+            cv.mark("calcified granuloma", d < 1.6)
+
+
+def _draw_pneumothorax(cv: _Canvas, f: Finding) -> None:
+    extent = {"small": 0.6, "mild": 0.6, "moderate": 1.1, "large": 1.7, "severe": 2.0}.get(f.severity, 1.0)
+    for side in cv.sides(f):
+        lung = cv.geo.lung(side)
+        top = cv.geo.top[side] / cv.size
+        rows = np.nonzero(lung.any(1))[0]
+        height = (rows[-1] - rows[0]) / cv.size
+        rel = np.clip((cv.ys - top) / height, 0, 1)
+        # rim of collapsed lung: widest at the apex, tapering down the lateral wall
+        rim_px = extent * cv.size * 0.05 * (1.3 - 1.1 * rel) * cv.rng.uniform(0.8, 1.2)
+        gap = lung & (cv.geo.edge_dist < rim_px)
+        if extent < 1.0:
+            gap &= rel < 0.55
+        edge = lung & (np.abs(cv.geo.edge_dist - rim_px) < 0.9) & ~gap
+        edge &= ndi.binary_dilation(gap, iterations=2)
+        cv.vessel_gain *= np.where(gap, 0.0, 1.0)
+        cv.air += np.where(gap, 0.25, 0.0)
+        cv.extra += ndi.gaussian_filter(edge.astype(np.float32), 0.5) * 0.35
+        cv.mark("pneumothorax", gap)
+
+
+def _draw_edema(cv: _Canvas, f: Finding) -> None:
+    extent = EXTENT_BY_SEVERITY.get(f.severity, 1.0)
+    haze = np.zeros_like(cv.extra)
+    for sign in (-1, 1):
+        haze = np.maximum(haze, np.exp(-cv.blob(MIDLINE + sign * 0.14, 0.5, 0.17 * extent, 0.2 * extent)))
+    haze *= cv.lungs * (0.8 + 0.2 * cv.texture())
+    cv.extra += haze * 0.06
+    cv.air *= 1 - 0.45 * haze
+    cv.vessel_gain *= 1 + 0.6 * haze
+    # Kerley B lines: short horizontal lines reaching the lateral pleura at the bases
+    for side, sign in (("right", -1), ("left", 1)):
+        lung = cv.geo.lung(side)
+        rows = np.nonzero(lung.any(1))[0]
+        for _ in range(int(cv.rng.integers(3, 7))):
+            y = cv.rng.uniform(0.72, 0.93) * (rows[-1] - rows[0]) + rows[0]
+            row = int(y)
+            cols = np.nonzero(lung[row])[0]
+            if cols.size < 4:
+                continue
+            x_wall = (cols.max() if sign > 0 else cols.min()) / cv.size
+            pts = np.array([[x_wall - sign * 0.035, y / cv.size], [x_wall, y / cv.size]])
+            cv.line(pts, 0.9, 0.12)
+    cv.mark("edema", haze > 0.25)
+
+
+def _lung_volume(cv: _Canvas, factor: float, label: str) -> None:
+    """Stretch (factor > 1) or shrink the lungs vertically about their apices; flatten domes."""
+    geo = cv.geo
+    top = min(geo.top.values())
+    scale_rows = top + (np.arange(cv.size) - top) / factor
+    src = np.clip(scale_rows, 0, cv.size - 1).astype(int)
+    new = {}
+    for side in ("right", "left"):
+        lung = geo.lung(side)[src]
+        if factor > 1:  # flat diaphragm: cut the dome at a level line
+            rows = np.nonzero(lung.any(1))[0]
+            lung &= (np.arange(cv.size) < rows[-1] - 0.35 * (rows[-1] - rows[0]) * 0.12)[:, None]
+        new[side] = lung
+    changed = (new["right"] | new["left"]) ^ cv.lungs
+    cv.geo = LungGeometry(new["right"], new["left"], geo.edge_dist[src], geo.top, geo.bottom)
+    cv.lungs = new["right"] | new["left"]
+    cv.air = cv.lungs.astype(np.float32) * (1.12 if factor > 1 else 0.92)
+    cv.vessel_gain *= 0.75 if factor > 1 else 1.3
+    cv.mark(label, cv.lungs if factor > 1 else changed | cv.lungs)
+
+
+def _draw_elevated_diaphragm(cv: _Canvas, f: Finding) -> None:
+    for side in cv.sides(f):
+        lung = cv.geo.lung(side)
+        rows = np.nonzero(lung.any(1))[0]
+        lift = int((rows[-1] - rows[0]) * cv.rng.uniform(0.12, 0.2))
+        raised = lung & np.roll(lung, lift, axis=0)
+        raised[: rows[0] + lift] = lung[: rows[0] + lift]
+        removed = lung & ~raised
+        cv.air *= np.where(removed, 0.0, 1.0)
+        cv.lungs &= ~removed
+        cv.mark("elevated diaphragm", removed)
+
+
+def _draw_scarring(cv: _Canvas, f: Finding) -> None:
+    for side in cv.sides(f):
+        region = cv.zone(side, f.zone)
+        if "pleura" in f.mesh.lower() and f.zone == "apex" or (f.zone == "apex"):
+            cap = region & (cv.geo.edge_dist < 0.02 * cv.size)
+            cv.extra += ndi.gaussian_filter(cap.astype(np.float32), 0.7) * 0.3
+            cv.mark("scarring", cap)
+            continue
+        footprint = np.zeros_like(region)
+        cx, cy = cv.point_in(region, 0.02 * cv.size)
+        for _ in range(int(cv.rng.integers(2, 4))):
+            angle = cv.rng.uniform(-0.8, 0.8)
+            length = cv.rng.uniform(0.03, 0.06)
+            d = np.array([np.cos(angle), np.sin(angle)]) * length
+            start = np.array([cx, cy]) + cv.rng.normal(0, 0.01, 2)
+            footprint |= cv.line(np.array([start - d, start + d]), 1.2, 0.22)
+        cv.mark("scarring", footprint)
+
+
+def _draw_interstitial(cv: _Canvas, f: Finding) -> None:
+    regions = [cv.zone(s, f.zone) for s in cv.sides(f, default_both=True)]
+    region = np.logical_or.reduce(regions)
+    net = np.abs(cv.texture(fine=True)) < 0.2  # thin contour lines of the noise field: a reticular net
+    net = ndi.gaussian_filter(net.astype(np.float32), 0.5) * region
+    cv.extra += net * 0.14 * EXTENT_BY_SEVERITY.get(f.severity, 1.0)
+    cv.mark("interstitial markings", region)
+
+
+def _draw_hilar(cv: _Canvas, f: Finding) -> None:
+    for side in cv.sides(f, default_both=True):
+        sign = 1 if side == "left" else -1
+        cx = MIDLINE + sign * cv.rng.uniform(0.1, 0.125)
+        lobes = np.zeros_like(cv.extra)
+        for dy in (-0.03, 0.0, 0.035):
+            d = cv.blob(cx + sign * cv.rng.uniform(0, 0.015), 0.44 + dy, 0.03, 0.025)
+            lobes = np.maximum(lobes, _smoothstep((1.2 - d) * 2))
+        cv.extra += lobes * 0.3
+        cv.mark("hilar prominence", lobes > 0.3)
+
+
+def _draw_hiatal_hernia(cv: _Canvas, f: Finding) -> None:
+    cx, cy = MIDLINE + cv.rng.uniform(0.0, 0.05), cv.rng.uniform(0.63, 0.68)
+    r = cv.rng.uniform(0.045, 0.065) * EXTENT_BY_SEVERITY.get(f.severity, 1.0)
+    sac = cv.blob(cx, cy, r * 1.2, r) < 1
+    level = cy - 0.2 * r
+    gas = sac & (cv.ys < level)
+    cv.extra += ndi.gaussian_filter(sac.astype(np.float32), 1.0) * 0.15
+    cv.extra -= ndi.gaussian_filter(gas.astype(np.float32), 0.6) * 0.35
+    cv.mark("hiatal hernia", sac)
+
+
+def _draw_devices(cv: _Canvas, f: Finding) -> None:
+    mesh = f.mesh.lower()
+    rng = cv.rng
+    if any(k in mesh for k in ("pacemaker", "defibrillator", "implanted medical device", "heart")):
+        sign = -1 if f.side == "right" else 1
+        cx, cy = MIDLINE + sign * rng.uniform(0.26, 0.32), rng.uniform(0.13, 0.2)
+        box = np.maximum(np.abs(cv.xs - cx) / 0.045, np.abs(cv.ys - cy) / 0.032) < 1
+        cv.extra += ndi.gaussian_filter(box.astype(np.float32), 0.6) * 1.2
+        lead = _curve((cx, cy), (MIDLINE + sign * 0.05, 0.2), (MIDLINE + 0.06, 0.64))
+        cv.mark("devices", box | cv.line(lead, 1.6, 0.9))
+    elif any(k in mesh for k in ("sternotomy", "surgical instruments", "sutures", "clip", "valve")):
+        footprint = np.zeros_like(cv.lungs)
+        for i in range(int(rng.integers(4, 7))):
+            y = 0.3 + i * 0.06
+            loop = cv.blob(MIDLINE + rng.normal(0, 0.004), y, 0.02, 0.011, rng.normal(0, 0.2))
+            ring = np.abs(loop - 1) < 0.35
+            cv.extra += ndi.gaussian_filter(ring.astype(np.float32), 0.5) * 1.1
+            footprint |= ring
+        cv.mark("devices", footprint)
+    elif "trachea" in mesh or "tracheostom" in mesh:
+        tube = np.array([[MIDLINE, 0.0], [MIDLINE + 0.003, 0.18], [MIDLINE, 0.27]])
+        cv.mark("devices", cv.line(tube, 2.2, 0.55))
+    else:  # central venous catheter: from the subclavian vein to the cavoatrial junction
+        sign = 1 if f.side == "left" else -1
+        entry = (MIDLINE + sign * rng.uniform(0.22, 0.3), rng.uniform(0.1, 0.14))
+        path = _curve(entry, (MIDLINE - 0.035, 0.2), (MIDLINE - 0.04, rng.uniform(0.4, 0.5)))
+        cv.mark("devices", cv.line(path, 1.3, 0.75))
+
+
+def _draw_fracture(cv: _Canvas, f: Finding) -> None:
+    if f.zone == "spine":
+        y = cv.rng.uniform(0.4, 0.7)
+        wedge = (np.abs(cv.xs - MIDLINE) < 0.04) & (np.abs(cv.ys - y) < 0.012)
+        cv.extra += ndi.gaussian_filter(wedge.astype(np.float32), 0.6) * 0.35
+        cv.mark("fracture", wedge)
+        return
+    for side in cv.sides(f):
+        sign = 1 if side == "left" else -1
+        i = int(cv.rng.integers(3, 9))
+        t = cv.rng.uniform(0.6, 0.9)
+        x = MIDLINE + sign * t * 0.415
+        y = float(_rib_curve(np.array(t), 0.085 + i * 0.066, 0.13 + 0.01 * i))
+        gap = cv.blob(x, y, 0.004, 0.02, 0.2 * sign) < 1
+        callus = cv.blob(x, y, 0.018, 0.016) < 1
+        cv.extra += ndi.gaussian_filter(callus.astype(np.float32), 1.0) * 0.16
+        cv.extra -= ndi.gaussian_filter(gap.astype(np.float32), 0.5) * 0.12
+        cv.mark("fracture", callus)
+
+
+PAINTERS = {
+    "pleural effusion": _draw_effusion,
+    "opacity": _draw_opacity,
+    "atelectasis": _draw_atelectasis,
+    "nodule": _draw_nodule,
+    "calcified granuloma": _draw_granuloma,
+    "pneumothorax": _draw_pneumothorax,
+    "edema": _draw_edema,
+    "elevated diaphragm": _draw_elevated_diaphragm,
+    "scarring": _draw_scarring,
+    "interstitial markings": _draw_interstitial,
+    "hilar prominence": _draw_hilar,
+    "hiatal hernia": _draw_hiatal_hernia,
+    "devices": _draw_devices,
+    "fracture": _draw_fracture,
+}
+# Drawn elsewhere because they change anatomy, not add to it: cardiomegaly (heart), hyperinflation
+# and low lung volumes (lung shape), scoliosis and degenerative spine (spine), tortuous aorta and
+# aortic calcification (aortic knob).
+
+
+def _heart(cv: _Canvas, ctr: float) -> np.ndarray:
+    """Soft heart density for a cardiothoracic ratio ``ctr``; sits on the diaphragm."""
+    cols = np.nonzero(cv.lungs.any(0))[0]
+    thorax = (cols.max() - cols.min()) / cv.size
+    width = ctr * thorax
+    right_border = MIDLINE - 0.36 * width
+    cx = right_border + width / 2
+    base = (cv.geo.bottom[cv.geo.bottom >= 0].mean()) / cv.size
+    height = 0.55 * width + 0.08
+    cy = base - 0.22 * height
+    tilt = -0.35
+    # semi-axis chosen so the tilted ellipse spans exactly ``width`` horizontally
+    semi_x = np.sqrt(max((width / 2) ** 2 - (height / 2 * np.sin(tilt)) ** 2, 1e-4)) / np.cos(tilt)
+    dist = cv.blob(cx, cy, semi_x, height / 2, tilt)
+    return _smoothstep((1 - dist) * 6 + 0.5) * (cv.ys > 0.25)
+
+
+def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
+    """Render ``report`` as a frontal chest radiograph; deterministic given (report, seed, size)."""
+    rng = _seed_for(report, seed, size)
+    cv = _Canvas(report, rng, size)
+    labels = report.labels
+    by_label: dict[str, list[Finding]] = {}
+    for finding in report.findings:
+        by_label.setdefault(finding.label, []).append(finding)
+
+    if "hyperinflation" in labels:
+        _lung_volume(cv, rng.uniform(1.08, 1.14), "hyperinflation")
+    elif "low lung volumes" in labels:
+        _lung_volume(cv, rng.uniform(0.84, 0.9), "low lung volumes")
+    for label, painter in PAINTERS.items():
+        if label in ("pleural effusion", "pneumothorax"):
+            continue  # drawn after the heart: they sit over everything else in the lung
+        for finding in by_label.get(label, ()):
+            painter(cv, finding)
+
+    # heart and mediastinum
+    severity = by_label["cardiomegaly"][0].severity if "cardiomegaly" in by_label else None
+    ctr = CTR_BY_SEVERITY[severity] if "cardiomegaly" in labels else rng.uniform(0.38, 0.47)
+    heart = _heart(cv, ctr * rng.uniform(0.98, 1.03) if "cardiomegaly" in labels else ctr)
+    heart_mask = (heart > 0.5) & (cv.ys < (cv.geo.bottom.max() + 1) / size)
+    if "cardiomegaly" in labels:
+        cv.mark("cardiomegaly", heart_mask)
+    for label in ("pleural effusion", "pneumothorax"):
+        for finding in by_label.get(label, ()):
+            PAINTERS[label](cv, finding)
+
+    xs, ys = cv.xs, cv.ys
+    dx = xs - MIDLINE
+    # spine: straight, or bent for scoliosis, with osteophytes for degenerative change
+    spine = _spine(size)
+    if "scoliosis" in labels:
+        amp = rng.uniform(0.025, 0.045) * rng.choice([-1, 1])
+        offset = amp * np.sin(np.pi * (ys[:, 0] - 0.1) / 0.7)
+        shift_cols = np.arange(size)[None, :] - offset[:, None] * size
+        spine = ndi.map_coordinates(spine, [np.repeat(np.arange(size)[:, None], size, 1), shift_cols],
+                                    order=1, mode="nearest")
+        centre = MIDLINE + offset[:, None]
+        cv.mark("scoliosis", (np.abs(xs - centre) < 0.045) & (ys > 0.1) & (ys < 0.85))
+    else:
+        centre = np.full((size, 1), MIDLINE)
+    if "degenerative spine" in labels:
+        spurs = np.zeros_like(spine)
+        for _ in range(int(rng.integers(3, 7))):
+            level = rng.integers(4, 16) * 0.047 + 0.046
+            side = rng.choice([-1, 1])
+            row = min(int(level * size), size - 1)
+            spurs += np.exp(-cv.blob(float(centre[row, 0]) + side * 0.04, level, 0.012, 0.005, side * 0.5))
+        spine = spine + 0.35 * spurs
+        rows = (ys > 0.15) & (ys < 0.85)
+        cv.mark("degenerative spine", (np.abs(xs - centre) < 0.06) & rows)
+
+    # aortic knob and descending aorta, patient's left of the spine
+    knob_x = MIDLINE + 0.065 + (0.035 if "tortuous aorta" in labels else 0.0) * rng.uniform(0.8, 1.2)
+    knob = _smoothstep((1 - cv.blob(knob_x, 0.28, 0.04, 0.035)) * 4)
+    descending = _smoothstep((0.02 - np.abs(xs - (knob_x - 0.015 + 0.04 * (ys - 0.28)))) / 0.01) * (ys > 0.28) * (ys < 0.7)
+    aorta = np.maximum(knob, 0.7 * descending)
+    if "tortuous aorta" in labels:
+        cv.mark("tortuous aorta", knob > 0.4)
+    if "aortic calcification" in labels:
+        rim = (np.abs(cv.blob(knob_x, 0.28, 0.038, 0.033) - 0.85) < 0.12) & (ys < 0.28) & (xs > knob_x - 0.01)
+        cv.extra += ndi.gaussian_filter(rim.astype(np.float32), 0.5) * 0.5
+        cv.mark("aortic calcification", rim)
+
+    # body: chest wall, neck and sloping shoulders; the abdomen below the diaphragm
+    adx = np.abs(dx)
+    body_top = -0.03 + 0.1 * _smoothstep((adx - 0.07) / 0.18) + 0.12 * _smoothstep((adx - 0.36) / 0.12)
+    half_width = 0.455 + 0.025 * ys
+    body = np.sqrt(np.clip(1 - (dx / half_width) ** 2, 0, 1)) * _smoothstep((ys - body_top) / 0.03)
+    body *= 0.8 + 0.2 * _smoothstep((ys - 0.05) / 0.25)
+    lung_air = cv.air * cv.lungs * (1 - 0.85 * heart) * (1 - 0.35 * aorta)
+    lung_soft = ndi.gaussian_filter(lung_air, 0.003 * size + 0.35)
+    depth = np.clip(cv.geo.edge_dist.astype(np.float32) / (0.06 * size), 0, 1) ** 0.6
+    gastric = np.exp(-cv.blob(MIDLINE + 0.17, (cv.geo.bottom.max() / size) + 0.04, 0.05, 0.03) ** 2)
+    mediastinum = _smoothstep((0.07 - np.abs(dx - 0.01)) / 0.04) * (1 - lung_soft)
+    trachea = _smoothstep((0.014 - np.abs(xs - centre)) / 0.006) * _smoothstep((0.34 - ys) / 0.03)
+    vessels = _vessel_trees(size)[cv.variant] * cv.lungs * cv.vessel_gain
+
+    attenuation = (
+        0.95 * body
+        + 0.1 * mediastinum
+        + 0.05 * heart
+        + 0.04 * aorta
+        - 0.72 * lung_soft * (0.55 + 0.45 * depth)
+        + 0.2 * vessels
+        + _rib_cages(size)[cv.variant] * rng.uniform(0.6, 0.85) * _smoothstep((ys - body_top) / 0.05)
+        + spine * (0.45 - 0.2 * heart)
+        - 0.1 * trachea
+        - 0.12 * gastric * (1 - lung_soft)
+        + cv.extra
+    )
+    texture = cv.texture(0.012) + cv.texture(0.008, fine=True)
+    attenuation = np.clip(attenuation + texture * body, 0, None)
+
+    # exposure: a film-like curve, then contrast and gamma jitter
+    technical = "technical quality" in cv.mesh
+    k = rng.uniform(1.1, 1.6)
+    white = 1 - np.exp(-k * rng.uniform(1.2, 1.4))  # attenuation that exposes to full white
+    image = np.clip((1 - np.exp(-k * attenuation)) / white, 0, 1) ** rng.uniform(0.85, 1.2)
+
+    # geometry: slight rotation, scale and shift; masks follow by nearest neighbour
+    angle = np.deg2rad(rng.normal(0, 6 if technical else 2.5))
+    scale = rng.uniform(0.93, 1.06)
+    shift = rng.normal(0, 0.02, 2) * size
+    c, s = np.cos(angle), np.sin(angle)
+    centre_px = (size - 1) / 2
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    u, v = (cols - centre_px - shift[0]) / scale, (rows - centre_px - shift[1]) / scale
+    src_x = c * u + s * v + centre_px
+    src_y = -s * u + c * v + centre_px
+    image = ndi.map_coordinates(image, [src_y, src_x], order=1, mode="constant", cval=0.0)
+    nearest = (np.clip(np.rint(src_y), 0, size - 1).astype(np.intp),
+               np.clip(np.rint(src_x), 0, size - 1).astype(np.intp))
+    inside = (src_x > -0.5) & (src_x < size - 0.5) & (src_y > -0.5) & (src_y < size - 0.5)
+
+    def warp(mask: np.ndarray) -> np.ndarray:
+        return mask[nearest] & inside
+
+    # blur and quantum-like noise (more noise where fewer photons reach the detector)
+    image = ndi.gaussian_filter(image, rng.uniform(0.35, 0.8) * size / 224)
+    noise_level = rng.uniform(0.012, 0.03) * (1.8 if technical else 1.0)
+    image = image + rng.standard_normal(image.shape).astype(np.float32) * noise_level * np.sqrt(0.15 + image)
+    image = np.clip(image, 0, 1).astype(np.float32)
+
+    masks = {label: warp(mask) for label, mask in cv.masks.items() if label in labels}
+    masks = {label: m for label, m in masks.items() if m.any()}
+    boxes = {label: _boxes(m) for label, m in masks.items()}
+    anatomy = {"lung_right": warp(cv.geo.right & cv.lungs), "lung_left": warp(cv.geo.left & cv.lungs),
+               "heart": warp(heart_mask)}
+    return PhantomSample(report, image, masks, boxes, anatomy)
+
+
+def _boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """One (x0, y0, x1, y1) box per lesion: mask pieces closer than ~4 px count as one."""
+    labels, _ = ndi.label(ndi.binary_dilation(mask, iterations=2), structure=np.ones((3, 3)))
+    out = []
+    for sl in ndi.find_objects(labels):
+        if sl is None:
+            continue
+        ys, xs = sl
+        sub = mask[sl]
+        if sub.any():
+            rows, cols = np.nonzero(sub)
+            out.append((int(xs.start + cols.min()), int(ys.start + rows.min()),
+                        int(xs.start + cols.max() + 1), int(ys.start + rows.max() + 1)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and examples
+
+class PhantomDataset:
+    """A torch-free sequence of phantom samples over one split of the report corpus.
+
+    Item ``i`` renders report ``i // variants_per_report`` with a seed derived from
+    (``seed``, ``i``), so the train split can show each report several times, each differently.
+    """
+
+    def __init__(self, reports: list[Report], seed: int = 0, size: int = 224,
+                 variants_per_report: int = 1):
+        if variants_per_report < 1:
+            raise ValueError("variants_per_report must be at least 1.")
+        self.reports, self.seed, self.size = reports, seed, size
+        self.variants_per_report = variants_per_report
+
+    def __len__(self) -> int:
+        return len(self.reports) * self.variants_per_report
+
+    def __getitem__(self, index: int) -> PhantomSample:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        report = self.reports[index // self.variants_per_report]
+        return render(report, seed=self.seed * 1_000_003 + index, size=self.size)
+
+
+def phantom_dataset(split: str = "test", seed: int = 0, size: int = 224,
+                    variants_per_report: int = 1) -> PhantomDataset:
+    """The phantom set over ``report_splits(load_reports(), seed)[split]``."""
+    splits = report_splits(load_reports(), seed)
+    if split not in splits:
+        raise ValueError(f"Unknown split {split!r}; choose one of {sorted(splits)}.")
+    return PhantomDataset(splits[split], seed, size, variants_per_report)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def write_examples(out_dir: Path, n: int = 16, seed: int = 0, size: int = 224,
+                   split: str = "test") -> dict:
+    """Render the first ``n`` samples of a split to ``out_dir``: NNN.png + NNN.json + contact_sheet.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = phantom_dataset(split, seed, size)
+    samples = [dataset[i] for i in range(min(n, len(dataset)))]
+    files = []
+    for i, sample in enumerate(samples):
+        stem = f"{i:03d}"
+        Image.fromarray(to_uint8(sample.image), mode="L").save(out_dir / f"{stem}.png", optimize=True)
+        (out_dir / f"{stem}.json").write_text(json.dumps(sample_record(sample), indent=1))
+        files += [f"{stem}.png", f"{stem}.json"]
+    contact_sheet(samples).save(out_dir / "contact_sheet.png", optimize=True)
+    files.append("contact_sheet.png")
+    return {"out_dir": str(out_dir), "n": len(samples), "size": size, "seed": seed, "split": split,
+            "files": files, "labels": [sorted(s.labels) for s in samples]}
+
+
+def sample_record(sample: PhantomSample) -> dict:
+    """JSON-able description of a sample: report, labels, findings and boxes."""
+    report = sample.report
+    return {
+        "report_id": report.report_id,
+        "text": report.text,
+        "labels": sorted(sample.labels, key=FINDINGS.index),
+        "findings": [{"label": f.label, "side": f.side, "zone": f.zone, "severity": f.severity,
+                      "mesh": f.mesh} for f in report.findings],
+        "boxes": {label: [list(b) for b in boxes] for label, boxes in sample.boxes.items()},
+    }
+
+
+def contact_sheet(samples: list[PhantomSample], columns: int = 4) -> Image.Image:
+    """A grid of the images with each one's labels written under it."""
+    size = samples[0].image.shape[0]
+    caption = 30
+    rows = -(-len(samples) // columns)
+    sheet = Image.new("L", (columns * size, rows * (size + caption)), 255)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, sample in enumerate(samples):
+        x, y = (i % columns) * size, (i // columns) * (size + caption)
+        sheet.paste(Image.fromarray(to_uint8(sample.image)), (x, y))
+        words = ", ".join(sorted(sample.labels, key=FINDINGS.index))
+        line1, line2 = _wrap(words, max(size // 6, 10))
+        draw.text((x + 3, y + size + 2), line1, fill=0, font=font)
+        draw.text((x + 3, y + size + 15), line2, fill=0, font=font)
+    return sheet
+
+
+def _wrap(text: str, width: int) -> tuple[str, str]:
+    if len(text) <= width:
+        return text, ""
+    cut = text.rfind(" ", 0, width)
+    cut = cut if cut > 0 else width
+    rest = text[cut:].strip()
+    return text[:cut], rest if len(rest) <= width else rest[: width - 1] + "…"
