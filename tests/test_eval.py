@@ -141,7 +141,10 @@ def test_evaluate_phantom_on_a_tiny_model(tiny_model, tmp_path) -> None:
     from medclip_core.eval.phantom_eval import FOCAL_FINDINGS, evaluate_phantom, write_eval
 
     calls = []
+    tiny_model.module.train()  # as during a training run: the evaluation must hand it back in that mode
     result = evaluate_phantom(tiny_model, n=12, batch_size=5, progress=lambda f, m: calls.append(f))
+    assert tiny_model.module.training
+    tiny_model.eval()
     data = result.to_dict()
     assert data["n_images"] == 12 and data["n_reports"] == 12 and data["split"] == "test"
     assert calls and calls[-1] == 1.0
@@ -170,3 +173,11 @@ def test_evaluate_phantom_on_a_tiny_model(tiny_model, tmp_path) -> None:
 
     path = write_eval(result, tmp_path / "eval" / "phantom.json")
     assert json.loads(path.read_text()) == data
+
+
+def test_evaluate_phantom_skips_grounding_without_patch_tokens(tiny_model, monkeypatch) -> None:
+    from medclip_core.eval.phantom_eval import evaluate_phantom
+
+    monkeypatch.setattr(type(tiny_model), "supports_patch_tokens", property(lambda self: False))
+    grounding = evaluate_phantom(tiny_model, n=4).to_dict()["grounding"]
+    assert grounding["note"] and grounding["raw"]["mean"] is None and not any(grounding["n_targets"].values())

@@ -20,12 +20,13 @@ weights are still changing during training.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -159,6 +160,17 @@ class _PointingTally:
         return out
 
 
+@contextlib.contextmanager
+def _eval_mode(model: ClipModel) -> Iterator[None]:
+    """Evaluation mode for the duration, then the module's previous mode (training may be running)."""
+    was_training = model.module.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.module.train(was_training)
+
+
 def _report_major_order(n_reports: int, variants: int) -> list[int]:
     """Dataset indices that visit every report once before any report's second rendering."""
     return [report * variants + variant for variant in range(variants) for report in range(n_reports)]
@@ -194,40 +206,40 @@ def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed:
     seconds_render = time.perf_counter() - start
     label_sets = [frozenset(s.labels) for s in samples]
 
-    model.eval()
-    text = label_text_embeddings(model, FINDINGS, "pairwise", cache=None)
-    positive = dict(zip(FINDINGS, text.positive))
-    common = text.positive.mean(dim=0)
-    directions = {"raw": {f: positive[f] for f in FOCAL_FINDINGS},
-                  "redundancy_removed": {f: positive[f] - common for f in FOCAL_FINDINGS}}
-    grounding_note = None
-    if not model.supports_patch_tokens:
-        grounding_note = "skipped: this model has no patch tokens in the joint space"
+    with _eval_mode(model):
+        text = label_text_embeddings(model, FINDINGS, "pairwise", cache=None)
+        positive = dict(zip(FINDINGS, text.positive))
+        common = text.positive.mean(dim=0)
+        directions = {"raw": {f: positive[f] for f in FOCAL_FINDINGS},
+                      "redundancy_removed": {f: positive[f] - common for f in FOCAL_FINDINGS}}
+        grounding_note = None
+        if not model.supports_patch_tokens:
+            grounding_note = "skipped: this model has no patch tokens in the joint space"
 
-    tally = _PointingTally()
-    image_embeddings = []
-    seconds_encode = 0.0
-    for lo in range(0, count, batch_size):
-        batch = samples[lo:lo + batch_size]
-        tick = time.perf_counter()
-        pixels = model.preprocess_batch([s.image for s in batch])
-        image_embeddings.append(model.encode_image(pixels).cpu())
-        seconds_encode += time.perf_counter() - tick
-        if grounding_note is None:
-            targets = [i for i, s in enumerate(batch) if any((s.boxes or {}).get(f) for f in FOCAL_FINDINGS)]
-            if targets:
-                patches = model.patch_tokens(pixels[targets])
-                for patch_grid, i in zip(patches, targets):
-                    tally.add(patch_grid, batch[i], model, directions)
-        done = min(lo + batch_size, count)
-        report(0.4 + 0.5 * done / count, f"encoded {done}/{count} images")
-    image_embeddings = torch.cat(image_embeddings)
+        tally = _PointingTally()
+        image_embeddings = []
+        seconds_encode = 0.0
+        for lo in range(0, count, batch_size):
+            batch = samples[lo:lo + batch_size]
+            tick = time.perf_counter()
+            pixels = model.preprocess_batch([s.image for s in batch])
+            image_embeddings.append(model.encode_image(pixels).cpu())
+            seconds_encode += time.perf_counter() - tick
+            if grounding_note is None:
+                targets = [i for i, s in enumerate(batch) if any((s.boxes or {}).get(f) for f in FOCAL_FINDINGS)]
+                if targets:
+                    patches = model.patch_tokens(pixels[targets])
+                    for patch_grid, i in zip(patches, targets):
+                        tally.add(patch_grid, batch[i], model, directions)
+            done = min(lo + batch_size, count)
+            report(0.4 + 0.5 * done / count, f"encoded {done}/{count} images")
+        image_embeddings = torch.cat(image_embeddings)
 
-    probabilities = scores_from_embeddings(image_embeddings, text, model.logit_scale)
-    report(0.9, "encoding reports")
-    texts = [s.report.text for s in samples]
-    text_embeddings = torch.cat([model.encode_text(texts[lo:lo + batch_size]).cpu()
-                                 for lo in range(0, count, batch_size)])
+        probabilities = scores_from_embeddings(image_embeddings, text, model.logit_scale)
+        report(0.9, "encoding reports")
+        texts = [s.report.text for s in samples]
+        text_embeddings = torch.cat([model.encode_text(texts[lo:lo + batch_size]).cpu()
+                                     for lo in range(0, count, batch_size)])
     similarity = (image_embeddings @ text_embeddings.T).numpy()
 
     seconds_total = time.perf_counter() - start
