@@ -1,0 +1,32 @@
+"""MedCLIP Explorer: the Gradio app (Hugging Face Spaces entry point). It only assembles the pages.
+
+Run ``python app.py``; ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address. Models
+load on first use, so the app starts in seconds. Analytics are off: the app sends nothing anywhere.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+
+from pages import common, inspect  # noqa: E402
+
+TITLE = "MedCLIP Explorer"
+MODEL_CONCURRENCY = int(os.environ.get("MEDCLIP_CONCURRENCY", "2"))
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nExplore CLIP-style vision–language models for medical images. "
+                    "Research tool, not a medical device.")
+        common.model_picker()
+        inspect.build()
+    demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
+    return demo
+
+
+if __name__ == "__main__":
+    build_app().launch()

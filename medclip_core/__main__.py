@@ -1,0 +1,162 @@
+"""Command line: ``python -m medclip_core <command> ...``; JSON on stdout.
+
+Bad input exits with status 2 and one line on stderr (``error: ...``); nothing else is printed.
+Set ``MEDCLIP_DEBUG=1`` to see the traceback of an unexpected failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from medclip_core.errors import MedclipError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+def cmd_models(args: argparse.Namespace) -> Any:
+    from medclip_core.models import describe_models
+
+    return describe_models()
+
+
+def cmd_inspect(args: argparse.Namespace) -> Any:
+    from medclip_core.io import load_image
+
+    window = tuple(args.window) if args.window else None
+    image = load_image(args.image, frame=args.frame, window=window)
+    result: dict[str, Any] = {"path": str(args.image), "width": image.size[0], "height": image.size[1],
+                              "color": image.is_color, "metadata": image.metadata}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        image.to_pil().save(args.out)
+        result["preview"] = str(args.out)
+    return result
+
+
+def cmd_phantom(args: argparse.Namespace) -> Any:
+    from medclip_core.data.phantom import write_examples
+
+    if args.n < 1:
+        raise MedclipError("--n must be at least 1.")
+    return write_examples(args.out, n=args.n, seed=args.seed, size=args.size, split=args.split)
+
+
+def cmd_train(args: argparse.Namespace) -> Any:
+    from dataclasses import asdict
+
+    from medclip_core.train.contrastive import TrainConfig, train
+
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    if args.preset == "phantom":
+        overrides.setdefault("architecture", "phantom-vit-minilm")
+        overrides.setdefault("data", "phantom")
+    config = TrainConfig(out_dir=str(args.out), **{k: v for k, v in overrides.items() if k != "out_dir"})
+    result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    return {k: v for k, v in asdict(result).items() if k != "metrics"}
+
+
+def cmd_eval(args: argparse.Namespace) -> Any:
+    from medclip_core.eval.phantom_eval import evaluate_phantom, write_eval
+    from medclip_core.models import load_model
+
+    if args.data != "phantom":
+        raise MedclipError(f"Unknown evaluation data '{args.data}': only 'phantom' is available.")
+    model = load_model(args.model, device=args.device)
+    result = evaluate_phantom(model, n=args.n, split=args.split, seed=args.seed,
+                              progress=lambda fraction, message: print(f"{fraction:.0%} {message}", file=sys.stderr))
+    payload = result.to_dict()
+    out = args.out or _eval_path_next_to(args.model)
+    if out is not None:
+        write_eval(result, out)
+        payload["written_to"] = str(out)
+    return payload
+
+
+def _eval_path_next_to(model_name: str | None) -> Path | None:
+    """Evaluations are written next to local models (checkpoint folders, the embedded default)."""
+    from medclip_core.models import default_model_name, get_spec
+
+    name = model_name or default_model_name()
+    if name.startswith("local-dir:"):
+        return Path(name[len("local-dir:"):]) / "eval_phantom.json"
+    try:
+        spec = get_spec(name)
+    except MedclipError:
+        return None
+    return spec.local_path / "eval_phantom.json" if spec.backend == "checkpoint" else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m medclip_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list registry models, whether each loads here, and their cards")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("inspect", help="read an image (PNG/JPEG/TIFF/DICOM): safe metadata and a windowed preview")
+    p.add_argument("image", type=Path)
+    p.add_argument("--out", type=Path, help="write the windowed preview PNG here")
+    p.add_argument("--frame", type=int, help="frame of a multi-frame image (default: the middle one)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), help="override the DICOM window")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("phantom", help="render phantom chest radiographs with their reports, labels and boxes")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("train", help="contrastive training (resumes when --out holds a run)")
+    p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, config")
+    p.add_argument("--architecture", help="architecture JSON name in train/architectures, or local-dir:CHECKPOINT")
+    p.add_argument("--data", help="'phantom' or a CSV with columns image,report[,labels]")
+    for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float),
+                       ("weight-decay", float), ("warmup-steps", int), ("seed", int), ("phantom-variants", int),
+                       ("limit-reports", int), ("local-loss-weight", float), ("checkpoint-every", int),
+                       ("log-every", int), ("val-reports", int)):
+        p.add_argument(f"--{name}", type=kind)
+    p.add_argument("--precision", choices=("bf16", "fp32"))
+    p.add_argument("--lock", choices=("none", "image", "text"), help="freeze a tower (image = LiT)")
+    p.add_argument("--no-semantic-matching", dest="semantic_matching", action="store_false", default=None)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="zero-shot AUC, retrieval and pointing game on the phantom test split")
+    p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
+    p.add_argument("--data", default="phantom")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--out", type=Path, help="where to write the JSON (default: next to a local model)")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except MedclipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # last resort: one line, not a traceback, unless debugging
+        if os.environ.get("MEDCLIP_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (set MEDCLIP_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+    json.dump(result, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per app tab: widgets and event wiring only; all work happens in ``medclip_core``."""

@@ -1,0 +1,59 @@
+"""Widgets and wiring shared by every tab: the model picker, its banner, and error display."""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+import gradio as gr
+
+from medclip_core.errors import MedclipError
+from medclip_core.models import DEFAULT_MODEL, default_model_name, describe_models
+
+log = logging.getLogger("medclip_explorer")
+
+SYNTHETIC_BANNER = (
+    "⚠️ **`{name}` is the embedded demo model, trained on synthetic phantom radiographs rendered from real "
+    "report text. It is not for diagnosis.** Pick a hub model (e.g. BiomedCLIP) for real images."
+)
+RESEARCH_BANNER = "Model **`{name}`**: research use only, not a medical device."
+IMAGE_FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp", ".gif", ".webp"]
+
+
+def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Show core errors as a readable message in the UI instead of a stack trace or a crash."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except MedclipError as exc:
+            raise gr.Error(str(exc), print_exception=False) from exc
+        except Exception as exc:  # keep the app alive and tell the user what happened
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Unexpected error ({type(exc).__name__}): {exc}", print_exception=False) from exc
+
+    return wrapper
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(f"{row['name']} ({row['availability']})", row["name"]) for row in describe_models()]
+
+
+def banner_for(name: str | None) -> str:
+    name = name or default_model_name()
+    template = SYNTHETIC_BANNER if name == DEFAULT_MODEL else RESEARCH_BANNER
+    return template.format(name=name)
+
+
+def model_picker() -> tuple[gr.Dropdown, gr.Markdown]:
+    """The one model dropdown of the app (custom values allowed: local-dir:PATH, hf-hub:ID, hf:ID)."""
+    picker = gr.Dropdown(
+        choices=model_choices(), value=default_model_name(), allow_custom_value=True, label="Model",
+        info="A registry model, or local-dir:/path, hf-hub:org/name (open_clip), hf:org/name (transformers)",
+    )
+    banner = gr.Markdown(banner_for(default_model_name()))
+    picker.change(banner_for, inputs=picker, outputs=banner, api_visibility="private")
+    return picker, banner
