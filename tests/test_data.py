@@ -99,7 +99,7 @@ def first_with(reports, predicate):
 def test_lung_mask_bank_drops_empty_masks():
     bank = lung_mask_bank()
     assert 400 <= len(bank) <= 435
-    assert all(m.shape == (128, 128) and m.dtype == bool and m.mean() > 0.2 for m in bank)
+    assert all(m.shape == (128, 128) and (m > 127).mean() > 0.2 for m in bank)
 
 
 def test_render_deterministic_shape_range(reports):

@@ -79,7 +79,7 @@ def _masks_archive() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def lung_mask_bank() -> tuple[np.ndarray, ...]:
-    """The usable real lung masks, each cropped to the lungs and resized to 128x128 (bool).
+    """The usable real lung masks, cropped to the lungs, 128x128, softened edges (uint8 0-255).
 
     A mask is kept when it has two lungs: its two largest components, the smaller at least a
     quarter of the larger, one on each side. Of the 517 masks, the 82 empty ones fail this.
@@ -108,12 +108,14 @@ def _two_lungs(mask: np.ndarray) -> np.ndarray | None:
     lungs = ndi.binary_fill_holes((labels == first) | (labels == second))
     ys, xs = np.nonzero(lungs)
     crop = lungs[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    resized = np.asarray(Image.fromarray(crop.astype(np.uint8) * 255).resize((128, 128), Image.BILINEAR)) > 127
-    cols = np.nonzero(resized.any(0))[0]
-    halves = resized[:, :64].sum(), resized[:, 64:].sum()
+    soft = np.asarray(Image.fromarray(crop.astype(np.uint8) * 255).resize((128, 128), Image.BILINEAR))
+    soft = ndi.gaussian_filter(soft.astype(np.float32), 1.2)
+    binary = soft > 127
+    cols = np.nonzero(binary.any(0))[0]
+    halves = binary[:, :64].sum(), binary[:, 64:].sum()
     if min(halves) < 0.25 * max(halves) or cols.size < 100:
         return None
-    return resized
+    return np.round(soft).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def lung_geometry(index: int, size: int) -> LungGeometry:
     base = lung_mask_bank()[index]
     x0, y0, x1, y1 = (round(v * size) for v in LUNG_BOX)
     placed = np.zeros((size, size), bool)
-    resized = Image.fromarray(base.astype(np.uint8) * 255).resize((x1 - x0, y1 - y0), Image.BILINEAR)
+    resized = Image.fromarray(base).resize((x1 - x0, y1 - y0), Image.BICUBIC)
     placed[y0:y1, x0:x1] = np.asarray(resized) > 127
     labels, count = ndi.label(placed)
     sizes = ndi.sum(placed, labels, range(1, count + 1))
@@ -238,7 +240,7 @@ def _vessel_trees(size: int) -> np.ndarray:
                 cols = np.clip((pts[:, 0] * size).astype(int), 0, size - 1)
                 rows = np.clip((pts[:, 1] * size).astype(int), 0, size - 1)
                 np.add.at(acc, (rows, cols), width ** 1.5 / np.sqrt(steps / (length * size)))
-                if width > 0.14:
+                if width > 0.09:
                     end = pts[-1]
                     for turn in (rng.uniform(0.25, 0.7), -rng.uniform(0.25, 0.7)):
                         stack.append((end, angle + turn + rng.normal(0, 0.2), length * rng.uniform(0.55, 0.8),
@@ -249,7 +251,7 @@ def _vessel_trees(size: int) -> np.ndarray:
                 acc[rows, cols] += 2.5
         fine = ndi.gaussian_filter(acc, 0.003 * size + 0.25)
         coarse = ndi.gaussian_filter(acc, 0.012 * size)
-        tree = fine + 4.0 * coarse
+        tree = fine + 2.0 * coarse
         trees.append(tree / np.percentile(tree[tree > 0], 99))
     return np.stack(trees)
 
@@ -267,6 +269,46 @@ def _spine(size: int) -> np.ndarray:
     spinous = np.exp(-((dx / 0.008) ** 2 + ((phase - 0.75) / 0.2) ** 2))
     column = 0.22 * body - 0.08 * disc + 0.12 * pedicles + 0.06 * spinous
     return ndi.gaussian_filter(column * (ys > 0.02), 0.002 * size + 0.2).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _StaticLayers:
+    """Attenuation layers that no report changes, per image size."""
+
+    body: np.ndarray         # soft tissue: chest wall, neck, sloping shoulders, abdomen
+    mediastinum: np.ndarray  # extra soft tissue between the lungs
+    rib_fade: np.ndarray     # 1 inside the body, 0 above the shoulders (no ribs in the air)
+    column: np.ndarray       # spine minus the trachea's air, straight
+    aorta: tuple[np.ndarray, np.ndarray]     # normal, tortuous: knob + descending aorta
+    knob: tuple[np.ndarray, np.ndarray]      # bool masks of the aortic knob
+    knob_rim: tuple[np.ndarray, np.ndarray]  # calcified rim of the knob (soft line)
+
+
+@functools.lru_cache(maxsize=8)
+def _static_layers(size: int) -> _StaticLayers:
+    xs, ys = _grid(size)
+    dx = xs - MIDLINE
+    adx = np.abs(dx)
+    body_top = -0.03 + 0.1 * _smoothstep((adx - 0.07) / 0.18) + 0.12 * _smoothstep((adx - 0.36) / 0.12)
+    half_width = 0.455 + 0.025 * ys
+    body = np.clip(1 - (dx / half_width) ** 2, 0, 1) ** 0.3 * _smoothstep((ys - body_top) / 0.03)
+    body *= 0.8 + 0.2 * _smoothstep((ys - 0.05) / 0.25)
+    mediastinum = _smoothstep((0.07 - np.abs(dx - 0.01)) / 0.04)
+    trachea = _smoothstep((0.014 - adx) / 0.006) * _smoothstep((0.34 - ys) / 0.03)
+    aortas, knobs, rims = [], [], []
+    for knob_x in (MIDLINE + 0.065, MIDLINE + 0.1):
+        dist = ((xs - knob_x) / 0.04) ** 2 + ((ys - 0.28) / 0.035) ** 2
+        knob = _smoothstep((1 - dist) * 4)
+        path = knob_x - 0.015 + 0.04 * (ys - 0.28)
+        descending = _smoothstep((0.02 - np.abs(xs - path)) / 0.01) * (ys > 0.28) * (ys < 0.7)
+        rim = (np.abs(dist - 0.8) < 0.12) & (ys < 0.28) & (xs > knob_x - 0.01)
+        aortas.append(np.maximum(knob, 0.7 * descending).astype(np.float32))
+        knobs.append(knob > 0.4)
+        rims.append(ndi.gaussian_filter(rim.astype(np.float32), 0.5))
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return _StaticLayers(f32(0.95 * body), f32(0.1 * mediastinum),
+                         f32(_smoothstep((ys - body_top) / 0.05)),
+                         f32(0.45 * _spine(size) - 0.1 * trachea), tuple(aortas), tuple(knobs), tuple(rims))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,9 +389,11 @@ class _Canvas:
         self.masks[label] = self.masks.get(label, np.zeros_like(mask, bool)) | mask
 
     def blob(self, cx: float, cy: float, rx: float, ry: float, angle: float = 0.0) -> np.ndarray:
-        c, s = np.cos(angle), np.sin(angle)
-        u = ((self.xs - cx) * c + (self.ys - cy) * s) / rx
-        v = (-(self.xs - cx) * s + (self.ys - cy) * c) / ry
+        cx, cy, rx, ry = float(cx), float(cy), float(rx), float(ry)  # keep float32 arithmetic
+        c, s = float(np.cos(angle)), float(np.sin(angle))
+        x, y = self.xs - cx, self.ys - cy
+        u = (x * c + y * s) * (1 / rx)
+        v = (y * c - x * s) * (1 / ry)
         return u * u + v * v
 
     def line(self, points: np.ndarray, width_px: float, value: float) -> np.ndarray:
@@ -407,12 +451,12 @@ def _draw_opacity(cv: _Canvas, f: Finding) -> None:
         cx, cy = cv.point_in(region, 0.03 * cv.size)
         r = cv.rng.uniform(0.05, 0.08) * extent
         dist = cv.blob(cx, cy, r, r * cv.rng.uniform(0.7, 1.2), cv.rng.uniform(0, np.pi))
-        field_ = 1.1 - dist + 0.4 * cv.texture() * (1.5 if patchy else 1.0)
-        lesion = _smoothstep(field_ * 1.3) * cv.geo.lung(side) * (0.85 + 0.15 * cv.texture(fine=True))
+        field_ = 1.0 - dist + 0.45 * cv.texture() * (1.5 if patchy else 1.0)
+        lesion = _smoothstep(field_ * 0.9) * cv.geo.lung(side) * (0.9 + 0.1 * cv.texture(fine=True))
         strength = cv.rng.uniform(0.45, 0.75)
         cv.extra += lesion * strength * 0.08
         cv.air *= 1 - strength * lesion
-        cv.mark("opacity", lesion > 0.35)
+        cv.mark("opacity", lesion > 0.3)
 
 
 def _draw_atelectasis(cv: _Canvas, f: Finding) -> None:
@@ -670,14 +714,14 @@ def _heart(cv: _Canvas, ctr: float) -> np.ndarray:
     width = ctr * thorax
     right_border = MIDLINE - 0.36 * width
     cx = right_border + width / 2
-    base = (cv.geo.bottom[cv.geo.bottom >= 0].mean()) / cv.size
+    base = cv.geo.bottom.max() / cv.size
     height = 0.55 * width + 0.08
-    cy = base - 0.22 * height
+    cy = base - 0.3 * height
     tilt = -0.35
     # semi-axis chosen so the tilted ellipse spans exactly ``width`` horizontally
     semi_x = np.sqrt(max((width / 2) ** 2 - (height / 2 * np.sin(tilt)) ** 2, 1e-4)) / np.cos(tilt)
     dist = cv.blob(cx, cy, semi_x, height / 2, tilt)
-    return _smoothstep((1 - dist) * 6 + 0.5) * (cv.ys > 0.25)
+    return _smoothstep((1 - dist) * 4 + 0.5) * (cv.ys > 0.25)
 
 
 def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
@@ -712,122 +756,110 @@ def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
 
     xs, ys = cv.xs, cv.ys
     dx = xs - MIDLINE
-    # spine: straight, or bent for scoliosis, with osteophytes for degenerative change
-    spine = _spine(size)
+    static = _static_layers(size)
+    # spine and trachea: straight, or bent for scoliosis; osteophytes for degenerative change
+    column = static.column
     if "scoliosis" in labels:
         amp = rng.uniform(0.025, 0.045) * rng.choice([-1, 1])
         offset = amp * np.sin(np.pi * (ys[:, 0] - 0.1) / 0.7)
-        shift_cols = np.arange(size)[None, :] - offset[:, None] * size
-        spine = ndi.map_coordinates(spine, [np.repeat(np.arange(size)[:, None], size, 1), shift_cols],
-                                    order=1, mode="nearest")
+        shift_cols = np.arange(size, dtype=np.float32)[None, :] - offset[:, None] * size
+        rows_idx = np.broadcast_to(np.arange(size, dtype=np.float32)[:, None], (size, size))
+        column = ndi.map_coordinates(column, [rows_idx, shift_cols], order=1, mode="nearest")
         centre = MIDLINE + offset[:, None]
         cv.mark("scoliosis", (np.abs(xs - centre) < 0.045) & (ys > 0.1) & (ys < 0.85))
     else:
-        centre = np.full((size, 1), MIDLINE)
+        centre = np.full((size, 1), MIDLINE, np.float32)
     if "degenerative spine" in labels:
-        spurs = np.zeros_like(spine)
+        column = column.copy()
         for _ in range(int(rng.integers(3, 7))):
             level = rng.integers(4, 16) * 0.047 + 0.046
             side = rng.choice([-1, 1])
             row = min(int(level * size), size - 1)
-            spurs += np.exp(-cv.blob(float(centre[row, 0]) + side * 0.04, level, 0.012, 0.005, side * 0.5))
-        spine = spine + 0.35 * spurs
-        rows = (ys > 0.15) & (ys < 0.85)
-        cv.mark("degenerative spine", (np.abs(xs - centre) < 0.06) & rows)
+            column += 0.16 * np.exp(-cv.blob(float(centre[row, 0]) + side * 0.04, level, 0.012, 0.005, side * 0.5))
+        cv.mark("degenerative spine", (np.abs(xs - centre) < 0.06) & (ys > 0.15) & (ys < 0.85))
 
     # aortic knob and descending aorta, patient's left of the spine
-    knob_x = MIDLINE + 0.065 + (0.035 if "tortuous aorta" in labels else 0.0) * rng.uniform(0.8, 1.2)
-    knob = _smoothstep((1 - cv.blob(knob_x, 0.28, 0.04, 0.035)) * 4)
-    descending = _smoothstep((0.02 - np.abs(xs - (knob_x - 0.015 + 0.04 * (ys - 0.28)))) / 0.01) * (ys > 0.28) * (ys < 0.7)
-    aorta = np.maximum(knob, 0.7 * descending)
-    if "tortuous aorta" in labels:
-        cv.mark("tortuous aorta", knob > 0.4)
+    tortuous = "tortuous aorta" in labels
+    aorta = static.aorta[int(tortuous)]
+    if tortuous:
+        cv.mark("tortuous aorta", static.knob[1])
     if "aortic calcification" in labels:
-        rim = (np.abs(cv.blob(knob_x, 0.28, 0.038, 0.033) - 0.85) < 0.12) & (ys < 0.28) & (xs > knob_x - 0.01)
-        cv.extra += ndi.gaussian_filter(rim.astype(np.float32), 0.5) * 0.5
-        cv.mark("aortic calcification", rim)
+        cv.extra += static.knob_rim[int(tortuous)] * 0.5
+        cv.mark("aortic calcification", static.knob_rim[int(tortuous)] > 0.3)
 
-    # body: chest wall, neck and sloping shoulders; the abdomen below the diaphragm
-    adx = np.abs(dx)
-    body_top = -0.03 + 0.1 * _smoothstep((adx - 0.07) / 0.18) + 0.12 * _smoothstep((adx - 0.36) / 0.12)
-    half_width = 0.455 + 0.025 * ys
-    body = np.sqrt(np.clip(1 - (dx / half_width) ** 2, 0, 1)) * _smoothstep((ys - body_top) / 0.03)
-    body *= 0.8 + 0.2 * _smoothstep((ys - 0.05) / 0.25)
-    lung_air = cv.air * cv.lungs * (1 - 0.85 * heart) * (1 - 0.35 * aorta)
-    lung_soft = ndi.gaussian_filter(lung_air, 0.003 * size + 0.35)
-    depth = np.clip(cv.geo.edge_dist.astype(np.float32) / (0.06 * size), 0, 1) ** 0.6
-    gastric = np.exp(-cv.blob(MIDLINE + 0.17, (cv.geo.bottom.max() / size) + 0.04, 0.05, 0.03) ** 2)
-    mediastinum = _smoothstep((0.07 - np.abs(dx - 0.01)) / 0.04) * (1 - lung_soft)
-    trachea = _smoothstep((0.014 - np.abs(xs - centre)) / 0.006) * _smoothstep((0.34 - ys) / 0.03)
+    lung_air = ndi.uniform_filter(cv.air * cv.lungs, 3) * (1 - 0.85 * heart) * (1 - 0.35 * aorta)
+    depth = np.clip(cv.geo.edge_dist.astype(np.float32) * (1 / (0.06 * size)), 0, 1) ** 0.6
+    gastric_y = cv.geo.bottom.max() / size + 0.04
+    gastric = np.exp(-cv.blob(MIDLINE + 0.17, gastric_y, 0.05, 0.03) ** 2)
     vessels = _vessel_trees(size)[cv.variant] * cv.lungs * cv.vessel_gain
 
     attenuation = (
-        0.95 * body
-        + 0.1 * mediastinum
+        static.body
+        + static.mediastinum * (1 - lung_air)
         + 0.05 * heart
         + 0.04 * aorta
-        - 0.72 * lung_soft * (0.55 + 0.45 * depth)
+        - lung_air * (0.36 + 0.34 * depth)
         + 0.2 * vessels
-        + _rib_cages(size)[cv.variant] * rng.uniform(0.6, 0.85) * _smoothstep((ys - body_top) / 0.05)
-        + spine * (0.45 - 0.2 * heart)
-        - 0.1 * trachea
-        - 0.12 * gastric * (1 - lung_soft)
+        + _rib_cages(size)[cv.variant] * (rng.uniform(0.6, 0.85) * static.rib_fade)
+        + column * (1 - 0.44 * heart)
+        - 0.12 * gastric * (1 - lung_air)
         + cv.extra
     )
     texture = cv.texture(0.012) + cv.texture(0.008, fine=True)
-    attenuation = np.clip(attenuation + texture * body, 0, None)
+    attenuation = np.clip(attenuation + texture * static.body, 0, None)
 
     # exposure: a film-like curve, then contrast and gamma jitter
     technical = "technical quality" in cv.mesh
     k = rng.uniform(1.1, 1.6)
-    white = 1 - np.exp(-k * rng.uniform(1.2, 1.4))  # attenuation that exposes to full white
-    image = np.clip((1 - np.exp(-k * attenuation)) / white, 0, 1) ** rng.uniform(0.85, 1.2)
+    white = float(1 - np.exp(-k * rng.uniform(1.2, 1.4)))  # attenuation exposed to full white
+    image = np.clip((1 - np.exp(-k * attenuation)) / white, 0, 1) ** rng.uniform(0.95, 1.35)
 
-    # geometry: slight rotation, scale and shift; masks follow by nearest neighbour
+    # geometry: slight rotation, scale and shift about the centre; masks follow by nearest
+    # neighbour, all at once as bits of one integer image
     angle = np.deg2rad(rng.normal(0, 6 if technical else 2.5))
     scale = rng.uniform(0.93, 1.06)
     shift = rng.normal(0, 0.02, 2) * size
     c, s = np.cos(angle), np.sin(angle)
-    centre_px = (size - 1) / 2
-    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
-    u, v = (cols - centre_px - shift[0]) / scale, (rows - centre_px - shift[1]) / scale
-    src_x = c * u + s * v + centre_px
-    src_y = -s * u + c * v + centre_px
-    image = ndi.map_coordinates(image, [src_y, src_x], order=1, mode="constant", cval=0.0)
-    nearest = (np.clip(np.rint(src_y), 0, size - 1).astype(np.intp),
-               np.clip(np.rint(src_x), 0, size - 1).astype(np.intp))
-    inside = (src_x > -0.5) & (src_x < size - 0.5) & (src_y > -0.5) & (src_y < size - 0.5)
-
-    def warp(mask: np.ndarray) -> np.ndarray:
-        return mask[nearest] & inside
+    matrix = np.array([[c, s], [-s, c]]) / scale  # output (row, col) -> input (row, col)
+    centre_px = np.full(2, (size - 1) / 2)
+    offset = centre_px - matrix @ (centre_px + shift[::-1])
+    image = ndi.affine_transform(image, matrix, offset, order=1, mode="constant", cval=0.0)
+    drawn = [label for label in cv.masks if label in labels]
+    layers = [cv.masks[label] for label in drawn] + [cv.geo.right & cv.lungs, cv.geo.left & cv.lungs, heart_mask]
+    packed = np.zeros((size, size), np.uint32)
+    for bit, layer in enumerate(layers):
+        packed |= layer.astype(np.uint32) << bit
+    packed = ndi.affine_transform(packed, matrix, offset, order=0, mode="constant", cval=0)
+    unpacked = [(packed >> bit & 1).astype(bool) for bit in range(len(layers))]
 
     # blur and quantum-like noise (more noise where fewer photons reach the detector)
     image = ndi.gaussian_filter(image, rng.uniform(0.35, 0.8) * size / 224)
     noise_level = rng.uniform(0.012, 0.03) * (1.8 if technical else 1.0)
-    image = image + rng.standard_normal(image.shape).astype(np.float32) * noise_level * np.sqrt(0.15 + image)
-    image = np.clip(image, 0, 1).astype(np.float32)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * (noise_level * np.sqrt(0.15 + image))
+    image = np.clip(image, 0, 1, out=image)
 
-    masks = {label: warp(mask) for label, mask in cv.masks.items() if label in labels}
-    masks = {label: m for label, m in masks.items() if m.any()}
+    masks = {label: m for label, m in zip(drawn, unpacked) if m.any()}
     boxes = {label: _boxes(m) for label, m in masks.items()}
-    anatomy = {"lung_right": warp(cv.geo.right & cv.lungs), "lung_left": warp(cv.geo.left & cv.lungs),
-               "heart": warp(heart_mask)}
+    anatomy = dict(zip(ANATOMY, unpacked[len(drawn):]))
     return PhantomSample(report, image, masks, boxes, anatomy)
 
 
 def _boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     """One (x0, y0, x1, y1) box per lesion: mask pieces closer than ~4 px count as one."""
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    top, left = max(rows[0] - 3, 0), max(cols[0] - 3, 0)
+    mask = mask[top:rows[-1] + 4, left:cols[-1] + 4]
     labels, _ = ndi.label(ndi.binary_dilation(mask, iterations=2), structure=np.ones((3, 3)))
     out = []
-    for sl in ndi.find_objects(labels):
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
         ys, xs = sl
-        sub = mask[sl]
+        sub = mask[sl] & (labels[sl] == k)
         if sub.any():
             rows, cols = np.nonzero(sub)
-            out.append((int(xs.start + cols.min()), int(ys.start + rows.min()),
-                        int(xs.start + cols.max() + 1), int(ys.start + rows.max() + 1)))
+            out.append((int(left + xs.start + cols.min()), int(top + ys.start + rows.min()),
+                        int(left + xs.start + cols.max() + 1), int(top + ys.start + rows.max() + 1)))
     return out
 
 
