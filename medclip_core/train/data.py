@@ -1,0 +1,122 @@
+"""Image–report pairs for training: the phantom preset or a CSV of (image path, report text).
+
+Images are held in memory as 8-bit grey squares at the model's input size (rendered or loaded
+once), so an epoch costs only the model. Each report keeps a few text variants (the full report,
+sentences shuffled, sentence subsets, the impression alone), the augmentation the report-based
+CLIP literature uses, and its sentences for the local (sentence–region) loss.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medclip_core.errors import MedclipError
+
+SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
+MAX_SENTENCES = 6
+
+
+@dataclass
+class PairSet:
+    """``images[i]`` shows report ``report_index[i]``; per-report texts, sentences and labels."""
+
+    images: np.ndarray               # uint8 (M, S, S)
+    report_index: np.ndarray         # int64 (M,)
+    texts: list[list[str]]           # per report: text variants (first = full report)
+    sentences: list[list[str]]       # per report: up to MAX_SENTENCES sentences
+    labels: np.ndarray               # float32 (R, L) multi-hot; all-zero rows mean "unknown"
+    label_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in SENTENCE_SPLIT.split(text.strip()) if len(s.strip()) > 2]
+
+
+def text_variants(findings: str, impression: str, rng: np.random.Generator, n_variants: int = 4) -> list[str]:
+    """The full report first, then shuffled / sub-sampled sentence variants (deterministic given rng)."""
+    full = " ".join(part for part in (findings, impression) if part).strip()
+    sentences = split_sentences(full)
+    variants = [full]
+    if impression:
+        variants.append(impression)
+    while len(variants) < n_variants and len(sentences) > 1:
+        order = rng.permutation(len(sentences))
+        keep = max(1, int(np.ceil(len(sentences) * rng.uniform(0.5, 1.0))))
+        variants.append(" ".join(sentences[i] for i in order[:keep]))
+    return variants[:n_variants]
+
+
+def _to_square_uint8(pixels: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    grey = pixels if pixels.ndim == 2 else pixels.mean(axis=2)
+    img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    side = min(img.size)
+    left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
+    return np.asarray(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
+
+
+def phantom_pairs(split: str, size: int, seed: int = 0, variants_per_report: int = 1, limit: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> PairSet:
+    """Render the phantom split: ``variants_per_report`` images (different seeds) per report."""
+    from medclip_core.data.phantom import render
+    from medclip_core.data.reports import FINDINGS, load_reports, report_splits
+
+    reports = report_splits(load_reports(), seed=seed)[split]
+    if limit is not None:
+        reports = reports[:limit]
+    rng = np.random.default_rng(seed)
+    images, index = [], []
+    total = len(reports) * variants_per_report
+    for r, report in enumerate(reports):
+        for v in range(variants_per_report):
+            images.append(np.clip(render(report, seed=seed * 1000 + v, size=size).image * 255 + 0.5, 0, 255)
+                          .astype(np.uint8))
+            index.append(r)
+            if progress and len(images) % 500 == 0:
+                progress(len(images), total)
+    texts = [text_variants(rep.findings_text, rep.impression_text, rng) for rep in reports]
+    labels = np.array([[1.0 if name in rep.labels else 0.0 for name in FINDINGS] for rep in reports], np.float32)
+    return PairSet(np.stack(images), np.array(index), texts, [split_sentences(t[0])[:MAX_SENTENCES] for t in texts],
+                   labels, FINDINGS)
+
+
+def csv_pairs(csv_path: Path, size: int, seed: int = 0) -> PairSet:
+    """A CSV with columns ``image`` (path, relative to the CSV's folder) and ``report``; an optional
+    ``labels`` column holds ``|``-separated finding names (used for semantic-matching targets)."""
+    from medclip_core.io import load_image
+
+    csv_path = Path(csv_path)
+    try:
+        rows = list(csv.DictReader(csv_path.open(newline="", encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MedclipError(f"Cannot read the training CSV {csv_path}: {exc}") from exc
+    if not rows or not {"image", "report"} <= set(rows[0]):
+        raise MedclipError(f"{csv_path} needs a header with columns 'image' and 'report' and at least one row.")
+    root = csv_path.parent.resolve()
+    rng = np.random.default_rng(seed)
+    label_names = tuple(sorted({name.strip() for row in rows for name in (row.get("labels") or "").split("|")
+                                if name.strip()}))
+    images, texts, labels = [], [], []
+    for line, row in enumerate(rows, start=2):
+        path = (root / row["image"]).resolve()
+        if root not in path.parents:
+            raise MedclipError(f"{csv_path}, line {line}: image path '{row['image']}' leaves the dataset folder.")
+        report = (row["report"] or "").strip()
+        if not report:
+            raise MedclipError(f"{csv_path}, line {line}: the report is empty.")
+        images.append(_to_square_uint8(load_image(path).pixels, size))
+        texts.append(text_variants(report, "", rng))
+        names = {n.strip() for n in (row.get("labels") or "").split("|")}
+        labels.append([1.0 if n in names else 0.0 for n in label_names])
+    return PairSet(np.stack(images), np.arange(len(rows)), texts,
+                   [split_sentences(t[0])[:MAX_SENTENCES] for t in texts],
+                   np.array(labels, np.float32).reshape(len(rows), len(label_names)), label_names)

@@ -1,0 +1,98 @@
+"""Contrastive trainer: loss goes down, checkpoints reload identically, runs resume, data is validated."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medclip_core.errors import MedclipError
+from medclip_core.models import load_model
+from medclip_core.train.contrastive import (
+    ContrastiveTrainer,
+    TrainConfig,
+    _soft_targets,
+    contrastive_loss,
+    local_alignment_logits,
+)
+from medclip_core.train.data import csv_pairs, text_variants
+
+
+def tiny_config(out: Path, **overrides) -> TrainConfig:
+    base = dict(out_dir=str(out), architecture="tiny-test", limit_reports=16, phantom_variants=1, max_steps=2,
+                batch_size=16, lr=5e-3, warmup_steps=1, log_every=1, checkpoint_every=1, val_reports=4,
+                precision="fp32")
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_two_steps_lower_the_loss_and_the_checkpoint_reloads_identically(tmp_path: Path) -> None:
+    trainer = ContrastiveTrainer(tiny_config(tmp_path / "run"), log=lambda _: None)
+    data = trainer.load_data("train", 16)
+    rows = np.arange(len(data))
+    trainer.module.eval()
+    with torch.no_grad():
+        before = float(trainer.batch_loss(data, rows, np.random.default_rng(0))[0])
+    result = trainer.run()
+    trainer.module.eval()
+    with torch.no_grad():
+        after = float(trainer.batch_loss(data, rows, np.random.default_rng(0))[0])
+    assert result.steps == 2 and after < before
+
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all(np.isfinite(m["loss"]) for m in metrics)
+
+    model = load_model(f"local-dir:{tmp_path / 'run'}", device="cpu")
+    pixels = model.preprocess_batch([img / 255.0 for img in data.images[:3]])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(trainer.module.encode_image(pixels), dim=-1)
+    assert torch.allclose(model.encode_image(pixels), expected, atol=1e-6)
+
+
+def test_a_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    ContrastiveTrainer(tiny_config(tmp_path / "run"), log=lambda _: None).run()
+    lines = []
+    ContrastiveTrainer(tiny_config(tmp_path / "run", max_steps=3), log=lines.append).run()
+    assert any("resuming at step 2/3" in line for line in lines)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_semantic_matching_targets_share_weight_between_identical_label_sets() -> None:
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    targets = _soft_targets(labels, temperature=0.1)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(4))
+    assert targets[0, 0] == pytest.approx(targets[0, 1].item()) and targets[0, 2] < 1e-3
+    assert targets[3, 3] == pytest.approx(1.0)  # unknown labels: plain InfoNCE target
+    perfect = torch.eye(3) * 20
+    assert contrastive_loss(perfect, torch.eye(3)) < contrastive_loss(torch.zeros(3, 3), torch.eye(3))
+
+
+def test_local_alignment_prefers_the_image_holding_the_sentence() -> None:
+    patches = torch.nn.functional.normalize(torch.randn(2, 9, 8), dim=-1)
+    sentences = patches[:, 4:5, :].clone()  # each report's sentence is a patch of its own image
+    scores = local_alignment_logits(patches, sentences, torch.ones(2, 1, dtype=torch.bool), 0.05)
+    assert scores.shape == (2, 2)
+    assert scores[0, 0] > scores[1, 0] and scores[1, 1] > scores[0, 1]
+
+
+def test_text_variants_start_with_the_full_report() -> None:
+    variants = text_variants("Heart is normal. Lungs are clear. No effusion.", "No acute disease.",
+                             np.random.default_rng(0))
+    assert variants[0] == "Heart is normal. Lungs are clear. No effusion. No acute disease."
+    assert variants[1] == "No acute disease." and len(variants) == 4
+
+
+def test_csv_pairs_validates_rows(tmp_path: Path) -> None:
+    Image.fromarray(np.full((20, 30), 128, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "ok.csv").write_text("image,report,labels\na.png,Small left effusion.,pleural effusion\n")
+    pairs = csv_pairs(tmp_path / "ok.csv", size=16)
+    assert pairs.images.shape == (1, 16, 16) and pairs.label_names == ("pleural effusion",)
+    (tmp_path / "escape.csv").write_text("image,report\n../outside.png,Text.\n")
+    with pytest.raises(MedclipError, match="leaves the dataset folder"):
+        csv_pairs(tmp_path / "escape.csv", size=16)
+    (tmp_path / "empty.csv").write_text("image,report\na.png,\n")
+    with pytest.raises(MedclipError, match="report is empty"):
+        csv_pairs(tmp_path / "empty.csv", size=16)
