@@ -223,35 +223,28 @@ def _vessel_trees(size: int) -> np.ndarray:
     for _ in range(N_VARIANTS):
         acc = np.zeros((size, size), np.float32)
         for sign in (-1, 1):
-            hilum = np.array([MIDLINE + sign * 0.1, 0.43])
-            stack = []
-            for a in np.linspace(-155, 125, 11) + rng.uniform(-8, 8, 11):
-                rad = np.deg2rad(a)
-                root = hilum + rng.uniform(0.015, 0.035) * np.array([np.cos(rad) * sign, np.sin(rad)])
-                stack.append((root, rad, rng.uniform(0.07, 0.1), 1.0))
+            hilum = np.array([MIDLINE + sign * 0.1, 0.44 - 0.02 * (sign > 0)])
+            # lobar trunks (0 rad = lateral, positive = downward): upper, middle, lower lobes
+            stack = [(hilum + rng.normal(0, 0.008, 2), np.deg2rad(a + rng.normal(0, 8)),
+                      rng.uniform(0.045, 0.07), 1.0) for a in (-105, -70, -20, 35, 70, 100)]
             while stack:
                 start, angle, length, width = stack.pop()
                 direction = np.array([np.cos(angle) * sign, np.sin(angle)])
                 steps = max(int(length * size * 2), 2)
-                bend = rng.normal(0, 0.35)
                 t = np.linspace(0, 1, steps)[:, None]
                 normal = np.array([-direction[1], direction[0]])
-                pts = start + t * direction * length + bend * length * (t * (1 - t)) * normal
+                pts = start + t * direction * length + rng.normal(0, 0.25) * length * (t * (1 - t)) * normal
                 cols = np.clip((pts[:, 0] * size).astype(int), 0, size - 1)
                 rows = np.clip((pts[:, 1] * size).astype(int), 0, size - 1)
-                np.add.at(acc, (rows, cols), width ** 1.5 / np.sqrt(steps / (length * size)))
-                if width > 0.09:
-                    end = pts[-1]
-                    for turn in (rng.uniform(0.25, 0.7), -rng.uniform(0.25, 0.7)):
-                        stack.append((end, angle + turn + rng.normal(0, 0.2), length * rng.uniform(0.55, 0.8),
-                                      width * rng.uniform(0.6, 0.75)))
-            for _ in range(4):  # the hilum itself: lobulated vessel and node shadows
-                centre = hilum + rng.normal(0, 0.02, 2)
-                rows, cols = (np.clip(int(v * size), 0, size - 1) for v in centre[::-1])
-                acc[rows, cols] += 2.5
-        fine = ndi.gaussian_filter(acc, 0.003 * size + 0.25)
-        coarse = ndi.gaussian_filter(acc, 0.012 * size)
-        tree = fine + 2.0 * coarse
+                np.add.at(acc, (rows, cols), width ** 1.3 * (length * size / steps))
+                if width > 0.07:
+                    straight = rng.uniform(-0.15, 0.15)  # one branch goes on, one turns off
+                    turn = rng.uniform(0.45, 0.9) * rng.choice([-1, 1])
+                    stack.append((pts[-1], angle + straight, length * rng.uniform(0.75, 0.9), width * 0.8))
+                    stack.append((pts[-1], angle + turn, length * rng.uniform(0.6, 0.8), width * rng.uniform(0.55, 0.7)))
+        fine = ndi.gaussian_filter(acc, 0.0035 * size + 0.2)
+        coarse = ndi.gaussian_filter(acc, 0.01 * size)
+        tree = fine + 1.5 * coarse
         trees.append(tree / np.percentile(tree[tree > 0], 99))
     return np.stack(trees)
 
@@ -282,6 +275,7 @@ class _StaticLayers:
     aorta: tuple[np.ndarray, np.ndarray]     # normal, tortuous: knob + descending aorta
     knob: tuple[np.ndarray, np.ndarray]      # bool masks of the aortic knob
     knob_rim: tuple[np.ndarray, np.ndarray]  # calcified rim of the knob (soft line)
+    breasts: np.ndarray      # soft tissue over the lower lateral lungs (scaled per image)
 
 
 @functools.lru_cache(maxsize=8)
@@ -295,9 +289,12 @@ def _static_layers(size: int) -> _StaticLayers:
     body *= 0.8 + 0.2 * _smoothstep((ys - 0.05) / 0.25)
     mediastinum = _smoothstep((0.07 - np.abs(dx - 0.01)) / 0.04)
     trachea = _smoothstep((0.014 - adx) / 0.006) * _smoothstep((0.34 - ys) / 0.03)
+    # breasts: half-discs hanging over the lower lateral lungs with a soft lower edge
+    breasts = sum(_smoothstep((1 - ((xs - MIDLINE - s * 0.27) / 0.2) ** 2 - ((ys - 0.62) / 0.16) ** 2) * 3)
+                  * _smoothstep((ys - 0.5) / 0.12) for s in (-1, 1))
     aortas, knobs, rims = [], [], []
-    for knob_x in (MIDLINE + 0.065, MIDLINE + 0.1):
-        dist = ((xs - knob_x) / 0.04) ** 2 + ((ys - 0.28) / 0.035) ** 2
+    for knob_x in (MIDLINE + 0.035, MIDLINE + 0.07):
+        dist = ((xs - knob_x) / 0.035) ** 2 + ((ys - 0.28) / 0.03) ** 2
         knob = _smoothstep((1 - dist) * 4)
         path = knob_x - 0.015 + 0.04 * (ys - 0.28)
         descending = _smoothstep((0.02 - np.abs(xs - path)) / 0.01) * (ys > 0.28) * (ys < 0.7)
@@ -308,7 +305,8 @@ def _static_layers(size: int) -> _StaticLayers:
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     return _StaticLayers(f32(0.95 * body), f32(0.1 * mediastinum),
                          f32(_smoothstep((ys - body_top) / 0.05)),
-                         f32(0.45 * _spine(size) - 0.1 * trachea), tuple(aortas), tuple(knobs), tuple(rims))
+                         f32(0.45 * _spine(size) - 0.1 * trachea), tuple(aortas), tuple(knobs), tuple(rims),
+                         f32(breasts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,19 +706,26 @@ PAINTERS = {
 
 
 def _heart(cv: _Canvas, ctr: float) -> np.ndarray:
-    """Soft heart density for a cardiothoracic ratio ``ctr``; sits on the diaphragm."""
+    """Soft heart density for a cardiothoracic ratio ``ctr``, resting on the diaphragm.
+
+    A tilted ellipse whose long axis runs from the great vessels (upper image left) to the apex
+    (lower image right), sized so that its horizontal extent is exactly ``ctr`` x thorax width.
+    """
     cols = np.nonzero(cv.lungs.any(0))[0]
     thorax = (cols.max() - cols.min()) / cv.size
     width = ctr * thorax
-    right_border = MIDLINE - 0.36 * width
-    cx = right_border + width / 2
-    base = cv.geo.bottom.max() / cv.size
-    height = 0.55 * width + 0.08
-    cy = base - 0.3 * height
-    tilt = -0.35
-    # semi-axis chosen so the tilted ellipse spans exactly ``width`` horizontally
-    semi_x = np.sqrt(max((width / 2) ** 2 - (height / 2 * np.sin(tilt)) ** 2, 1e-4)) / np.cos(tilt)
-    dist = cv.blob(cx, cy, semi_x, height / 2, tilt)
+    tilt, aspect = 0.45, 0.85  # radians; short/long axis
+    c, s = float(np.cos(tilt)), float(np.sin(tilt))
+    semi_long = (width / 2) / np.sqrt(c * c + (aspect * s) ** 2)
+    semi_short = aspect * semi_long
+    half_height = np.sqrt((semi_long * s) ** 2 + (semi_short * c) ** 2)
+    cx = MIDLINE - 0.32 * width + width / 2
+    cy = cv.geo.bottom.max() / cv.size - 0.9 * half_height
+    # below its centre the silhouette keeps its width down to the diaphragm (no lung under it)
+    x, y = cv.xs - float(cx), np.minimum(cv.ys - float(cy), 0)
+    u = (x * c + y * s) * float(1 / semi_long)
+    v = (y * c - x * s) * float(1 / semi_short)
+    dist = u * u + v * v
     return _smoothstep((1 - dist) * 4 + 0.5) * (cv.ys > 0.25)
 
 
@@ -787,11 +792,11 @@ def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
         cv.extra += static.knob_rim[int(tortuous)] * 0.5
         cv.mark("aortic calcification", static.knob_rim[int(tortuous)] > 0.3)
 
-    lung_air = ndi.uniform_filter(cv.air * cv.lungs, 3) * (1 - 0.85 * heart) * (1 - 0.35 * aorta)
+    lung_air = ndi.uniform_filter(cv.air * cv.lungs, 3) * (1 - 0.85 * heart) * (1 - 0.3 * aorta)
     depth = np.clip(cv.geo.edge_dist.astype(np.float32) * (1 / (0.06 * size)), 0, 1) ** 0.6
     gastric_y = cv.geo.bottom.max() / size + 0.04
     gastric = np.exp(-cv.blob(MIDLINE + 0.17, gastric_y, 0.05, 0.03) ** 2)
-    vessels = _vessel_trees(size)[cv.variant] * cv.lungs * cv.vessel_gain
+    vessels = _vessel_trees(size)[cv.variant] * cv.vessel_gain * (0.3 + 0.7 * depth)
 
     attenuation = (
         static.body
@@ -803,10 +808,11 @@ def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
         + _rib_cages(size)[cv.variant] * (rng.uniform(0.6, 0.85) * static.rib_fade)
         + column * (1 - 0.44 * heart)
         - 0.12 * gastric * (1 - lung_air)
+        + static.breasts * rng.uniform(0.0, 0.12)
         + cv.extra
     )
     texture = cv.texture(0.012) + cv.texture(0.008, fine=True)
-    attenuation = np.clip(attenuation + texture * static.body, 0, None)
+    attenuation = np.clip(attenuation + texture * static.body, 0, None).astype(np.float32, copy=False)
 
     # exposure: a film-like curve, then contrast and gamma jitter
     technical = "technical quality" in cv.mesh
