@@ -45,7 +45,13 @@ class OpenClipModel(ClipModel):
         return int(getattr(self._tokenizer, "context_length", None) or 77)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self._tokenizer(list(texts)).to(self.device)
+        tokens = self._tokenizer(list(texts))
+        if isinstance(self._tokenizer, open_clip.tokenizer.HFTokenizer):
+            # HF towers mask padding out, so trailing all-padding columns are dropped (same result, less work)
+            pad = getattr(self._model.text, "config", None)
+            pad_id = getattr(pad, "pad_token_id", 0) or 0
+            tokens = tokens[:, : max(1, int((tokens != pad_id).sum(dim=1).max()))]
+        return tokens.to(self.device)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(pixels)

@@ -99,11 +99,13 @@ class FrozenTextCache:
         self._pooled: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def fill(self, texts: list[str], batch_size: int = 256) -> None:
-        todo = sorted({t for t in texts if t not in self._pooled})
+    def fill(self, texts: list[str], batch_size: int = 128) -> None:
+        """Encode unseen texts, batched by length and padded per batch (the mean pooler ignores padding)."""
+        todo = sorted({t for t in texts if t not in self._pooled}, key=len)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            ids = self.tokenizer(chunk).to(self.device)
+            ids = self.tokenizer(chunk)
+            ids = ids[:, : int((ids != self.tower.config.pad_token_id).sum(dim=1).max())].to(self.device)
             mask = (ids != self.tower.config.pad_token_id).long()
             pooled = self.tower.pooler(self.tower.transformer(input_ids=ids, attention_mask=mask), mask)
             self._pooled.update(zip(chunk, pooled.float().cpu()))
