@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
+from skimage.morphology import convex_hull_image
 
 from medclip_core.data.reports import FINDINGS, Finding, Report, load_reports, report_splits
 
@@ -81,8 +82,10 @@ def _masks_archive() -> Path:
 def lung_mask_bank() -> tuple[np.ndarray, ...]:
     """The usable real lung masks, cropped to the lungs, 128x128, softened edges (uint8 0-255).
 
-    A mask is kept when it has two lungs: its two largest components, the smaller at least a
-    quarter of the larger, one on each side. Of the 517 masks, the 82 empty ones fail this.
+    A mask is kept when it shows two whole lungs: its two largest components (thin annotation
+    spikes opened away), the smaller at least a quarter of the larger, one on each side, each
+    nearly convex (solidity >= 0.8), not cut flat by the film edge. Of the 517 masks, 418 pass;
+    82 of those dropped are empty.
     """
     bank = []
     with zipfile.ZipFile(_masks_archive()) as archive:
@@ -109,13 +112,24 @@ def _two_lungs(mask: np.ndarray) -> np.ndarray | None:
     ys, xs = np.nonzero(lungs)
     crop = lungs[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     soft = np.asarray(Image.fromarray(crop.astype(np.uint8) * 255).resize((128, 128), Image.BILINEAR))
-    soft = ndi.gaussian_filter(soft.astype(np.float32), 1.2)
+    binary = ndi.binary_opening(soft > 127, structure=np.ones((5, 5)))  # drop thin annotation spikes
+    soft = ndi.gaussian_filter(binary.astype(np.float32) * 255, 1.2)
     binary = soft > 127
-    cols = np.nonzero(binary.any(0))[0]
     halves = binary[:, :64].sum(), binary[:, 64:].sum()
-    if min(halves) < 0.25 * max(halves) or cols.size < 100:
+    # a lung cut off by the film edge shows as a long straight run along the crop's border
+    flat_edge = max(binary[0].sum(), binary[-1].sum()) > 0.2 * 128 or \
+        max(binary[:, 0].sum(), binary[:, -1].sum()) > 0.6 * 128
+    if min(halves) < 0.25 * max(halves) or flat_edge or _solidity(binary) < 0.8:
         return None
     return np.round(soft).astype(np.uint8)
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Lowest area / convex-hull area of the two lungs: ragged or fragmented masks score low."""
+    labels, count = ndi.label(mask)
+    sizes = ndi.sum(mask, labels, range(1, count + 1))
+    return min(float(sizes[k - 1]) / max(float(convex_hull_image(labels == k).sum()), 1.0)
+               for k in np.argsort(sizes)[::-1][:2] + 1)
 
 
 @dataclass(frozen=True)
@@ -645,6 +659,18 @@ def _draw_devices(cv: _Canvas, f: Finding) -> None:
         cv.extra += ndi.gaussian_filter(box.astype(np.float32), 0.6) * 1.2
         lead = _curve((cx, cy), (MIDLINE + sign * 0.05, 0.2), (MIDLINE + 0.06, 0.64))
         cv.mark("devices", box | cv.line(lead, 1.6, 0.9))
+    elif f.zone == "abdomen" or "breast" in mesh or "axilla" in mesh:
+        # surgical clips: a small cluster under the diaphragm or over the breast / axilla
+        sign = -1 if f.side == "right" else 1 if f.side == "left" else rng.choice([-1, 1])
+        low = f.zone == "abdomen"
+        cx = MIDLINE + sign * rng.uniform(0.12, 0.25) if low else MIDLINE + sign * rng.uniform(0.3, 0.38)
+        cy = (cv.geo.bottom.max() / cv.size + rng.uniform(0.04, 0.1)) if low else rng.uniform(0.45, 0.65)
+        footprint = np.zeros_like(cv.lungs)
+        for _ in range(int(rng.integers(2, 6))):
+            x, y, a = cx + rng.normal(0, 0.02), cy + rng.normal(0, 0.015), rng.uniform(0, np.pi)
+            d = np.array([np.cos(a), np.sin(a)]) * 0.012
+            footprint |= cv.line(np.array([[x, y] - d, [x, y] + d]), 1.2, 1.0)
+        cv.mark("devices", footprint)
     elif any(k in mesh for k in ("sternotomy", "surgical instruments", "sutures", "clip", "valve")):
         footprint = np.zeros_like(cv.lungs)
         for i in range(int(rng.integers(4, 7))):
@@ -743,7 +769,7 @@ def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
     elif "low lung volumes" in labels:
         _lung_volume(cv, rng.uniform(0.84, 0.9), "low lung volumes")
     for label, painter in PAINTERS.items():
-        if label in ("pleural effusion", "pneumothorax"):
+        if label in ("pneumothorax", "pleural effusion"):
             continue  # drawn after the heart: they sit over everything else in the lung
         for finding in by_label.get(label, ()):
             painter(cv, finding)
@@ -755,12 +781,11 @@ def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
     heart_mask = (heart > 0.5) & (cv.ys < (cv.geo.bottom.max() + 1) / size)
     if "cardiomegaly" in labels:
         cv.mark("cardiomegaly", heart_mask)
-    for label in ("pleural effusion", "pneumothorax"):
+    for label in ("pneumothorax", "pleural effusion"):  # fluid settles below the free air
         for finding in by_label.get(label, ()):
             PAINTERS[label](cv, finding)
 
     xs, ys = cv.xs, cv.ys
-    dx = xs - MIDLINE
     static = _static_layers(size)
     # spine and trachea: straight, or bent for scoliosis; osteophytes for degenerative change
     column = static.column
@@ -912,11 +937,23 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def write_examples(out_dir: Path, n: int = 16, seed: int = 0, size: int = 224,
-                   split: str = "test") -> dict:
-    """Render the first ``n`` samples of a split to ``out_dir``: NNN.png + NNN.json + contact_sheet.png."""
+                   split: str = "test", report_ids: list[str] | None = None) -> dict:
+    """Render samples to ``out_dir``: NNN.png (8-bit grey) + NNN.json + contact_sheet.png.
+
+    By default the first ``n`` samples of ``split``; with ``report_ids``, those reports (from the
+    whole corpus, in that order), item i rendered with seed (``seed``, i) as in the dataset.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = phantom_dataset(split, seed, size)
+    if report_ids is None:
+        dataset = phantom_dataset(split, seed, size)
+    else:
+        by_id = {r.report_id: r for r in load_reports()}
+        missing = [i for i in report_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"Unknown report ids: {missing}")
+        dataset = PhantomDataset([by_id[i] for i in report_ids], seed, size)
+        split = "chosen"
     samples = [dataset[i] for i in range(min(n, len(dataset)))]
     files = []
     for i, sample in enumerate(samples):
@@ -943,9 +980,9 @@ def sample_record(sample: PhantomSample) -> dict:
     }
 
 
-def contact_sheet(samples: list[PhantomSample], columns: int = 4) -> Image.Image:
-    """A grid of the images with each one's labels written under it."""
-    size = samples[0].image.shape[0]
+def contact_sheet(samples: list[PhantomSample], columns: int = 4, tile: int = 128) -> Image.Image:
+    """A grid of the images (``tile`` px each, so the sheet stays small) with labels under each."""
+    size = min(tile, samples[0].image.shape[0])
     caption = 30
     rows = -(-len(samples) // columns)
     sheet = Image.new("L", (columns * size, rows * (size + caption)), 255)
@@ -953,7 +990,7 @@ def contact_sheet(samples: list[PhantomSample], columns: int = 4) -> Image.Image
     font = ImageFont.load_default()
     for i, sample in enumerate(samples):
         x, y = (i % columns) * size, (i // columns) * (size + caption)
-        sheet.paste(Image.fromarray(to_uint8(sample.image)), (x, y))
+        sheet.paste(Image.fromarray(to_uint8(sample.image)).resize((size, size), Image.LANCZOS), (x, y))
         words = ", ".join(sorted(sample.labels, key=FINDINGS.index))
         line1, line2 = _wrap(words, max(size // 6, 10))
         draw.text((x + 3, y + size + 2), line1, fill=0, font=font)
