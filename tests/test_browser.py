@@ -1,0 +1,77 @@
+"""The app in a real browser (Debian's Chromium, headless, reaching nothing but the app)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                reason="Debian's chromium is not installed (bash .ci/run installs it)")
+SCREENSHOT = os.environ.get("MEDCLIP_SCREENSHOT")  # set to a path to refresh the README screenshot
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from app import build_app
+
+    demo = build_app()
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        yield page
+        browser.close()
+
+
+def test_upload_dicom_shows_windowed_image_and_safe_metadata(page, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text("MedCLIP Explorer").first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("not for diagnosis", exact=False).first).to_be_visible()
+    dicom = tmp_path / "ct.dcm"
+    shutil.copy(get_testdata_file("CT_small.dcm"), dicom)
+    page.locator("input[type=file]").first.set_input_files(str(dicom))
+    expect(page.get_by_text('"CT"').first).to_be_visible(timeout=30_000)
+    expect(page.locator("img[alt]").or_(page.locator("img")).first).to_be_visible()
+    assert "PatientName" not in page.content() and "CompressedSamples" not in page.content()
+    if SCREENSHOT:
+        page.screenshot(path=SCREENSHOT, full_page=True)
+
+
+def test_bad_upload_shows_an_error_and_the_app_keeps_working(page, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    bad = tmp_path / "report.png"
+    bad.write_text("not an image at all")
+    page.get_by_label("Clear").first.click()
+    page.locator("input[type=file]").first.set_input_files(str(bad))
+    expect(page.get_by_text("is not an image this app can read").first).to_be_visible(timeout=30_000)
+    good = tmp_path / "mr.dcm"
+    shutil.copy(get_testdata_file("MR_small.dcm"), good)
+    page.get_by_label("Clear").first.click()
+    page.locator("input[type=file]").first.set_input_files(str(good))
+    expect(page.get_by_text('"MR"').first).to_be_visible(timeout=30_000)
