@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import open_clip
 import torch
@@ -159,6 +159,21 @@ def load_open_clip_builtin(architecture: str, tag: str, card: ModelCard, device:
     return _finish(model, tokenizer, card, device)
 
 
+def _quietly(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """Build while transformers' load report (expected unused pooler weights) and progress bar stay silent."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return build()
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
     """The open_clip module and tokenizer a checkpoint config describes (weights not loaded)."""
     model_cfg = json.loads(json.dumps(config["model_cfg"]))
@@ -168,7 +183,7 @@ def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, An
         tower = str(checkpoint.text_tower_path(package))
         text_cfg.update(hf_model_name=tower, hf_tokenizer_name=tower, hf_model_pretrained=True)
     if text_cfg.get("hf_model_name"):
-        module = open_clip.model.CustomTextCLIP(**model_cfg)
+        module = _quietly(lambda: open_clip.model.CustomTextCLIP(**model_cfg))
         tokenizer = open_clip.tokenizer.HFTokenizer(
             text_cfg.get("hf_tokenizer_name") or text_cfg["hf_model_name"],
             context_length=text_cfg.get("context_length", 77),
