@@ -3,6 +3,6 @@
 Nothing in this package imports Gradio; the app in ``app.py``/``pages/`` and the CLI in
 ``__main__.py`` are thin layers over it.
 """
-from medclip_core.errors import ImageLoadError, MedclipError, ModelUnavailableError
+from medclip_core.errors import ImageLoadError, MedclipError, ModelUnavailableError, TaskInputError
 
-__all__ = ["ImageLoadError", "MedclipError", "ModelUnavailableError"]
+__all__ = ["ImageLoadError", "MedclipError", "ModelUnavailableError", "TaskInputError"]

@@ -91,6 +91,20 @@ def _eval_path_next_to(model_name: str | None) -> Path | None:
     return spec.local_path / "eval_phantom.json" if spec.backend == "checkpoint" else None
 
 
+def cmd_zero_shot(args: argparse.Namespace) -> Any:
+    from medclip_core.io import load_image
+    from medclip_core.tasks.diagnose import diagnose
+    from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
+
+    if args.labels:
+        labels = parse_labels("\n".join(args.labels))
+    else:
+        labels = list(LABEL_PRESETS[args.preset])
+    result = diagnose(load_image(args.image, frame=args.frame), labels, mode=args.mode, model=args.model,
+                      compare_with=args.compare_with, shots=args.shots, support_csv=args.support_csv)
+    return result.to_dict()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medclip_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("zero-shot", help="zero-shot finding probabilities for one image (optionally few-shot adapted)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
+    p.add_argument("--labels", nargs="+", help="labels to score (default: the --preset label set)")
+    p.add_argument("--preset", choices=("Phantom findings", "CheXpert findings"), default="Phantom findings")
+    p.add_argument("--mode", choices=("pairwise", "softmax"), default="pairwise")
+    p.add_argument("--compare-with", help="a second model scored on the same image and labels")
+    p.add_argument("--shots", type=int, default=0, help="phantom examples per label for Tip-Adapter / linear probe")
+    p.add_argument("--support-csv", type=Path, help="few-shot support set: CSV with columns image,labels")
+    p.add_argument("--frame", type=int)
+    p.set_defaults(func=cmd_zero_shot)
 
     p = sub.add_parser("train", help="contrastive training (resumes when --out holds a run)")
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")

@@ -15,3 +15,7 @@ class ImageLoadError(MedclipError, ValueError):
 
 class ModelUnavailableError(MedclipError, RuntimeError):
     """A registry model cannot be loaded here (unknown name, no network, missing local copy)."""
+
+
+class TaskInputError(MedclipError, ValueError):
+    """A task got input it cannot work with (no labels, empty text, k out of range ...)."""

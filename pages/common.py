@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
@@ -17,6 +18,7 @@ SYNTHETIC_BANNER = (
     "report text. It is not for diagnosis.** Pick a hub model (e.g. BiomedCLIP) for real images."
 )
 RESEARCH_BANNER = "Model **`{name}`**: research use only, not a medical device."
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 IMAGE_FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp", ".gif", ".webp"]
 
 
@@ -57,3 +59,14 @@ def model_picker() -> tuple[gr.Dropdown, gr.Markdown]:
     banner = gr.Markdown(banner_for(default_model_name()))
     picker.change(banner_for, inputs=picker, outputs=banner, api_visibility="private")
     return picker, banner
+
+
+def example_files() -> list[str]:
+    """The committed example images (phantom PNGs and one DICOM), for one-click examples."""
+    files = sorted(str(p) for p in (EXAMPLES_DIR / "phantom").glob("[0-9]*.png"))
+    dicom = EXAMPLES_DIR / "phantom_effusion.dcm"
+    return files + ([str(dicom)] if dicom.exists() else [])
+
+
+def image_examples(upload: gr.File) -> gr.Examples:
+    return gr.Examples(examples=[[path] for path in example_files()], inputs=[upload], label="Examples")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
 
 ScoreMode = Literal["pairwise", "softmax"]
@@ -51,7 +52,45 @@ LABEL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "scarring": ("scarring", "pulmonary scarring"),
     "interstitial markings": ("increased interstitial markings", "interstitial opacities"),
     "hiatal hernia": ("hiatal hernia",),
+    # CheXpert label names (lower case) in report language
+    "enlarged cardiomediastinum": ("enlarged cardiomediastinal silhouette", "widened mediastinum"),
+    "lung opacity": ("airspace opacity", "lung opacity"),
+    "lung lesion": ("lung nodule", "lung mass"),
+    "consolidation": ("consolidation", "focal consolidation"),
+    "pneumonia": ("pneumonia", "infiltrate"),
+    "pleural other": ("pleural thickening", "pleural scarring"),
+    "support devices": ("support devices", "pacemaker", "central venous catheter"),
 }
+
+MAX_LABELS = 64
+MAX_LABEL_CHARS = 200
+LABEL_PRESETS: dict[str, tuple[str, ...]] = {
+    "CheXpert findings": (
+        "no finding", "enlarged cardiomediastinum", "cardiomegaly", "lung opacity", "lung lesion", "edema",
+        "consolidation", "pneumonia", "atelectasis", "pneumothorax", "pleural effusion", "pleural other",
+        "fracture", "support devices"),
+    "Phantom findings": (
+        "normal", "cardiomegaly", "pleural effusion", "opacity", "atelectasis", "nodule", "calcified granuloma",
+        "pneumothorax", "edema", "hyperinflation", "devices", "scoliosis"),
+}
+
+
+def parse_labels(text: str) -> list[str]:
+    """Free text, one label per line (commas also separate) -> cleaned, de-duplicated labels."""
+    labels: list[str] = []
+    for raw in text.replace(",", "\n").splitlines():
+        label = " ".join(raw.split()).lower()
+        if label and label not in labels:
+            labels.append(label)
+    if not labels:
+        raise TaskInputError("Enter at least one label (one per line).")
+    if len(labels) > MAX_LABELS:
+        raise TaskInputError(f"{len(labels)} labels given; at most {MAX_LABELS} are scored at once.")
+    too_long = [label for label in labels if len(label) > MAX_LABEL_CHARS]
+    if too_long:
+        raise TaskInputError(f"Labels must be short phrases (at most {MAX_LABEL_CHARS} characters); "
+                             f"'{too_long[0][:40]}…' is longer.")
+    return labels
 
 # Sentence patterns as they occur in reports; ``{finding}`` takes each synonym in turn.
 PROMPT_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -136,7 +175,7 @@ TEXT_EMBEDDING_CACHE = TextEmbeddingCache()
 
 def _check_mode(mode: str) -> None:
     if mode not in SCORE_MODES:
-        raise ValueError(f"mode must be one of {SCORE_MODES}, got {mode!r}.")
+        raise TaskInputError(f"Scoring mode must be one of {SCORE_MODES}, got {mode!r}.")
 
 
 def label_text_embeddings(model: ClipModel, labels: Sequence[str], mode: ScoreMode = "pairwise",
@@ -145,7 +184,7 @@ def label_text_embeddings(model: ClipModel, labels: Sequence[str], mode: ScoreMo
     _check_mode(mode)
     labels = tuple(labels)
     if not labels:
-        raise ValueError("At least one label is needed.")
+        raise TaskInputError("At least one label is needed.")
     if cache is None:
         return _encode_labels(model, labels, mode)
     return cache.get(model, labels, mode)

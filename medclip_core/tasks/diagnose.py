@@ -1,0 +1,81 @@
+"""Zero-shot diagnosis of one image, as the Diagnose tab, the CLI and the API serve it.
+
+Combines the pieces: zero-shot scores for one model, optionally a second model on the same image
+and labels, and optionally few-shot adaptation (Tip-Adapter and a linear probe on a phantom or
+CSV support set), all as named series of per-label probabilities with a plotly bar chart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from medclip_core.errors import TaskInputError
+from medclip_core.models import default_model_name, load_model
+from medclip_core.models.base import ImageLike
+from medclip_core.tasks.few_shot import SUPPORT_CACHE, csv_support, few_shot_scores
+from medclip_core.tasks.zero_shot import SCORE_MODES, zero_shot
+
+
+@dataclass
+class Diagnosis:
+    """``scores[series][i]`` is the probability of ``labels[i]`` under that series."""
+
+    labels: list[str]
+    mode: str
+    scores: dict[str, list[float]]
+    prompts: dict[str, dict[str, list[str]]]
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> tuple[list[str], list[list[Any]]]:
+        """Header and rows (one per label), probabilities rounded for display."""
+        header = ["label", *self.scores]
+        rows = [[label, *(round(self.scores[s][i], 4) for s in self.scores)] for i, label in enumerate(self.labels)]
+        return header, rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels, "mode": self.mode, "scores": self.scores, "prompts": self.prompts,
+                "notes": self.notes}
+
+
+def diagnose(image: ImageLike, labels: Sequence[str], mode: str = "pairwise", model: str | None = None,
+             compare_with: str | None = None, shots: int = 0, support_csv: str | Path | None = None) -> Diagnosis:
+    """Score ``image`` on ``labels``; ``shots`` > 0 (phantom) or ``support_csv`` adds few-shot series."""
+    if mode not in SCORE_MODES:
+        raise TaskInputError(f"Scoring mode must be one of {SCORE_MODES}.")
+    name = model or default_model_name()
+    primary = load_model(name)
+    result = zero_shot(primary, image, labels, mode)
+    scores = {name: result.probabilities}
+    notes: list[str] = []
+    if mode == "softmax":
+        notes.append("softmax mode: probabilities are shared across labels and sum to 1 (single-label reading).")
+    else:
+        notes.append("pairwise mode: each label is scored on its own (positive vs negative prompts); "
+                     "probabilities do not sum to 1.")
+    if compare_with and compare_with != name:
+        scores[compare_with] = zero_shot(load_model(compare_with), image, labels, mode).probabilities
+    if shots or support_csv:
+        support = (csv_support(primary, support_csv, labels) if support_csv
+                   else SUPPORT_CACHE.phantom(primary, labels, shots))
+        adapted = few_shot_scores(primary, image, support, mode)
+        scores[f"{name} + Tip-Adapter"] = adapted.tip_adapter
+        scores[f"{name} + linear probe"] = adapted.linear_probe
+        notes.append(f"few-shot support: {adapted.support} ({adapted.support_size} images).")
+        notes.extend(adapted.notes)
+    return Diagnosis(list(result.labels), mode, scores, result.prompts, notes)
+
+
+def probability_figure(diagnosis: Diagnosis):
+    """Grouped horizontal bars: one group per label, one bar per series."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for series, probabilities in diagnosis.scores.items():
+        figure.add_trace(go.Bar(name=series, y=diagnosis.labels, x=probabilities, orientation="h",
+                                hovertemplate="%{y}: %{x:.3f}<extra>" + series + "</extra>"))
+    figure.update_layout(barmode="group", xaxis=dict(range=[0, 1], title="probability"),
+                         yaxis=dict(autorange="reversed"), height=max(320, 28 * len(diagnosis.labels) * max(
+                             1, len(diagnosis.scores) // 2)), margin=dict(l=10, r=10, t=30, b=10),
+                         legend=dict(orientation="h"), title=f"Zero-shot ({diagnosis.mode})")
+    return figure

@@ -1,0 +1,61 @@
+"""Diagnose tab: zero-shot findings for one image, optionally a second model and few-shot adaptation."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from medclip_core.errors import ImageLoadError, TaskInputError
+from medclip_core.io import load_image
+from medclip_core.tasks.diagnose import diagnose, probability_figure
+from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
+from pages.common import IMAGE_FILE_TYPES, image_examples, model_choices, ui_errors
+
+NO_COMPARISON = "(none)"
+
+
+@ui_errors
+def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, model: str, compare_with: str,
+                  shots: float) -> tuple[Any, Any, Any, dict]:
+    """Image file + labels -> (preview, bar chart, table, full JSON result)."""
+    if not path:
+        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
+    image = load_image(path)
+    if custom_labels and custom_labels.strip():
+        labels = parse_labels(custom_labels)
+    elif preset in LABEL_PRESETS:
+        labels = list(LABEL_PRESETS[preset])
+    else:
+        raise TaskInputError(f"Unknown label preset '{preset}'.")
+    result = diagnose(image, labels, mode=mode, model=model,
+                      compare_with=None if compare_with in (None, "", NO_COMPARISON) else compare_with,
+                      shots=int(shots or 0))
+    header, rows = result.table()
+    return image.to_pil(), probability_figure(result), gr.update(value=rows, headers=header), result.to_dict()
+
+
+def build(model_picker: gr.Dropdown) -> None:
+    with gr.Tab("Diagnose"):
+        gr.Markdown("Zero-shot findings: each label is written as report sentences (a prompt ensemble) and "
+                    "scored per label against its negation (CheXzero style), or as a softmax across labels.")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES, type="filepath")
+                preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
+                image_examples(upload)
+            with gr.Column():
+                preset = gr.Dropdown(list(LABEL_PRESETS), value="Phantom findings", label="Label set")
+                custom = gr.Textbox(lines=4, label="Or your own labels, one per line",
+                                    placeholder="pleural effusion\ncardiomegaly\npneumothorax")
+                mode = gr.Radio(["pairwise", "softmax"], value="pairwise", label="Scoring",
+                                info="pairwise: each finding vs its negation (multi-label); softmax: across labels")
+                compare = gr.Dropdown([NO_COMPARISON, *(value for _, value in model_choices())], value=NO_COMPARISON,
+                                      allow_custom_value=True, label="Compare with a second model")
+                shots = gr.Slider(0, 32, value=0, step=1, label="Few-shot adaptation: phantom examples per label",
+                                  info="0 = zero-shot only; > 0 adds Tip-Adapter and a linear probe (phantom labels)")
+                button = gr.Button("Diagnose", variant="primary")
+        plot = gr.Plot(label="Probabilities")
+        table = gr.Dataframe(label="Table", interactive=False)
+        details = gr.JSON(label="Result (with the prompts used)")
+        button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots],
+                     outputs=[preview, plot, table, details], api_name="zero_shot")
