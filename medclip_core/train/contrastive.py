@@ -342,7 +342,7 @@ class ContrastiveTrainer:
                 self.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             seen += len(rows)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                row = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3), "loss": float(loss),
+                row = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3), "loss": float(loss.detach()),
                        **parts, "lr": lr, "logit_scale": float(self.module.logit_scale.exp()),
                        "grad_norm": float(grad_norm), "images_per_s": seen / (time.time() - t0),
                        "elapsed_s": time.time() - t0}
