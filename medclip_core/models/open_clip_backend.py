@@ -1,10 +1,12 @@
 """open_clip backend: built-in architectures with pretrained tags, ``hf-hub:`` ids, ``local-dir:``
 folders in open_clip's layout, and our own checkpoints (which are open_clip architectures).
 
-Patch tokens: for open_clip's ``VisionTransformer`` the final tokens go through ``ln_post`` and
-the visual projection, the same path the pooled token takes; for timm ViT trunks (BiomedCLIP)
-the trunk's normalised tokens go through the projection head. Other towers (ResNets,
-attention-pooled towers) have no per-patch embeddings in the joint space.
+Patch tokens (:func:`pooled_and_patch_tokens`): for open_clip's ``VisionTransformer`` the final
+tokens go through ``ln_post`` and the visual projection, the path the pooled token takes; for
+timm ViT trunks (BiomedCLIP) the trunk's normalised tokens go through the projection head; for
+timm CNN trunks each location of the last feature map goes through the head. Other towers
+(ResNets with attention pooling, attention-pooled ViTs) have no per-patch embeddings in the
+joint space.
 """
 from __future__ import annotations
 
@@ -65,12 +67,7 @@ class OpenClipModel(ClipModel):
 
     @property
     def supports_patch_tokens(self) -> bool:
-        visual = self._model.visual
-        if isinstance(visual, VisionTransformer):
-            return visual.attn_pool is None
-        return isinstance(visual, TimmModel) and hasattr(visual.trunk, "forward_features") and hasattr(
-            visual.trunk, "num_prefix_tokens"
-        )
+        return has_patch_tokens(self._model.visual)
 
     def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
         if not self.supports_patch_tokens:
@@ -78,17 +75,39 @@ class OpenClipModel(ClipModel):
                 f"Model '{self.card.name}' has a {type(self._model.visual).__name__} image tower without "
                 "per-patch embeddings in the joint space, so heatmaps and segmentation are not available for it."
             )
-        visual = self._model.visual
-        if isinstance(visual, VisionTransformer):
-            x = visual.transformer(visual._embeds(pixels))
-            tokens = visual.ln_post(x[:, 1:])
-            if visual.proj is not None:
-                tokens = tokens @ visual.proj
-        else:
-            x = visual.trunk.forward_features(pixels)
-            tokens = visual.head(x[:, visual.trunk.num_prefix_tokens :])
+        tokens = pooled_and_patch_tokens(self._model.visual, pixels)[1]
         grid = int(math.isqrt(tokens.shape[1]))
         return tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
+
+
+def has_patch_tokens(visual: torch.nn.Module) -> bool:
+    """ViTs without attention pooling, timm ViTs, and timm CNNs with average pooling + linear head."""
+    if isinstance(visual, VisionTransformer):
+        return visual.attn_pool is None
+    if not isinstance(visual, TimmModel) or not hasattr(visual.trunk, "forward_features"):
+        return False
+    return hasattr(visual.trunk, "num_prefix_tokens") or "pool" not in dict(visual.head.named_children())
+
+
+def pooled_and_patch_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass -> (pooled image embedding (B, D), projected patch tokens (B, N, D)), unnormalised.
+
+    For average-pooled towers with a linear projection the mean of the patch tokens is the pooled
+    embedding, so patch-text similarity is a class-activation map of the global score.
+    """
+    if isinstance(visual, VisionTransformer):
+        x = visual.ln_post(visual.transformer(visual._embeds(pixels)))
+        tokens = x[:, 1:]
+        pooled = visual._global_pool(x)[0]
+        if visual.proj is not None:
+            tokens, pooled = tokens @ visual.proj, pooled @ visual.proj
+        return pooled, tokens
+    features = visual.trunk.forward_features(pixels)
+    if features.ndim == 4:  # CNN feature map (B, C, h, w) -> one token per location
+        features = features.flatten(2).transpose(1, 2)
+        return visual.head(features.mean(dim=1)), visual.head(features)
+    pooled = visual.head(visual.trunk.forward_head(features, pre_logits=True))
+    return pooled, visual.head(features[:, visual.trunk.num_prefix_tokens:])
 
 
 def _preprocess_stats(model: torch.nn.Module) -> tuple[int, Sequence[float], Sequence[float]]:
@@ -182,6 +201,7 @@ def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, An
     if package:
         tower = str(checkpoint.text_tower_path(package))
         text_cfg.update(hf_model_name=tower, hf_tokenizer_name=tower, hf_model_pretrained=True)
+    timm_kwargs = model_cfg["vision_cfg"].pop("timm_model_kwargs", None)
     if text_cfg.get("hf_model_name"):
         module = _quietly(lambda: open_clip.model.CustomTextCLIP(**model_cfg))
         tokenizer = open_clip.tokenizer.HFTokenizer(
@@ -191,6 +211,12 @@ def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, An
     else:
         module = open_clip.model.CLIP(**model_cfg)
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+    if timm_kwargs:  # e.g. output_stride=16 for a 14x14 CNN feature map; same parameters, other strides
+        import timm
+
+        visual = module.visual
+        visual.trunk = timm.create_model(model_cfg["vision_cfg"]["timm_model_name"], pretrained=False, num_classes=0,
+                                         global_pool=model_cfg["vision_cfg"].get("timm_pool", "avg"), **timm_kwargs)
     pre = config.get("preprocess_cfg", {})
     module.visual.preprocess_cfg = {
         "size": model_cfg["vision_cfg"].get("image_size", 224),

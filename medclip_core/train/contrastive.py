@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from medclip_core.errors import MedclipError
 from medclip_core.models import checkpoint
-from medclip_core.models.open_clip_backend import build_checkpoint_module
+from medclip_core.models.open_clip_backend import build_checkpoint_module, has_patch_tokens, pooled_and_patch_tokens
 from medclip_core.train.data import PairSet, csv_pairs, phantom_pairs
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
@@ -195,8 +195,8 @@ class ContrastiveTrainer:
                 p.requires_grad = id(p) in image_params or p is self.module.logit_scale
         elif lock != "none":
             raise MedclipError(f"Unknown lock '{lock}': use none, image or text.")
-        if self.config.local_loss_weight > 0 and not hasattr(self.module.visual, "ln_post"):
-            raise MedclipError("The local alignment loss needs an open_clip VisionTransformer image tower.")
+        if self.config.local_loss_weight > 0 and not has_patch_tokens(self.module.visual):
+            raise MedclipError("The local alignment loss needs an image tower with patch tokens (ViT or CNN).")
 
     def load_data(self, split: str, limit: int | None) -> PairSet:
         cfg = self.config
@@ -228,9 +228,7 @@ class ContrastiveTrainer:
         with amp:
             pixels = self._pixels(data.images[rows])
             if cfg.local_loss_weight > 0:
-                visual.output_tokens = True
-                pooled, tokens = visual(pixels)
-                visual.output_tokens = False
+                pooled, tokens = pooled_and_patch_tokens(visual, pixels)
             else:
                 pooled, tokens = visual(pixels), None
             image = F.normalize(pooled.float(), dim=-1)
@@ -243,7 +241,7 @@ class ContrastiveTrainer:
             parts = {"global_loss": float(global_loss.detach())}
             loss = global_loss
             if tokens is not None:
-                patches = F.normalize((tokens @ visual.proj).float(), dim=-1)
+                patches = F.normalize(tokens.float(), dim=-1)
                 sentences, mask = self._sentence_batch(data, reports)
                 local = local_alignment_logits(patches, sentences, mask, cfg.local_attention_temperature)
                 local_loss = contrastive_loss(scale * local, targets)
