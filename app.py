@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from pages import common, diagnose, inspect  # noqa: E402
+from pages import common, diagnose, embeddings, inspect, retrieve  # noqa: E402
 
 TITLE = "MedCLIP Explorer"
 MODEL_CONCURRENCY = int(os.environ.get("MEDCLIP_CONCURRENCY", "2"))
@@ -24,6 +24,8 @@ def build_app() -> gr.Blocks:
                     "Research tool, not a medical device.")
         picker, _ = common.model_picker()
         diagnose.build(picker)
+        retrieve.build(picker)
+        embeddings.build(picker)
         inspect.build()
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
     return demo

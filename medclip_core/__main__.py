@@ -105,6 +105,67 @@ def cmd_zero_shot(args: argparse.Namespace) -> Any:
     return result.to_dict()
 
 
+def _tqdm_progress(description: str):
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=description, file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+
+    return update
+
+
+def cmd_index(args: argparse.Namespace) -> Any:
+    from medclip_core.models import load_model
+    from medclip_core.tasks.retrieval import build_index, collection_from_spec
+
+    collection = collection_from_spec(args.gallery)
+    index = build_index(load_model(args.model), collection, progress=_tqdm_progress("embedding gallery"))
+    return {**index.to_dict(), "skipped": [s.__dict__ for s in collection.skipped]}
+
+
+def cmd_retrieve(args: argparse.Namespace) -> Any:
+    from medclip_core.io import load_image
+    from medclip_core.models import load_model
+    from medclip_core.tasks.retrieval import (
+        build_index, collection_from_spec, image_to_reports, labels_in_text, precision_at_k, search_image,
+        search_text)
+
+    if (args.text is None) == (args.image is None):
+        raise MedclipError("Give exactly one query: --text TEXT or --image PATH.")
+    model = load_model(args.model)
+    if args.reports:
+        if args.image is None:
+            raise MedclipError("--reports searches the report corpus with an image: give --image PATH.")
+        return image_to_reports(model, load_image(args.image), k=args.k,
+                                progress=_tqdm_progress("embedding reports")).to_dict()
+    collection = collection_from_spec(args.gallery)
+    index = build_index(model, collection, progress=_tqdm_progress("embedding gallery"))
+    if args.text is not None:
+        result = search_text(model, index, args.text, k=args.k)
+    else:
+        result = search_image(model, index, load_image(args.image), k=args.k)
+    payload = result.to_dict()
+    if collection.labelled and args.text is not None and labels_in_text(args.text):
+        payload["precision_at_k"] = precision_at_k(result)
+    return payload
+
+
+def cmd_embed(args: argparse.Namespace) -> Any:
+    from medclip_core.models import load_model
+    from medclip_core.tasks.embedding import embedding_map
+    from medclip_core.tasks.retrieval import collection_from_spec
+
+    result = embedding_map(load_model(args.model), collection_from_spec(args.gallery), method=args.method,
+                           color_by=args.color_by, seed=args.seed, progress=_tqdm_progress("embedding"))
+    return result.to_dict()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medclip_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +199,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support-csv", type=Path, help="few-shot support set: CSV with columns image,labels")
     p.add_argument("--frame", type=int)
     p.set_defaults(func=cmd_zero_shot)
+
+    p = sub.add_parser("index", help="build (or reuse) the image index of a gallery for a model")
+    p.add_argument("--model")
+    p.add_argument("--gallery", default="phantom", help="phantom, phantom:N, a folder of images or a CSV")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("retrieve", help="text -> images, image -> images, or image -> reports (--reports)")
+    p.add_argument("--model")
+    p.add_argument("--gallery", default="phantom", help="phantom, phantom:N, a folder of images or a CSV")
+    p.add_argument("--text")
+    p.add_argument("--image", type=Path)
+    p.add_argument("--reports", action="store_true", help="search the Open-i report corpus with --image")
+    p.add_argument("--k", type=int, default=10)
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("embed", help="2-D map of a gallery's image and report embeddings, with the modality gap")
+    p.add_argument("--model")
+    p.add_argument("--gallery", default="phantom:200")
+    p.add_argument("--method", choices=("umap", "pca", "tsne"), default="umap")
+    p.add_argument("--color-by", choices=("label", "modality"), default="label")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("train", help="contrastive training (resumes when --out holds a run)")
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")

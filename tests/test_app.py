@@ -66,3 +66,52 @@ def test_inspect_endpoint_bad_file_gives_readable_error(client, tmp_path_factory
     # the app is still alive afterwards
     _, metadata, *_ = client.predict(handle_file(get_testdata_file("MR_small.dcm")), -1, api_name="/inspect")
     assert metadata["modality"] == "MR"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
+
+def test_zero_shot_endpoint_with_png_and_dicom(client, open_clip_dir) -> None:
+    from gradio_client import handle_file
+
+    model = f"local-dir:{open_clip_dir}"
+    for example in (EXAMPLES / "phantom" / "002.png", EXAMPLES / "phantom_effusion.dcm"):
+        preview, plot, table, result = client.predict(
+            handle_file(str(example)), "Phantom findings", "", "pairwise", model, "(none)", 0, api_name="/zero_shot")
+        assert result["labels"][:3] == ["normal", "cardiomegaly", "pleural effusion"]
+        probabilities = result["scores"][model]
+        assert len(probabilities) == 12 and all(0 <= p <= 1 for p in probabilities)
+        assert result["prompts"]["pleural effusion"]["negative"]
+    _, _, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "000.png")), "Phantom findings",
+                                     "effusion\nnodule", "softmax", model, "(none)", 0, api_name="/zero_shot")
+    assert result["labels"] == ["effusion", "nodule"] and abs(sum(result["scores"][model]) - 1) < 1e-4
+
+
+def test_zero_shot_endpoint_rejects_missing_image(client, open_clip_dir) -> None:
+    with pytest.raises(Exception, match="upload an image"):
+        client.predict(None, "Phantom findings", "", "pairwise", f"local-dir:{open_clip_dir}", "(none)", 0,
+                       api_name="/zero_shot")
+
+
+def test_retrieve_endpoint_text_and_image(client, open_clip_dir) -> None:
+    from gradio_client import handle_file
+
+    model = f"local-dir:{open_clip_dir}"
+    gallery, table, summary, result = client.predict("text → images", "pleural effusion", None, "phantom:10", 4, model,
+                                                     api_name="/retrieve")
+    assert len(result["hits"]) == 4 and len(gallery) == 4
+    scores = [hit["score"] for hit in result["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    assert "Precision@4" in summary
+    _, _, _, result = client.predict("image → images", "", handle_file(str(EXAMPLES / "phantom_effusion.dcm")),
+                                     "phantom:10", 3, model, api_name="/retrieve")
+    assert result["query_kind"] == "image" and len(result["hits"]) == 3
+    with pytest.raises(Exception, match="only serves the phantom gallery"):
+        client.predict("text → images", "effusion", None, "/etc", 3, model, api_name="/retrieve")
+
+
+def test_embedding_map_endpoint(client, open_clip_dir) -> None:
+    plot, summary, result = client.predict("phantom:8", "pca", "label", f"local-dir:{open_clip_dir}",
+                                           api_name="/embedding_map")
+    assert result["n_images"] == 8 and result["n_texts"] == 8 and len(result["points"]) == 16
+    assert "Modality gap" in summary and result["modality_gap"] > 0

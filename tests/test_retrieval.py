@@ -327,3 +327,15 @@ def test_phantom_collection_is_the_labelled_default_gallery(model, tmp_path):
     assert 0.0 <= precision_at_k(result) <= 1.0
     with pytest.raises(MedclipError, match="choose n between 1 and"):
         phantom_collection(n=0)
+
+
+def test_collection_spec_confines_server_paths(tmp_path) -> None:
+    from medclip_core.tasks.retrieval import collection_from_spec
+
+    assert len(collection_from_spec("phantom:3")) == 3
+    with pytest.raises(MedclipError, match="must lie inside"):
+        collection_from_spec("/etc", allowed_root=tmp_path)
+    with pytest.raises(MedclipError, match="only serves the phantom gallery"):
+        collection_from_spec(str(tmp_path), allow_paths=False)
+    with pytest.raises(MedclipError, match="whole number"):
+        collection_from_spec("phantom:many")

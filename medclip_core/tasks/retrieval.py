@@ -629,3 +629,32 @@ def precision_at_k(result: RetrievalResult, query_labels: str | Iterable[str] | 
     scores = np.array([[hit.score for hit in result.hits]])
     n = len(result.hits)
     return precision_at_k_matrix(scores, relevant, (n,))[n]
+
+
+def collection_from_spec(spec: str, allowed_root: str | os.PathLike | None = None,
+                         allow_paths: bool = True) -> Collection:
+    """``phantom`` / ``phantom:N`` (the phantom test split, all or the first N), a folder or a CSV.
+
+    ``allowed_root`` confines folders and CSVs to one server folder, and ``allow_paths=False``
+    refuses them altogether: the app uses these so that a user of a shared deployment cannot
+    read arbitrary server paths.
+    """
+    spec = (spec or "phantom").strip()
+    if spec == "phantom" or spec.startswith("phantom:"):
+        count = spec.partition(":")[2]
+        if count and not count.isdigit():
+            raise MedclipError(f"'{spec}': write phantom:N with N a whole number of images.")
+        return phantom_collection(n=int(count) if count else None)
+    if not allow_paths:
+        raise MedclipError("This deployment only serves the phantom gallery (phantom or phantom:N); the host "
+                           "can allow server folders by setting MEDCLIP_GALLERY_ROOT.")
+    path = Path(spec).expanduser().resolve()
+    if allowed_root is not None:
+        root = Path(allowed_root).expanduser().resolve()
+        if path != root and root not in path.parents:
+            raise MedclipError(f"Galleries must lie inside {root}.")
+    if path.is_dir():
+        return folder_collection(path)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return csv_collection(path)
+    raise MedclipError(f"'{spec}' is neither 'phantom', a folder of images nor a CSV file.")

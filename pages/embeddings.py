@@ -1,0 +1,41 @@
+"""Embeddings tab: a 2-D map (UMAP, PCA or t-SNE) of image and report embeddings, and the modality gap."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from medclip_core.models import load_model
+from medclip_core.tasks.embedding import embedding_map, figure
+from pages.common import ui_errors
+from pages.retrieve import gallery_collection
+
+
+@ui_errors
+def run_embedding_map(gallery: str, method: str, color_by: str, model_name: str,
+                      progress: gr.Progress = gr.Progress()) -> tuple[Any, str, dict]:
+    model = load_model(model_name)
+    collection = gallery_collection(gallery)
+    result = embedding_map(model, collection, method=method, color_by=color_by,
+                           progress=lambda done, total: progress(done / max(total, 1), desc="embedding"))
+    gap = ("" if result.modality_gap is None else
+           f"**Modality gap** (distance between the image and text centroids): **{result.modality_gap:.3f}** "
+           f"(centroid cosine {result.centroid_cosine:.3f}). ")
+    summary = gap + f"{len(result)} points." + "".join(f"\n\n{note}" for note in result.notes)
+    return figure(result), summary, result.to_dict()
+
+
+def build(model_picker: gr.Dropdown) -> None:
+    with gr.Tab("Embeddings"):
+        gr.Markdown("Images (circles) and their reports (diamonds) embedded by the model and projected to 2-D. "
+                    "Computed with progress and cached per model and collection.")
+        with gr.Row():
+            gallery = gr.Textbox(value="phantom:200", label="Collection", info="phantom or phantom:N (test split)")
+            method = gr.Radio(["umap", "pca", "tsne"], value="umap", label="Projection")
+            color_by = gr.Radio(["label", "modality"], value="label", label="Colour by")
+            button = gr.Button("Compute map", variant="primary")
+        summary = gr.Markdown()
+        plot = gr.Plot(label="Embedding map")
+        details = gr.JSON(label="Points", visible=False)
+        button.click(run_embedding_map, inputs=[gallery, method, color_by, model_picker],
+                     outputs=[plot, summary, details], api_name="embedding_map")
