@@ -47,14 +47,23 @@ def page(app_url):
         browser.close()
 
 
+def upload_block(page):
+    return page.locator("#inspect-upload")
+
+
+def upload_input(page):
+    return upload_block(page).locator("input[type=file]")
+
+
 def test_upload_dicom_shows_windowed_image_and_safe_metadata(page, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     expect(page.get_by_text("MedCLIP Explorer").first).to_be_visible(timeout=30_000)
     expect(page.get_by_text("not for diagnosis", exact=False).first).to_be_visible()
+    page.get_by_role("tab", name="Inspect image").click()
     dicom = tmp_path / "ct.dcm"
     shutil.copy(get_testdata_file("CT_small.dcm"), dicom)
-    page.locator("input[type=file]").first.set_input_files(str(dicom))
+    upload_input(page).set_input_files(str(dicom))
     expect(page.get_by_text('"CT"').first).to_be_visible(timeout=30_000)
     expect(page.locator("img[alt]").or_(page.locator("img")).first).to_be_visible()
     assert "PatientName" not in page.content() and "CompressedSamples" not in page.content()
@@ -67,11 +76,11 @@ def test_bad_upload_shows_an_error_and_the_app_keeps_working(page, tmp_path: Pat
 
     bad = tmp_path / "report.png"
     bad.write_text("not an image at all")
-    page.get_by_label("Clear").first.click()
-    page.locator("input[type=file]").first.set_input_files(str(bad))
+    upload_block(page).get_by_label("Clear").click()
+    upload_input(page).set_input_files(str(bad))
     expect(page.get_by_text("is not an image this app can read").first).to_be_visible(timeout=30_000)
     good = tmp_path / "mr.dcm"
     shutil.copy(get_testdata_file("MR_small.dcm"), good)
-    page.get_by_label("Clear").first.click()
-    page.locator("input[type=file]").first.set_input_files(str(good))
+    upload_block(page).get_by_label("Clear").click()
+    upload_input(page).set_input_files(str(good))
     expect(page.get_by_text('"MR"').first).to_be_visible(timeout=30_000)
