@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,20 @@ def clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def siglip_dir(tmp_path_factory) -> Path:
     return save_transformers_siglip(tmp_path_factory.mktemp("hf_siglip_tiny"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    """The whole app, launched on a free local port for the tests of one module, then closed."""
+    from app import build_app
+
+    demo = build_app()
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo.local_url
+    demo.close()

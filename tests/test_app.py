@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +10,6 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    from app import build_app
-
-    demo = build_app()
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield demo.local_url
-    demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,28 @@ def test_bad_inputs_exit_2_with_one_line_on_stderr(tmp_path: Path) -> None:
         assert result.stdout == ""
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_phantom_writes_images_reports_and_contact_sheet(tmp_path: Path) -> None:
+    result = run_cli("phantom", "--n", "2", "--out", str(tmp_path / "ph"), "--size", "96")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "ph").iterdir()) == [
+        "000.json", "000.png", "001.json", "001.png", "contact_sheet.png"]
+    record = json.loads((tmp_path / "ph" / "000.json").read_text())
+    assert record["text"] and isinstance(record["labels"], list)
+    assert Image.open(tmp_path / "ph" / "000.png").size == (96, 96)
+
+
+def test_zero_shot_and_retrieve_commands(open_clip_dir: Path) -> None:
+    image = str(ROOT / "assets" / "examples" / "phantom_effusion.dcm")
+    model = f"local-dir:{open_clip_dir}"
+    result = run_cli("zero-shot", image, "--model", model, "--labels", "pleural effusion", "nodule")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["labels"] == ["pleural effusion", "nodule"] and len(payload["scores"][model]) == 2
+    result = run_cli("retrieve", "--model", model, "--gallery", "phantom:6", "--text", "pleural effusion", "--k", "3")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert len(payload["hits"]) == 3 and 0.0 <= payload["precision_at_k"] <= 1.0
+    result = run_cli("retrieve", "--model", model, "--gallery", "phantom:6")
+    assert result.returncode == 2 and result.stderr.startswith("error: Give exactly one query")

@@ -21,7 +21,6 @@ Speed comes from caching everything that does not depend on the report: mask geo
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import json
 import zipfile
@@ -34,7 +33,14 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
-from medclip_core.data.reports import FINDINGS, Finding, Report, load_reports, report_splits
+from medclip_core.data.reports import (
+    FINDINGS,
+    Finding,
+    Report,
+    load_reports,
+    report_splits,
+    torchxrayvision_data_file,
+)
 
 # Where the lungs sit in every image before the final jitter (fractions of the image side).
 LUNG_BOX = (0.11, 0.09, 0.89, 0.80)  # x0, y0, x1, y1
@@ -72,10 +78,7 @@ class PhantomSample:
 # Lung masks and their geometry (cached)
 
 def _masks_archive() -> Path:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("torchxrayvision is not installed; `pip install torchxrayvision`.")
-    return Path(spec.origin).parent / "data" / "semantic_masks_v7labs_lungs.zip"
+    return torchxrayvision_data_file("semantic_masks_v7labs_lungs.zip")
 
 
 @functools.lru_cache(maxsize=1)

@@ -272,12 +272,17 @@ def parse_report_xml(xml_text: str | bytes, fallback_id: str = "") -> Report:
                   mesh, tuple(findings))
 
 
-def reports_archive() -> Path:
-    """Where the installed torchxrayvision package keeps the Open-i report archive."""
+def torchxrayvision_data_file(name: str) -> Path:
+    """A file of the installed torchxrayvision package's ``data`` folder (read there, never copied)."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or spec.origin is None:
         raise FileNotFoundError("torchxrayvision is not installed; `pip install torchxrayvision`.")
-    return Path(spec.origin).parent / "data" / "NLMCXR_reports.tgz"
+    return Path(spec.origin).parent / "data" / name
+
+
+def reports_archive() -> Path:
+    """Where the installed torchxrayvision package keeps the Open-i report archive."""
+    return torchxrayvision_data_file("NLMCXR_reports.tgz")
 
 
 @functools.lru_cache(maxsize=1)

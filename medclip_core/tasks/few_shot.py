@@ -14,7 +14,6 @@ labelled examples change.
 """
 from __future__ import annotations
 
-import csv
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from medclip_core.data.tables import image_path_in, read_csv_rows
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.tasks.zero_shot import NORMAL_LABELS, label_text_embeddings
@@ -85,23 +85,17 @@ def csv_support(model: ClipModel, csv_path: str | Path, labels: Sequence[str]) -
     """A CSV with columns ``image`` (relative to the CSV folder) and ``labels`` (``|``-separated)."""
     from medclip_core.io import load_image
 
-    csv_path = Path(csv_path)
-    try:
-        rows = list(csv.DictReader(csv_path.open(newline="", encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise TaskInputError(f"Cannot read the support CSV: {exc}") from exc
-    if not rows or not {"image", "labels"} <= set(rows[0]):
-        raise TaskInputError("The support CSV needs columns 'image' and 'labels' and at least one row.")
-    root = csv_path.parent.resolve()
+    rows = read_csv_rows(csv_path, {"image", "labels"})
+    if not rows:
+        raise TaskInputError("The support CSV has no rows.")
+    root = Path(csv_path).expanduser().parent
     images, targets = [], []
     for line, row in enumerate(rows, start=2):
-        path = (root / row["image"]).resolve()
-        if root not in path.parents:
-            raise TaskInputError(f"Line {line}: image path '{row['image']}' leaves the CSV's folder.")
-        names = {" ".join(n.split()).lower() for n in (row["labels"] or "").split("|")}
-        images.append(load_image(path))
+        images.append(load_image(image_path_in(root, row["image"], f"line {line}")))
+        names = {" ".join(n.split()).lower() for n in row["labels"].split("|")}
         targets.append([1.0 if label in names else 0.0 for label in labels])
-    return SupportSet(_embed(model, images), np.array(targets), tuple(labels), f"CSV {csv_path.name}, {len(rows)} images")
+    return SupportSet(_embed(model, images), np.array(targets), tuple(labels),
+                      f"CSV {Path(csv_path).name}, {len(rows)} images")
 
 
 def zero_shot_logits(model: ClipModel, image_embeddings: torch.Tensor, labels: Sequence[str],

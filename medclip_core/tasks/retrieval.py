@@ -26,7 +26,6 @@ are cached on disk in the same way.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -44,6 +43,7 @@ import numpy as np
 from medclip_core.data import reports as reports_module
 from medclip_core.data import phantom as phantom_module
 from medclip_core.data.reports import FINDINGS, Report, load_reports, report_splits
+from medclip_core.data.tables import image_path_in, read_csv_rows
 from medclip_core.errors import ImageLoadError, MedclipError
 from medclip_core.eval.metrics import precision_at_k as precision_at_k_matrix
 from medclip_core.io import MedicalImage, image_from_array, load_image
@@ -213,33 +213,16 @@ def csv_collection(csv_path: str | os.PathLike, name: str | None = None) -> Coll
     ``skipped``. With a ``labels`` column every item is labelled (an empty cell = no findings).
     """
     csv_file = Path(csv_path).expanduser()
-    if not csv_file.is_file():
-        raise MedclipError(f"CSV file not found: {csv_file}.")
+    rows = read_csv_rows(csv_file, {"image"})
     root = csv_file.parent.resolve()
-    try:
-        with open(csv_file, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise MedclipError(f"{csv_file.name} is not a readable UTF-8 CSV file ({error}).") from error
-    if "image" not in columns:
-        raise MedclipError(f"{csv_file.name} needs a header row with an 'image' column (optional: 'report', 'labels'); "
-                           f"found {columns or 'an empty file'}.")
-    has_labels = "labels" in columns
+    has_labels = bool(rows) and "labels" in rows[0]
     items, skipped, state, seen = [], [], [], set()
-    for number, raw in enumerate(rows, start=1):  # data rows, header not counted
-        # cells beyond the header come under the key None as a list: ignored
-        row = {k.strip().lower(): (v or "").strip() for k, v in raw.items()
-               if k is not None and not isinstance(v, list)}
+    for number, row in enumerate(rows, start=1):  # data rows, header not counted
         relative = row.get("image", "")
         if not relative:
             skipped.append(SkippedFile(f"row {number}", "no image path in the 'image' column"))
             continue
-        path = (root / relative).resolve()
-        if Path(relative).is_absolute() or not path.is_relative_to(root):
-            raise MedclipError(f"{csv_file.name}, row {number}: the image path '{relative}' points outside the CSV's "
-                               "folder. Use paths relative to the folder that holds the CSV.")
+        path = image_path_in(root, relative, f"{csv_file.name}, row {number}")
         relative = path.relative_to(root).as_posix()  # one id per file, however the cell spells it
         if relative in seen:
             skipped.append(SkippedFile(relative, f"listed again in row {number}"))

@@ -7,7 +7,6 @@ CLIP literature uses, and its sentences for the local (sentence–region) loss.
 """
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from medclip_core.data.tables import image_path_in, read_csv_rows
 from medclip_core.errors import MedclipError
 
 SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -94,28 +94,21 @@ def csv_pairs(csv_path: Path, size: int, seed: int = 0) -> PairSet:
     ``labels`` column holds ``|``-separated finding names (used for semantic-matching targets)."""
     from medclip_core.io import load_image
 
-    csv_path = Path(csv_path)
-    try:
-        rows = list(csv.DictReader(csv_path.open(newline="", encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MedclipError(f"Cannot read the training CSV {csv_path}: {exc}") from exc
-    if not rows or not {"image", "report"} <= set(rows[0]):
-        raise MedclipError(f"{csv_path} needs a header with columns 'image' and 'report' and at least one row.")
-    root = csv_path.parent.resolve()
+    rows = read_csv_rows(csv_path, {"image", "report"})
+    if not rows:
+        raise MedclipError(f"{Path(csv_path).name} has no rows.")
+    root = Path(csv_path).expanduser().parent
     rng = np.random.default_rng(seed)
-    label_names = tuple(sorted({name.strip() for row in rows for name in (row.get("labels") or "").split("|")
+    label_names = tuple(sorted({name.strip() for row in rows for name in row.get("labels", "").split("|")
                                 if name.strip()}))
     images, texts, labels = [], [], []
     for line, row in enumerate(rows, start=2):
-        path = (root / row["image"]).resolve()
-        if root not in path.parents:
-            raise MedclipError(f"{csv_path}, line {line}: image path '{row['image']}' leaves the dataset folder.")
-        report = (row["report"] or "").strip()
-        if not report:
-            raise MedclipError(f"{csv_path}, line {line}: the report is empty.")
+        path = image_path_in(root, row["image"], f"{Path(csv_path).name}, line {line}")
+        if not row["report"]:
+            raise MedclipError(f"{Path(csv_path).name}, line {line}: the report is empty.")
         images.append(_to_square_uint8(load_image(path).pixels, size))
-        texts.append(text_variants(report, "", rng))
-        names = {n.strip() for n in (row.get("labels") or "").split("|")}
+        texts.append(text_variants(row["report"], "", rng))
+        names = {n.strip() for n in row.get("labels", "").split("|")}
         labels.append([1.0 if n in names else 0.0 for n in label_names])
     return PairSet(np.stack(images), np.arange(len(rows)), texts,
                    [split_sentences(t[0])[:MAX_SENTENCES] for t in texts],

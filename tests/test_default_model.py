@@ -1,0 +1,62 @@
+"""The committed embedded default `medclip-phantom`: loads offline, is small, and works on real inputs."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medclip_core.io import load_image
+from medclip_core.models import load_model
+from medclip_core.tasks.zero_shot import LABEL_PRESETS, zero_shot
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "assets" / "medclip-phantom"
+EXAMPLES = ROOT / "assets" / "examples" / "phantom"
+PHANTOM_LABELS = list(LABEL_PRESETS["Phantom findings"])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("medclip-phantom", device="cpu")
+
+
+def example(name: str):
+    meta = json.loads((EXAMPLES / f"{name}.json").read_text())
+    return load_image(EXAMPLES / f"{name}.png"), set(meta["labels"])
+
+
+def test_loads_offline_small_and_says_what_it_is(model, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert (ASSET / "model.safetensors").stat().st_size < 50_000_000
+    card = model.card
+    assert card.name == "medclip-phantom" and card.embed_dim == 256 and card.image_size == 224
+    assert "NOT for clinical use" in card.clinical_use and "CC BY-NC-ND 4.0" in card.licence
+    assert card.metrics["zero_shot_macro_auc"] > 0.5
+    assert model.supports_patch_tokens and model.patch_tokens([np.zeros((224, 224), np.float32)]).shape == (1, 14, 14, 256)
+
+
+def test_encodes_one_image_quickly(model) -> None:
+    image = load_image(EXAMPLES / "000.png")
+    model.encode_image([image])
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        model.encode_image([image])
+        timings.append(time.perf_counter() - start)
+    assert min(timings) < 0.25  # the bench measures the real figure; this only guards against regressions
+
+
+@pytest.mark.parametrize("name,finding", [("001", "cardiomegaly"), ("002", "pleural effusion"),
+                                          ("005", "pleural effusion"), ("007", "cardiomegaly")])
+def test_examples_score_their_finding_above_the_normal_example(model, name, finding) -> None:
+    """The finding an example shows scores higher on it than on the normal example (000)."""
+    image, labels = example(name)
+    normal, _ = example("000")
+    assert finding in labels
+    scores = zero_shot(model, image, PHANTOM_LABELS).probabilities
+    normal_scores = zero_shot(model, normal, PHANTOM_LABELS).probabilities
+    i = PHANTOM_LABELS.index(finding)
+    assert scores[i] > normal_scores[i]
