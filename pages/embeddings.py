@@ -10,6 +10,26 @@ from medclip_core.tasks.embedding import embedding_map, figure
 from pages.common import ui_errors
 from pages.retrieve import gallery_collection
 
+# Plotly cannot draw images in a hover label, so a panel beside the map shows the thumbnail of the
+# hovered point (customdata[0], a data URI; customdata[2:4] are its label and modality).
+HOVER_PANEL = ('<figure style="margin:0;text-align:center"><img alt="" style="width:192px;height:192px;'
+               'background:#111"/><figcaption>Hover a point to see its image</figcaption></figure>')
+HOVER_JS = """
+const image = element.querySelector('img');
+const caption = element.querySelector('figcaption');
+setInterval(() => {
+  const plot = document.querySelector('#embedding-plot .js-plotly-plot');
+  if (!plot || plot.__medclipHover || typeof plot.on !== 'function') return;
+  plot.__medclipHover = true;
+  plot.on('plotly_hover', (event) => {
+    const data = event.points[0].customdata;
+    if (!data || !data[0]) return;
+    image.src = data[0];
+    caption.textContent = `${data[2]} (${data[3]})`;
+  });
+}, 400);
+"""
+
 
 @ui_errors
 def run_embedding_map(gallery: str, method: str, color_by: str, model_name: str,
@@ -35,7 +55,9 @@ def build(model_picker: gr.Dropdown) -> None:
             color_by = gr.Radio(["label", "modality"], value="label", label="Colour by")
             button = gr.Button("Compute map", variant="primary")
         summary = gr.Markdown()
-        plot = gr.Plot(label="Embedding map")
+        with gr.Row():
+            plot = gr.Plot(label="Embedding map", elem_id="embedding-plot", scale=4)
+            gr.HTML(HOVER_PANEL, js_on_load=HOVER_JS, elem_id="embedding-hover", scale=1)
         details = gr.JSON(label="Points", visible=False)
         button.click(run_embedding_map, inputs=[gallery, method, color_by, model_picker],
                      outputs=[plot, summary, details], api_name="embedding_map")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -67,3 +68,18 @@ def test_bad_upload_shows_an_error_and_the_app_keeps_working(page, tmp_path: Pat
     upload_block(page).get_by_label("Clear").click()
     upload_input(page).set_input_files(str(good))
     expect(page.get_by_text('"MR"').first).to_be_visible(timeout=30_000)
+
+
+def test_embedding_map_shows_the_hovered_points_thumbnail(page) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Embeddings").click()
+    page.get_by_label("Collection").fill("phantom:12")
+    page.get_by_text("pca", exact=True).click()
+    page.get_by_role("button", name="Compute map").click()
+    expect(page.get_by_text("Modality gap", exact=False).first).to_be_visible(timeout=120_000)
+    point = page.locator("#embedding-plot .scatterlayer .point").first
+    expect(point).to_be_visible(timeout=30_000)
+    point.hover(force=True)
+    expect(page.locator("#embedding-hover img")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"),
+                                                                    timeout=10_000)
