@@ -1,6 +1,6 @@
 """Trainer throughput against a bare open_clip training loop on the same model and batch.
 
-Both train the medclip-phantom architecture on the same rendered phantom pairs with batch 64:
+Both train the medclip-phantom architecture (phantom-cnn-minilm) on the same rendered phantom pairs with batch 64:
 the bare loop is what open_clip's own training does per step (tokenise, ``model(images, texts)``,
 ``ClipLoss``, backward, AdamW step) with the frozen MiniLM tower run under no_grad; our trainer
 caches the frozen tower's pooled outputs and adds semantic-matching targets (and, in the second
@@ -40,8 +40,9 @@ def bare_open_clip(trainer: ContrastiveTrainer, data, steps: int, batch: int) ->
         start = time.perf_counter()
         texts = [data.texts[r][0] for r in data.report_index[rows]]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = module(trainer._pixels(data.images[rows]), trainer.tokenizer(texts))
-            loss = loss_fn(out["image_features"].float(), out["text_features"].float(), out["logit_scale"])
+            image_features, text_features, logit_scale = module(trainer._pixels(data.images[rows]),
+                                                                trainer.tokenizer(texts))[:3]
+            loss = loss_fn(image_features.float(), text_features.float(), logit_scale)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

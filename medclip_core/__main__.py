@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
 
     overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     if args.preset == "phantom":
-        overrides.setdefault("architecture", "phantom-vit-minilm")
+        overrides.setdefault("architecture", "phantom-cnn-minilm")
         overrides.setdefault("data", "phantom")
     config = TrainConfig(out_dir=str(args.out), **{k: v for k, v in overrides.items() if k != "out_dir"})
     result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -40,7 +40,8 @@ def build(model_picker: gr.Dropdown) -> None:
                     "scored per label against its negation (CheXzero style), or as a softmax across labels.")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES, type="filepath")
+                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES, type="filepath",
+                                 elem_id="diagnose-upload")
                 preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
                 image_examples(upload)
             with gr.Column():

@@ -42,7 +42,7 @@ class TrainConfig:
     """Everything a run depends on; saved next to its checkpoints."""
 
     out_dir: str
-    architecture: str = "phantom-vit-minilm"    # JSON in train/architectures/, or local-dir:PATH of a checkpoint
+    architecture: str = "phantom-cnn-minilm"    # JSON in train/architectures/, or local-dir:PATH of a checkpoint
     data: str = "phantom"                        # "phantom" or a CSV path
     phantom_variants: int = 3                    # rendered images per training report
     limit_reports: int | None = None
