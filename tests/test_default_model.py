@@ -60,3 +60,13 @@ def test_examples_score_their_finding_above_the_normal_example(model, name, find
     normal_scores = zero_shot(model, normal, PHANTOM_LABELS).probabilities
     i = PHANTOM_LABELS.index(finding)
     assert scores[i] > normal_scores[i]
+
+
+@pytest.mark.parametrize("name", ["000", "003", "005", "006", "007"])
+def test_examples_rank_one_of_their_findings_first(model, name) -> None:
+    """Known answers on the committed examples. Of the eight, 001 (cardiomegaly ranks below edema),
+    002 (effusion second) and 004 (a small nodule, read as normal) are not ranked first by this
+    model; the model card lists the per-finding AUCs behind that."""
+    image, labels = example(name)
+    top_label = zero_shot(model, image, PHANTOM_LABELS).ranked()[0][0]
+    assert top_label in labels

@@ -241,8 +241,10 @@ def load_checkpoint_dir(path: Path, card: ModelCard | None, device: torch.device
         raise ModelUnavailableError(
             f"Checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
+    saved = {k: v for k, v in config.get("card", {}).items() if k in ModelCard.__dataclass_fields__}
     if card is None:
-        card = ModelCard(**{**config["card"], "source": f"local-dir:{path}"})
-    elif config.get("card", {}).get("metrics"):
-        card = ModelCard(**{**card.to_dict(), "metrics": config["card"]["metrics"]})
+        card = ModelCard(**{**saved, "source": f"local-dir:{path}"})
+    else:  # the registry spec names the model; the checkpoint's own card describes and measures it
+        card = ModelCard(**{**card.to_dict(), **{k: v for k, v in saved.items()
+                                                  if k not in ("name", "source", "backend")}})
     return _finish(module.to(device), tokenizer, card, device)
