@@ -2,7 +2,8 @@
 
 Copies the run's weights and config (not its optimizer state), writes the model card into the
 config (so ``python -m medclip_core models`` shows it) and as ``MODEL_CARD.md``, with the metrics
-of ``eval_phantom.json`` (run ``python -m medclip_core eval --model local-dir:RUN`` first).
+of ``eval_phantom.json`` (run ``python -m medclip_core eval --model local-dir:RUN`` first) and the
+hand-kept comparison of the variants tried, ``bench/results/default_model_variants.md``.
 
     python bench/release_default_model.py runs/medclip-phantom-cnn [--dest assets/medclip-phantom]
 """
@@ -128,7 +129,9 @@ def main() -> None:
     train["out_dir"] = "runs/medclip-phantom-cnn"
     config["train_config"] = train
     (args.dest / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    (args.dest / "MODEL_CARD.md").write_text(card_markdown(config, evaluation))
+    variants = ROOT / "bench" / "results" / "default_model_variants.md"
+    notes = "\n" + variants.read_text() if variants.is_file() else ""
+    (args.dest / "MODEL_CARD.md").write_text(card_markdown(config, evaluation) + notes)
     print(json.dumps({"released": str(args.dest), **config["card"]["metrics"]}, indent=2))
 
 
