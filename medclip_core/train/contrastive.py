@@ -292,7 +292,7 @@ class ContrastiveTrainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         train = self.load_data("train", cfg.limit_reports)
-        val = self.load_data("val", cfg.val_reports) if cfg.data == "phantom" else None
+        val = self.load_data("val", cfg.val_reports) if cfg.data == "phantom" and cfg.val_reports else None
         if len(train) < 2:
             raise MedclipError("Training needs at least two image-report pairs.")
         if self.text_cache is not None:
@@ -341,7 +341,7 @@ class ContrastiveTrainer:
             seen += len(rows)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 row = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3), "loss": float(loss.detach()),
-                       **parts, "lr": lr, "logit_scale": float(self.module.logit_scale.exp()),
+                       **parts, "lr": lr, "logit_scale": float(self.module.logit_scale.detach().exp()),
                        "grad_norm": float(grad_norm), "images_per_s": seen / (time.time() - t0),
                        "elapsed_s": time.time() - t0}
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
