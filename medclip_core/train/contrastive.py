@@ -357,7 +357,7 @@ class ContrastiveTrainer:
             self._save(total, optimizer, final=True)
         elapsed = time.time() - t0
         val_loss = history[-1].get("val_loss") if history else None
-        return TrainResult(str(self.out_dir), total, float(loss), val_loss, elapsed,
+        return TrainResult(str(self.out_dir), total, float(loss.detach()), val_loss, elapsed,
                            seen / elapsed if elapsed > 0 else 0.0, history)
 
 
