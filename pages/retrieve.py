@@ -45,7 +45,10 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
         raise TaskInputError(f"Choose one of: {', '.join(MODES)}.")
     if mode != "text → images" and not query_path:
         raise TaskInputError("Upload a query image (PNG, JPEG, TIFF or DICOM) for an image query.")
-    report = lambda done, total: progress(done / max(total, 1), desc=f"embedding {total} items")  # noqa: E731
+
+    def report(done: int, total: int) -> None:
+        progress(done / max(total, 1), desc=f"embedding {total} items")
+
     if mode == "image → reports":
         result = image_to_reports(model, load_image(query_path), k=k, progress=report)
         summary = f"{len(result.hits)} closest reports of {result.gallery}."

@@ -29,6 +29,12 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
+def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Drop the trailing all-padding columns: Hugging Face towers mask padding out, so the result is
+    the same with less work (short prompts padded to a long context cost ten times more)."""
+    return tokens[:, : max(1, int((tokens != pad_id).sum(dim=1).max()))]
+
+
 class OpenClipModel(ClipModel):
     """A ``ClipModel`` around an open_clip ``CLIP``/``CustomTextCLIP`` and its tokenizer."""
 
@@ -49,10 +55,7 @@ class OpenClipModel(ClipModel):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self._tokenizer(list(texts))
         if isinstance(self._tokenizer, open_clip.tokenizer.HFTokenizer):
-            # HF towers mask padding out, so trailing all-padding columns are dropped (same result, less work)
-            pad = getattr(self._model.text, "config", None)
-            pad_id = getattr(pad, "pad_token_id", 0) or 0
-            tokens = tokens[:, : max(1, int((tokens != pad_id).sum(dim=1).max()))]
+            tokens = trim_padding(tokens, self._model.text.config.pad_token_id or 0)
         return tokens.to(self.device)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:

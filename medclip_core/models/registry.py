@@ -59,12 +59,10 @@ class ModelSpec:
     gated: bool = False
 
     def card(self) -> ModelCard:
-        return ModelCard(
-            name=self.name, backend=self.backend, source=self.source if not self.pretrained
-            else f"{self.source} ({self.pretrained})", modality=self.modality, image_size=self.image_size,
-            embed_dim=self.embed_dim, licence=self.licence, description=self.description, url=self.url,
-            context_length=self.context_length, gated=self.gated,
-        )
+        shared = {k: v for k, v in asdict(self).items() if k in ModelCard.__dataclass_fields__}
+        if self.pretrained:
+            shared["source"] = f"{self.source} ({self.pretrained})"
+        return ModelCard(**shared)
 
     @property
     def local_path(self) -> Path:

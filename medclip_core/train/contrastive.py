@@ -28,7 +28,12 @@ import torch.nn.functional as F
 
 from medclip_core.errors import MedclipError
 from medclip_core.models import checkpoint
-from medclip_core.models.open_clip_backend import build_checkpoint_module, has_patch_tokens, pooled_and_patch_tokens
+from medclip_core.models.open_clip_backend import (
+    build_checkpoint_module,
+    has_patch_tokens,
+    pooled_and_patch_tokens,
+    trim_padding,
+)
 from medclip_core.train.data import PairSet, csv_pairs, phantom_pairs
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
@@ -104,8 +109,7 @@ class FrozenTextCache:
         todo = sorted({t for t in texts if t not in self._pooled}, key=len)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            ids = self.tokenizer(chunk)
-            ids = ids[:, : int((ids != self.tower.config.pad_token_id).sum(dim=1).max())].to(self.device)
+            ids = trim_padding(self.tokenizer(chunk), self.tower.config.pad_token_id).to(self.device)
             mask = (ids != self.tower.config.pad_token_id).long()
             pooled = self.tower.pooler(self.tower.transformer(input_ids=ids, attention_mask=mask), mask)
             self._pooled.update(zip(chunk, pooled.float().cpu()))
