@@ -47,6 +47,12 @@ def cmd_phantom(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
+    if args.task != "contrastive":
+        raise MedclipError(f"Unknown training task '{args.task}'.")
+    return _train_contrastive(args)
+
+
+def _train_contrastive(args: argparse.Namespace) -> Any:
     from dataclasses import asdict
 
     from medclip_core.train.contrastive import TrainConfig, train
@@ -222,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("train", help="contrastive training (resumes when --out holds a run)")
+    p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
+    p.add_argument("--task", choices=("contrastive",), default="contrastive",
+                   help="contrastive: image-report CLIP training")
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, config")
     p.add_argument("--architecture", help="architecture JSON name in train/architectures, or local-dir:CHECKPOINT")
