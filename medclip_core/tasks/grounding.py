@@ -4,9 +4,11 @@ Methods (``METHODS``), each a map per phrase, drawn back through the preprocessi
 onto the original image (for DICOM: the windowed original, at its resolution), values in [0, 1]:
 
 * ``similarity`` — cosine similarity of each projected patch token with the phrase embedding,
-  lightly smoothed (3x3 binomial) on the patch grid.
+  lightly smoothed (3x3 binomial). Patch grids are coarse (16 px cells at 224 px), so four passes
+  with the input shifted by a quarter stride up/down and left/right are interleaved into a grid
+  twice as fine (one batch of four). ``surgery`` uses the same grid.
 * ``surgery`` — CLIP Surgery (Li et al. 2023): feature surgery subtracts what all phrases of the
-  set share (the mean phrase embedding; with one phrase, the empty prompt's embedding), and for
+  set share (the mean phrase embedding; with one phrase, a neutral prompt's embedding), and for
   open_clip / timm ViTs the patch tokens come from a parallel value-value attention path over the
   last half of the blocks (no FFN), which keeps tokens local instead of global.
 * ``gradcam`` — Grad-CAM (Selvaraju et al.) of the image-phrase cosine on the last feature map
@@ -48,6 +50,7 @@ METHOD_TITLES = {
 MAX_PHRASES = 16
 MAX_PHRASE_CHARS = 300
 GSCORECAM_CHANNELS = 32
+NEUTRAL_PROMPT = "an image"
 _BINOMIAL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
 
 
@@ -195,8 +198,9 @@ def _similarity(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phra
 
 
 def _redundant_text(model: ClipModel, text: torch.Tensor) -> torch.Tensor:
-    """What every phrase of the set shares: their mean, or the empty prompt for a single phrase."""
-    return text.mean(dim=0) if len(text) > 1 else model.encode_text([""])[0]
+    """What every phrase of the set shares: their mean, or a neutral prompt's embedding for a single phrase
+    (CLIP Surgery uses the empty prompt, which some tokenizers turn into no tokens at all)."""
+    return text.mean(dim=0) if len(text) > 1 else model.encode_text([NEUTRAL_PROMPT])[0]
 
 
 def _surgery(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
@@ -347,33 +351,38 @@ def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phras
     return torch.stack(cams)
 
 
+def vit_forward_with_attention(model: ClipModel, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The ViT image tower run block by block with explicit attention: (unit image embedding (B, D),
+    attention probabilities per block (B, heads, N, N), kept in the graph for their gradients)."""
+    blocks, embed, head, _ = _vit_parts(model)
+    attentions: list[torch.Tensor] = []
+    x = embed(pixels)
+    for block in blocks:
+        norm_1, norm_2 = _block_norms(block)
+        q, k, v, out_proj = _attention_parts(block, norm_1(x))
+        probs = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        attentions.append(probs)
+        x = x + _layer_scale(block, 1)(out_proj(_merge_heads(probs @ v)))
+        x = x + _layer_scale(block, 2)(block.mlp(norm_2(x)))
+    return F.normalize(head(x[:, 0]).float(), dim=-1), attentions
+
+
 def _relevance(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
     """Chefer et al.: propagate gradient-weighted attention from the class token to the patches."""
-    blocks, embed, head, prefix = _vit_parts(model)
-    maps = []
-    for p in range(len(text)):
-        attentions: list[torch.Tensor] = []
-        with torch.enable_grad():
-            x = embed(pixels)
-            for block in blocks:
-                norm_1, norm_2 = _block_norms(block)
-                q, k, v, out_proj = _attention_parts(block, norm_1(x))
-                probs = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
-                probs.retain_grad()
-                attentions.append(probs)
-                x = x + _layer_scale(block, 1)(out_proj(_merge_heads(probs @ v)))
-                x = x + _layer_scale(block, 2)(block.mlp(norm_2(x)))
-            embedding = F.normalize(head(x[:, 0]).float(), dim=-1)[0]
-            score = embedding @ text[p]
-            grads = torch.autograd.grad(score, attentions)
-        tokens = attentions[0].shape[-1]
-        relevance = torch.eye(tokens)
-        for probs, grad in zip(attentions, grads):
-            weighted = (grad[0] * probs[0].detach()).clamp_min(0).mean(dim=0).float()
-            relevance = relevance + weighted @ relevance
-        patch_relevance = relevance[0, prefix:]
-        grid = int(round(patch_relevance.numel() ** 0.5))
-        maps.append(patch_relevance.reshape(grid, grid))
+    prefix = _vit_parts(model)[3]
+    with torch.enable_grad():
+        embedding, attentions = vit_forward_with_attention(model, pixels)
+        scores = text @ embedding[0]
+        maps = []
+        for score in scores:
+            grads = torch.autograd.grad(score, attentions, retain_graph=True)
+            relevance = torch.eye(attentions[0].shape[-1])
+            for probs, grad in zip(attentions, grads):
+                weighted = (grad[0] * probs[0].detach()).clamp_min(0).mean(dim=0).float()
+                relevance = relevance + weighted @ relevance
+            patch_relevance = relevance[0, prefix:]
+            grid = int(round(patch_relevance.numel() ** 0.5))
+            maps.append(patch_relevance.reshape(grid, grid))
     return torch.stack(maps)
 
 
@@ -417,6 +426,6 @@ def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | No
     if method == "surgery" and not _vit_with_blocks(clip):
         notes.append("CNN image tower: feature surgery only (the v-v attention path applies to ViTs).")
     if len(phrases) == 1 and method == "surgery":
-        notes.append("one phrase: the empty prompt's embedding is removed as the shared part.")
+        notes.append(f"one phrase: the embedding of '{NEUTRAL_PROMPT}' is removed as the shared part.")
     return GroundingResult(phrases, method, clip.card.name, maps, grids, base,
                            time.perf_counter() - started, notes)
