@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from medclip_core.errors import ModelUnavailableError, TaskInputError
 from medclip_core.eval.metrics import dice
 from medclip_core.io import load_image
 from medclip_core.models import load_model
-from medclip_core.models.segmentation_decoder import load_segmentation_decoder, read_decoder
+from medclip_core.models.segmentation_decoder import frozen_features, load_segmentation_decoder, read_decoder
 from medclip_core.train.segmentation import (
     FeatureSet,
     PhraseBank,
@@ -37,21 +38,30 @@ def phantom_model():
 
 
 def tiny_config(out: Path, **overrides) -> SegTrainConfig:
-    base = dict(out_dir=str(out), limit_reports=10, val_reports=None, variants=1, focal_extra_variants=0,
+    base = dict(out_dir=str(out), limit_reports=4, val_reports=None, variants=1, focal_extra_variants=0,
                 nonfocal_fraction=1.0, max_steps=2, batch_size=6, lr=1e-2, warmup_steps=1, log_every=1,
                 checkpoint_every=1, width=8, skip_width=8, fine_width=4, stem_width=4)
     return SegTrainConfig(**{**base, **overrides})
 
 
-def test_two_steps_lower_the_loss_and_the_checkpoint_reloads(tmp_path: Path, phantom_model) -> None:
-    trainer = SegmentationTrainer(tiny_config(tmp_path / "run"), log=lambda _: None, model=phantom_model)
-    result = trainer.run()
-    data = FeatureSet.load(tmp_path / "run" / "features_train.npz")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, phantom_model) -> tuple[Path, SegmentationTrainer]:
+    """One tiny 2-step run (4 reports), shared by the trainer tests."""
+    out = tmp_path_factory.mktemp("seg") / "run"
+    trainer = SegmentationTrainer(tiny_config(out), log=lambda _: None, model=phantom_model)
+    trainer.run()
+    return out, trainer
+
+
+def test_two_steps_lower_the_loss_and_the_checkpoint_reloads(tiny_run, phantom_model) -> None:
+    out, trainer = tiny_run
+    data = FeatureSet.load(out / "features_train.npz")
     bank = PhraseBank(phantom_model)
     rows = np.arange(len(data))
-    decoder = read_decoder(tmp_path / "run")
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert result.steps == 2 and [m["step"] for m in metrics] == [1, 2]
+    decoder = read_decoder(out)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all(np.isfinite(m["loss"]) for m in metrics)
+    assert len(data.masks) > 0 and data.tokens.shape[1:] == (14, 14, 256) and data.skip.shape[1:] == (128, 28, 28)
 
     torch.manual_seed(0)  # the run's initial weights
     fresh = type(decoder.module)(decoder.config).eval()
@@ -60,19 +70,23 @@ def test_two_steps_lower_the_loss_and_the_checkpoint_reloads(tmp_path: Path, pha
         after = float(trainer.batch_loss(decoder.module, data, bank, rows, np.random.default_rng(0))[0])
     assert after < before
 
-    # the saved decoder predicts as the trained one did: same logits through the public path
+    # the saved decoder predicts as the trained one did, through the public path
     pixels = phantom_model.preprocess_batch([data.images[0] / 255.0])
     text = bank.embeddings[:3]
-    again = read_decoder(tmp_path / "run").logits(phantom_model, pixels, text)
-    assert np.allclose(decoder.logits(phantom_model, pixels, text), again)
+    with torch.no_grad():
+        side = decoder.module.image_side(*frozen_features(phantom_model, pixels), pixels)
+        expected = decoder.module.decode(*side, text, torch.zeros(3, dtype=torch.long)).numpy()
+    assert np.allclose(decoder.logits(phantom_model, pixels, text)[0], expected, atol=1e-5)
 
 
-def test_a_segmentation_run_resumes(tmp_path: Path, phantom_model) -> None:
-    SegmentationTrainer(tiny_config(tmp_path / "run"), log=lambda _: None, model=phantom_model).run()
+def test_a_segmentation_run_resumes(tiny_run, tmp_path: Path, phantom_model) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
     lines: list[str] = []
-    SegmentationTrainer(tiny_config(tmp_path / "run", max_steps=3), log=lines.append, model=phantom_model).run()
+    SegmentationTrainer(tiny_config(out, max_steps=3), log=lines.append, model=phantom_model).run()
     assert any("resuming at step 2/3" in line for line in lines)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not any(line.startswith("train: features") for line in lines)  # the feature cache is reused
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
 
 
@@ -128,3 +142,10 @@ def test_clear_errors_for_models_without_a_decoder_and_bad_phrases(phantom_model
         decoder.predict(phantom_model, image, ["  "])
     with pytest.raises(TaskInputError, match="at most 64"):
         decoder.predict(phantom_model, image, [f"finding {i}" for i in range(100)])
+
+
+def test_cli_segmentation_training_reports_an_unknown_model(tmp_path: Path, capsys) -> None:
+    from medclip_core.__main__ import main
+
+    assert main(["train", "--task", "segmentation", "--model", "no-such-model", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -187,7 +187,8 @@ def logits_to_original(logits: np.ndarray, model: ClipModel, width: int, height:
     x0, y0, x1, y1 = model.geometry(width, height).original_box
     rows = _bilinear_weights(height, y0, y1, logits.shape[1])
     cols = _bilinear_weights(width, x0, x1, logits.shape[2])
-    drawn = np.einsum("hi,pij,wj->phw", rows, logits.astype(np.float64), cols)
+    across = np.tensordot(logits.astype(np.float64), cols, axes=([2], [1]))  # (P, s, width), one BLAS call
+    drawn = np.tensordot(rows, across, axes=([1], [1])).transpose(1, 0, 2)  # (P, height, width)
     probabilities = 1.0 / (1.0 + np.exp(-drawn))
     inside = (rows.sum(1) > 0)[:, None] & (cols.sum(1) > 0)[None, :]
     return np.where(inside[None], probabilities, 0.0).astype(np.float32)

@@ -17,7 +17,6 @@ from (seed, step) so a resumed run sees the same batches, checkpoints (safetenso
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from medclip_core.models.segmentation_decoder import (
     frozen_features,
 )
 from medclip_core.tasks.zero_shot import LABEL_SYNONYMS
+from medclip_core.train.contrastive import _lr_at
 
 STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -252,13 +252,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: f
         parts["dice_loss"] = float(dice_loss.detach())
         loss = loss + dice_weight * dice_loss
     return loss, parts
-
-
-def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class SegmentationTrainer:
