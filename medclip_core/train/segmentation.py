@@ -365,7 +365,7 @@ class SegmentationTrainer:
         if len(train_data) < 2 or not len(train_data.masks):
             raise MedclipError("Segmentation training needs at least two images with finding masks.")
         self.log("encoding the phrase vocabulary with the frozen text tower ...")
-        bank = PhraseBank(self.model)
+        self.bank = bank = PhraseBank(self.model)
         module = TextConditionedDecoder(self._decoder_config(train_data)).to(self.device)
         decay = [p for p in module.parameters() if p.ndim >= 2]
         no_decay = [p for p in module.parameters() if p.ndim < 2]
