@@ -47,9 +47,23 @@ def cmd_phantom(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
+    if args.task == "segmentation":
+        return _train_segmentation(args)
     if args.task != "contrastive":
         raise MedclipError(f"Unknown training task '{args.task}'.")
     return _train_contrastive(args)
+
+
+def _train_segmentation(args: argparse.Namespace) -> Any:
+    from dataclasses import asdict
+
+    from medclip_core.train.segmentation import SegTrainConfig, train_segmentation
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in SegTrainConfig.__dataclass_fields__ and k != "out_dir" and v is not None}
+    result = train_segmentation(SegTrainConfig(out_dir=str(args.out), **overrides),
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    return {k: v for k, v in asdict(result).items() if k != "history"}
 
 
 def _train_contrastive(args: argparse.Namespace) -> Any:
@@ -306,8 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_heatmap.add_argument("--opacity", type=float, default=0.5, help="overlay opacity of overlay-N.png")
 
     p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
-    p.add_argument("--task", choices=("contrastive",), default="contrastive",
-                   help="contrastive: image-report CLIP training")
+    p.add_argument("--task", choices=("contrastive", "segmentation"), default="contrastive",
+                   help="contrastive: image-report CLIP training; segmentation: a text-prompted mask decoder "
+                        "on a frozen --model (phantom masks)")
+    p.add_argument("--model", help="segmentation: the frozen model (default medclip-phantom)")
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, config")
     p.add_argument("--architecture", help="architecture JSON name in train/architectures, or local-dir:CHECKPOINT")
@@ -315,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float),
                        ("weight-decay", float), ("warmup-steps", int), ("seed", int), ("phantom-variants", int),
                        ("limit-reports", int), ("local-loss-weight", float), ("checkpoint-every", int),
-                       ("log-every", int), ("val-reports", int)):
+                       ("log-every", int), ("val-reports", int),
+                       # segmentation
+                       ("variants", int), ("focal-extra-variants", int), ("phrases-per-image", int),
+                       ("dice-weight", float), ("nonfocal-fraction", float)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--precision", choices=("bf16", "fp32"))
     p.add_argument("--lock", choices=("none", "image", "text"), help="freeze a tower (image = LiT)")
