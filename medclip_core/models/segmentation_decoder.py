@@ -32,15 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medclip_core.errors import MedclipError, ModelUnavailableError, TaskInputError
+from medclip_core.errors import MedclipError, ModelUnavailableError
 from medclip_core.eval.metrics import _bilinear_weights
 from medclip_core.models.base import ClipModel, ImageLike, PatchTokensUnsupported, image_to_rgb_array
 
 CONFIG_NAME = "segmentation_config.json"
 WEIGHTS_NAME = "decoder.safetensors"
 DECODER_SUBDIR = "segmentation"
-MAX_PHRASES = 64
-MAX_PHRASE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -164,20 +162,6 @@ def frozen_features(model: ClipModel, pixels: torch.Tensor) -> tuple[torch.Tenso
     return tokens, (caught[0].float() if caught else None)
 
 
-def check_phrases(phrases: Sequence[str]) -> list[str]:
-    """Clean phrases (whitespace collapsed); clear errors for none, too many or too long."""
-    if isinstance(phrases, str):
-        phrases = [phrases]
-    cleaned = [" ".join(str(p).split()) for p in phrases]
-    if not cleaned or any(not p for p in cleaned):
-        raise TaskInputError("Give at least one non-empty phrase to segment.")
-    if len(cleaned) > MAX_PHRASES:
-        raise TaskInputError(f"{len(cleaned)} phrases given; at most {MAX_PHRASES} are segmented at once.")
-    if any(len(p) > MAX_PHRASE_CHARS for p in cleaned):
-        raise TaskInputError(f"Phrases must be at most {MAX_PHRASE_CHARS} characters long.")
-    return cleaned
-
-
 def logits_to_original(logits: np.ndarray, model: ClipModel, width: int, height: int) -> np.ndarray:
     """(P, s, s) logits over the model input -> (P, height, width) probabilities on the original image.
 
@@ -211,6 +195,8 @@ class SegmentationDecoder:
     @torch.inference_mode()
     def predict(self, model: ClipModel, image: ImageLike, phrases: Sequence[str]) -> np.ndarray:
         """Probabilities (P, H, W) in [0, 1], one map per phrase, at the original image's size."""
+        from medclip_core.tasks.grounding import check_phrases  # tasks import models, not the reverse
+
         phrases = check_phrases(phrases)
         self._check_model(model)
         height, width = image_to_rgb_array(image).shape[:2]
