@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medclip_core.errors import MedclipError
+from medclip_core.train.tasks import TRAIN_TASKS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -52,6 +53,16 @@ def cmd_train(args: argparse.Namespace) -> Any:
     return _train_contrastive(args)
 
 
+def _stop_on_sigterm():
+    """A ``should_stop`` callback that turns true on SIGTERM (how the run manager cancels a run)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop.is_set
+
+
 def _train_contrastive(args: argparse.Namespace) -> Any:
     from dataclasses import asdict
 
@@ -62,7 +73,7 @@ def _train_contrastive(args: argparse.Namespace) -> Any:
         overrides.setdefault("architecture", "phantom-cnn-minilm")
         overrides.setdefault("data", "phantom")
     config = TrainConfig(out_dir=str(args.out), **{k: v for k, v in overrides.items() if k != "out_dir"})
-    result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True), should_stop=_stop_on_sigterm())
     return {k: v for k, v in asdict(result).items() if k != "metrics"}
 
 
@@ -229,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
-    p.add_argument("--task", choices=("contrastive",), default="contrastive",
-                   help="contrastive: image-report CLIP training")
+    p.add_argument("--task", choices=tuple(TRAIN_TASKS), default="contrastive",
+                   help="; ".join(f"{name}: {text}" for name, text in TRAIN_TASKS.items()))
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, config")
     p.add_argument("--architecture", help="architecture JSON name in train/architectures, or local-dir:CHECKPOINT")
@@ -238,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float),
                        ("weight-decay", float), ("warmup-steps", int), ("seed", int), ("phantom-variants", int),
                        ("limit-reports", int), ("local-loss-weight", float), ("checkpoint-every", int),
-                       ("log-every", int), ("val-reports", int)):
+                       ("log-every", int), ("val-reports", int), ("lora-rank", int)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--precision", choices=("bf16", "fp32"))
-    p.add_argument("--lock", choices=("none", "image", "text"), help="freeze a tower (image = LiT)")
+    p.add_argument("--lock", choices=("none", "image", "image-all", "text"),
+                   help="freeze a tower: image = LiT (a CNN keeps its projection head), image-all = every "
+                        "image-tower weight (the text tower trains alone), text = the text tower")
     p.add_argument("--no-semantic-matching", dest="semantic_matching", action="store_false", default=None)
     p.add_argument("--device")
     p.set_defaults(func=cmd_train)
