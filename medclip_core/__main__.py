@@ -74,6 +74,8 @@ def _train_contrastive(args: argparse.Namespace) -> Any:
         overrides.setdefault("data", "phantom")
     config = TrainConfig(out_dir=str(args.out), **{k: v for k, v in overrides.items() if k != "out_dir"})
     result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True), should_stop=_stop_on_sigterm())
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 answers
+        return None
     return {k: v for k, v in asdict(result).items() if k != "metrics"}
 
 
@@ -283,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"internal error: {type(exc).__name__}: {exc} (set MEDCLIP_DEBUG=1 for details)", file=sys.stderr)
         return EXIT_INTERNAL
-    json.dump(result, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    if result is not None:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
     return 0
 
 

@@ -82,4 +82,21 @@ def test_a_killed_run_is_failed_after_a_restart_and_queued_runs_start(manager: R
     assert failed.state == "failed"
     assert "ended without finishing" in failed.error and '"step": 1' in failed.error  # the log tail
     assert restarted.get("waiting").state == "running"
-    assert restarted.wait("waiting", timeout_s=120).state == "finished"
+
+
+def test_two_processes_under_torchrun_follow_the_one_process_loss_curve(manager: RunManager, tmp_path: Path) -> None:
+    from medclip_core.train.contrastive import TrainConfig, train
+
+    ddp = manager.submit(RunRequest(name="ddp", max_steps=3, nproc=2, **TINY))
+    assert "torch.distributed.run" in ddp.log_path.read_text().splitlines()[0]
+    single = train(TrainConfig(out_dir=str(tmp_path / "single"), architecture="tiny-test", limit_reports=16,
+                               phantom_variants=1, max_steps=3, batch_size=16, lr=5e-3, warmup_steps=1,
+                               log_every=1, checkpoint_every=1, val_reports=4, precision="fp32"),
+                   log=lambda _: None)
+    done = manager.wait("ddp", timeout_s=180)
+    assert done.state == "finished", done.error
+    ddp_rows = read_metrics(done.run_dir)
+    assert [row["step"] for row in ddp_rows] == [1, 2, 3]
+    for ours, reference in zip(ddp_rows, single.metrics):
+        for key in ("loss", "global_loss", "local_loss", "grad_norm", "logit_scale"):
+            assert ours[key] == pytest.approx(reference[key], rel=1e-4), key

@@ -522,6 +522,9 @@ class ContrastiveTrainer:
                                           distributed=self.dist.enabled)
             optimizer.zero_grad(set_to_none=True)
             (loss * self.dist.world_size).backward()  # DDP averages gradients over ranks
+            if self.dist.enabled and self.module.logit_scale.grad is not None:
+                # the temperature sees the whole gathered batch on every rank: undo the scaling for it
+                self.module.logit_scale.grad.div_(self.dist.world_size)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             with torch.no_grad():
