@@ -102,13 +102,14 @@ def _run_specs() -> dict[str, ModelSpec]:
     return specs
 
 
-def _all_specs() -> dict[str, ModelSpec]:
+def all_specs() -> dict[str, ModelSpec]:
+    """The registry's specs and one per finished training run."""
     return {**_SPECS, **_run_specs()}
 
 
 def list_models() -> list[str]:
     """Registered model names and finished runs (dynamic ``local-dir:``/``hf-hub:``/``hf:`` names are not listed)."""
-    return list(_all_specs())
+    return list(all_specs())
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -226,7 +227,7 @@ def model_availability(name: str) -> str:
 def describe_models() -> list[dict[str, Any]]:
     """Every registry model with its availability here and its card (JSON-serialisable)."""
     rows = []
-    for name, spec in _all_specs().items():
+    for name, spec in all_specs().items():
         card = spec.card().to_dict()
         if spec.backend == "checkpoint" and checkpoint.is_checkpoint_dir(spec.local_path):
             card.update(checkpoint.read_config(spec.local_path).get("card", {}))

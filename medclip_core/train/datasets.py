@@ -159,3 +159,29 @@ def import_upload(files: list[str | Path], datasets_root: Path) -> Path:
     if not csvs:
         raise TaskInputError("The upload holds no CSV file (columns image,report[,labels]).")
     return csvs[0]
+
+
+UPLOAD_PREFIX = "upload:"
+
+
+def register_upload(files: list[str | Path], datasets_root: Path) -> tuple[str, DatasetReport]:
+    """Import uploaded files and validate them; returns the dataset name a run takes (``upload:ID``)."""
+    csv_path = import_upload(files, datasets_root)
+    dataset_id = csv_path.relative_to(datasets_root).parts[0]
+    return f"{UPLOAD_PREFIX}{dataset_id}", validate_pairs_csv(csv_path)
+
+
+def resolve_dataset(name: str, datasets_root: Path) -> str:
+    """A dataset name from the UI or API as ``RunRequest.data``: ``phantom``, ``phantom:N`` pass through,
+    ``upload:ID`` becomes the clean CSV of a validated upload. Server paths are not accepted here."""
+    name = (name or "").strip()
+    if name == "phantom" or name.startswith("phantom:"):
+        return name
+    if name.startswith(UPLOAD_PREFIX):
+        dataset_id = name[len(UPLOAD_PREFIX):]
+        folder = Path(datasets_root) / dataset_id
+        clean = sorted(folder.rglob(CLEAN_NAME)) if dataset_id.isalnum() and folder.is_dir() else []
+        if not clean:
+            raise TaskInputError(f"'{name}' is not a validated, usable upload: upload the dataset and validate it.")
+        return str(clean[0])
+    raise TaskInputError(f"Unknown dataset '{name}': use phantom, phantom:N or a validated upload (upload:ID).")

@@ -204,13 +204,12 @@ def architecture_names() -> list[str]:
 
 
 def checkpoint_models() -> dict[str, Path]:
-    """Models a run can start from: registry checkpoints that are present, then finished runs."""
+    """Models a run can start from: the registry's checkpoint models that are present (finished runs included)."""
     from medclip_core.models import checkpoint
-    from medclip_core.models.registry import _SPECS
+    from medclip_core.models.registry import all_specs
 
-    found = {name: spec.local_path for name, spec in _SPECS.items()
-             if spec.backend == "checkpoint" and checkpoint.is_checkpoint_dir(spec.local_path)}
-    return {**found, **finished_runs()}
+    return {name: spec.local_path for name, spec in all_specs().items()
+            if spec.backend == "checkpoint" and checkpoint.is_checkpoint_dir(spec.local_path)}
 
 
 def base_model_choices() -> list[str]:
@@ -490,3 +489,22 @@ class RunManager:
 
     def stop_monitor(self) -> None:
         self._stop_monitor.set()
+
+
+def metrics_figure(rows: list[dict[str, Any]], title: str = ""):
+    """Plotly curves of a run: training losses, learning rate, and validation loss against the step."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "learning rate", "validation loss"))
+    steps = [r["step"] for r in rows]
+    for key in ("loss", "global_loss", "local_loss"):
+        if any(key in r for r in rows):
+            fig.add_trace(go.Scatter(x=steps, y=[r.get(key) for r in rows], mode="lines", name=key), row=1, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=[r.get("lr") for r in rows], mode="lines", name="lr"), row=1, col=2)
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    fig.add_trace(go.Scatter(x=[s for s, _ in val], y=[v for _, v in val], mode="lines+markers", name="val_loss"),
+                  row=1, col=3)
+    fig.update_layout(title=title, height=320, margin=dict(l=40, r=20, t=60, b=40), legend=dict(orientation="h"))
+    fig.update_xaxes(title_text="step")
+    return fig
