@@ -1,0 +1,116 @@
+"""Background runs: throughput through the run manager against the trainer called directly, and the
+cost of DistributedDataParallel with two CPU processes.
+
+All runs train the medclip-phantom architecture (phantom-cnn-minilm, 224 px, global + local loss,
+bf16 autocast) on the first 64 phantom training reports, batch 16, no validation. Throughput is
+images/s over the steps after the first (from ``metrics.jsonl``: the trainer's own clock), so
+process start-up (imports, rendering) is reported apart, as the wall time to the first step.
+
+1. direct (``train()`` in this process) vs through the manager (a ``python -m medclip_core train``
+   process), both 2 torch threads, alternated ``--repeats`` times; ratio of medians.
+2. one process with 2 threads, one with 1 thread, and ``torchrun --nproc_per_node 2`` (gloo,
+   1 thread each) through the manager, all with the same global batch.
+
+    python bench/bench_runs.py [--steps 10] [--repeats 2] [--out bench/results/runs.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["OMP_NUM_THREADS"] = "2"  # before torch: this process and its children use 2 threads
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from medclip_core.train.contrastive import TrainConfig, train  # noqa: E402
+from medclip_core.train.runs import RunManager, RunRequest, read_metrics  # noqa: E402
+
+BATCH = 16
+REPORTS = 64
+
+
+def steady_images_per_s(rows: list[dict]) -> float:
+    """Images/s between the first and the last logged step (the first step warms up)."""
+    first, last = rows[0], rows[-1]
+    return BATCH * (last["step"] - first["step"]) / (last["elapsed_s"] - first["elapsed_s"])
+
+
+def direct(out: Path, steps: int) -> dict:
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    result = train(TrainConfig(out_dir=str(out), architecture="phantom-cnn-minilm", limit_reports=REPORTS,
+                               phantom_variants=1, max_steps=steps, batch_size=BATCH, lr=1e-4, warmup_steps=1,
+                               log_every=1, checkpoint_every=10 ** 6, val_reports=0), log=lambda _: None)
+    wall = time.perf_counter() - start
+    return {"images_per_s": steady_images_per_s(result.metrics), "wall_s": wall,
+            "startup_s": wall - result.metrics[-1]["elapsed_s"]}
+
+
+def managed(manager: RunManager, name: str, steps: int, nproc: int = 1, threads: int = 2) -> dict:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    manager.submit(RunRequest(name=name, base_model="phantom-cnn-minilm", data=f"phantom:{REPORTS}", max_steps=steps,
+                              batch_size=BATCH, lr=1e-4, warmup_steps=1, checkpoint_every=10 ** 6, nproc=nproc,
+                              extra_args=["--val-reports", "0"]))
+    record = manager.wait(name, timeout_s=1200, poll_s=0.5)
+    wall = time.perf_counter() - start
+    os.environ["OMP_NUM_THREADS"] = "2"
+    if record.state != "finished":
+        raise RuntimeError(f"{name} {record.state}: {record.error}")
+    rows = read_metrics(record.run_dir)
+    return {"images_per_s": steady_images_per_s(rows), "wall_s": wall, "startup_s": wall - rows[-1]["elapsed_s"],
+            "final_loss": rows[-1]["loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "runs.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = RunManager(Path(tmp) / "runs")
+        pairs = []
+        for i in range(args.repeats):
+            pairs.append((direct(Path(tmp) / f"direct{i}", args.steps), managed(manager, f"managed{i}", args.steps)))
+            print(json.dumps(pairs[-1]), flush=True)
+        one_thread = managed(manager, "one-process-1-thread", args.steps, threads=1)
+        ddp = managed(manager, "torchrun-2-processes", args.steps, nproc=2, threads=1)
+    direct_ips = statistics.median(d["images_per_s"] for d, _ in pairs)
+    managed_ips = statistics.median(m["images_per_s"] for _, m in pairs)
+    two_threads = statistics.median(m["images_per_s"] for _, m in pairs)
+    result = {
+        "benchmark": "background runs: manager vs direct trainer; DDP with 2 CPU processes (gloo)",
+        "model": "phantom-cnn-minilm, 224 px, global + local loss, bf16 autocast",
+        "batch": BATCH, "steps": args.steps, "reports": REPORTS,
+        "direct_images_per_s": round(direct_ips, 2),
+        "manager_images_per_s": round(managed_ips, 2),
+        "ratio_manager_to_direct": round(managed_ips / direct_ips, 3),
+        "runs": [{"direct": d, "manager": m} for d, m in pairs],
+        "one_process_2_threads_images_per_s": round(two_threads, 2),
+        "one_process_1_thread_images_per_s": round(one_thread["images_per_s"], 2),
+        "torchrun_2_processes_1_thread_each_images_per_s": round(ddp["images_per_s"], 2),
+        "ddp_speedup_vs_1_process_1_thread": round(ddp["images_per_s"] / one_thread["images_per_s"], 3),
+        "ddp_ratio_vs_1_process_2_threads": round(ddp["images_per_s"] / two_threads, 3),
+        "startup_s": {"direct": round(statistics.median(d["startup_s"] for d, _ in pairs), 1),
+                      "manager": round(statistics.median(m["startup_s"] for _, m in pairs), 1),
+                      "torchrun_2": round(ddp["startup_s"], 1)},
+        "machine": {"python": platform.python_version(), "processor": platform.machine(), "cores": os.cpu_count(),
+                    "load_average_at_end": os.getloadavg()[0]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
