@@ -230,12 +230,18 @@ class _Towers(torch.nn.Module):
 
 
 def _lora_targets(module: torch.nn.Module, frozen_prefix: str | None) -> list[str]:
-    """Names of the Linear / Conv2d layers LoRA adapts: every one whose forward runs as a module
-    (not the out_proj that nn.MultiheadAttention reads directly) outside a package-frozen text tower."""
+    """Names of the layers LoRA adapts: Linear layers whose forward runs as a module (not the
+    out_proj that nn.MultiheadAttention reads directly) and plain Conv2d layers (peft's conv adapter
+    ignores dilation and groups), outside a package-frozen text tower."""
     skip = {f"{name}.out_proj" for name, m in module.named_modules() if isinstance(m, torch.nn.MultiheadAttention)}
+
+    def adaptable(m: torch.nn.Module) -> bool:
+        if isinstance(m, torch.nn.Conv2d):
+            return m.dilation == (1, 1) and m.groups == 1
+        return isinstance(m, torch.nn.Linear)
+
     return [name for name, m in module.named_modules()
-            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and name not in skip
-            and not (frozen_prefix and name.startswith(frozen_prefix))]
+            if adaptable(m) and name not in skip and not (frozen_prefix and name.startswith(frozen_prefix))]
 
 
 class ContrastiveTrainer:
