@@ -406,6 +406,9 @@ class RunManager:
         with self._lock:
             for row in self._rows("WHERE state = 'running'"):
                 self._settle(self._record(row), row[-2], row[-1])
+            for run_id, child in list(self._children.items()):  # reap processes another manager settled
+                if child.poll() is not None:
+                    self._children.pop(run_id)
             busy = {r.device for r in map(self._record, self._rows("WHERE state = 'running'"))}
             for row in self._rows("WHERE state = 'queued'"):
                 record = self._record(row)
