@@ -102,12 +102,14 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         choice = gr.update(choices=DATASETS + [dataset], value=dataset) if report.usable else gr.skip()
         return f"**{dataset}**: {report.summary()}", rows, choice
 
-    def refresh_models(known: list[str]) -> tuple[Any, Any, list[str]]:
-        """Offer newly finished runs in the model pickers (skipped when nothing changed)."""
-        names = list(finished_runs(manager.root))
-        if names == known:
-            return gr.skip(), gr.skip(), known
-        return gr.update(choices=model_choices()), gr.update(choices=base_model_choices()), names
+    def refresh_choices(known: dict[str, list[str]]) -> tuple[Any, Any, Any, dict[str, list[str]]]:
+        """Offer new runs in the run selector and newly finished ones in the model pickers (skipped when
+        nothing changed, so a user's choice is never reset)."""
+        now = {"finished": list(finished_runs(manager.root)), "runs": [r.name for r in manager.list_runs()]}
+        models = (gr.update(choices=model_choices()), gr.update(choices=base_model_choices())) \
+            if now["finished"] != known.get("finished") else (gr.skip(), gr.skip())
+        runs = gr.update(choices=now["runs"]) if now["runs"] != known.get("runs") else gr.skip()
+        return *models, runs, now
 
     needs_token = admin_token_required()
     with gr.Tab("Training"):
@@ -154,7 +156,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
             log = gr.Code(label="Log (tail)", language=None, lines=12)
             final = gr.JSON(label="Run and its last metrics")
         timer = gr.Timer(2.0)
-        known_models = gr.State(list(finished_runs(manager.root)))
+        known = gr.State({"finished": list(finished_runs(manager.root)), "runs": [r.name for r in manager.list_runs()]})
 
         token.change(lambda t: (gr.update(interactive=bool(t)),) * 2, inputs=token, outputs=[start, cancel],
                      api_visibility="private")
@@ -166,7 +168,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         selected.change(run_status, inputs=selected, outputs=status_outputs, api_name="train_status")
         timer.tick(run_status, inputs=selected, outputs=status_outputs, api_visibility="private",
                    show_progress="hidden")
-        timer.tick(refresh_models, inputs=known_models, outputs=[model_picker, base_model, known_models],
+        timer.tick(refresh_choices, inputs=known, outputs=[model_picker, base_model, selected, known],
                    api_visibility="private", show_progress="hidden")
         validate_button.click(validate, inputs=upload, outputs=[dataset_summary, problems, dataset],
                               api_name="train_validate")

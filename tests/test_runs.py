@@ -55,9 +55,10 @@ def test_a_run_goes_queued_running_finished_and_loads_through_the_registry(manag
     assert model.card.embed_dim == 24
 
     with pytest.raises(TaskInputError, match="exists already"):
-        manager.submit(RunRequest(name="tiny-a", max_steps=2, **TINY))
-    with pytest.raises(TaskInputError, match="already a model name"):
-        manager.submit(RunRequest(name="medclip-phantom", **TINY))
+        manager.submit(RunRequest(name="tiny-b", max_steps=2, **TINY))
+    for taken in ("tiny-a", "medclip-phantom"):
+        with pytest.raises(TaskInputError, match="already a model name"):
+            manager.submit(RunRequest(name=taken, **TINY))
 
 
 def test_cancel_stops_the_process_and_keeps_the_last_checkpoint(manager: RunManager) -> None:

@@ -337,12 +337,12 @@ class RunManager:
     # -- actions ----------------------------------------------------------------------------
     def submit(self, request: RunRequest) -> RunRecord:
         """Record a run as queued (validated first) and start it if its device is free."""
-        from medclip_core.models.registry import _SPECS
+        from medclip_core.models.registry import list_models
 
         if not NAME_PATTERN.match(request.name or ""):
             raise TaskInputError("A run name is 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
                                  "or digit).")
-        if request.name in _SPECS or request.name in architecture_names():
+        if request.name in list_models() or request.name in architecture_names():
             raise TaskInputError(f"'{request.name}' is already a model name; choose another run name.")
         run_dir = self.root / request.name
         train_command(request, run_dir)  # validates the request before anything is recorded
