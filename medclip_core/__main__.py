@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medclip_core.errors import MedclipError
+from medclip_core.train.runs import METHODS
 from medclip_core.train.tasks import TRAIN_TASKS
 
 EXIT_BAD_INPUT = 2
@@ -77,6 +78,26 @@ def _train_contrastive(args: argparse.Namespace) -> Any:
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 answers
         return None
     return {k: v for k, v in asdict(result).items() if k != "metrics"}
+
+
+def cmd_runs(args: argparse.Namespace) -> Any:
+    """Background runs (the Training tab's manager): list, start, cancel, validate a dataset CSV."""
+    from dataclasses import fields
+
+    from medclip_core.train.datasets import validate_pairs_csv
+    from medclip_core.train.runs import RunManager, RunRequest
+
+    if args.action != "list" and not args.target:
+        raise MedclipError(f"runs {args.action} needs a {'CSV path' if args.action == 'validate' else 'run name'}.")
+    if args.action == "validate":
+        return validate_pairs_csv(args.target).to_dict()
+    manager = RunManager()
+    if args.action == "list":
+        return [r.to_dict() for r in manager.refresh()]
+    if args.action == "cancel":
+        return manager.cancel(args.target, wait_s=args.wait).to_dict()
+    request = {f.name: getattr(args, f.name) for f in fields(RunRequest) if getattr(args, f.name, None) is not None}
+    return manager.submit(RunRequest(name=args.target, **request)).to_dict()
 
 
 def cmd_eval(args: argparse.Namespace) -> Any:
@@ -260,6 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-semantic-matching", dest="semantic_matching", action="store_false", default=None)
     p.add_argument("--device")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="background training runs: list, start NAME, cancel NAME, validate CSV")
+    p.add_argument("action", choices=("list", "start", "cancel", "validate"))
+    p.add_argument("target", nargs="?", help="run name (start, cancel) or dataset CSV (validate)")
+    p.add_argument("--base-model", dest="base_model", help="checkpoint model or architecture (default medclip-phantom)")
+    p.add_argument("--data", help="phantom, phantom:N or a CSV path")
+    p.add_argument("--task", choices=tuple(TRAIN_TASKS))
+    p.add_argument("--method", choices=tuple(METHODS))
+    for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float), ("seed", int),
+                       ("nproc", int), ("checkpoint-every", int)):
+        p.add_argument(f"--{name}", dest=name.replace("-", "_"), type=kind)
+    p.add_argument("--device")
+    p.add_argument("--wait", type=float, default=10.0, help="cancel: seconds to wait for the process to end")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("eval", help="zero-shot AUC, retrieval and pointing game on the phantom test split")
     p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
