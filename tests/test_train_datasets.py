@@ -71,3 +71,17 @@ def test_uploads_unpack_into_their_own_folder_and_bad_zips_are_refused(tmp_path:
     (tmp_path / "notzip.zip").write_bytes(b"not a zip")
     with pytest.raises(TaskInputError, match="not a readable zip"):
         import_upload([tmp_path / "notzip.zip"], tmp_path / "datasets")
+
+
+def test_the_cli_validates_a_dataset_and_refuses_incomplete_commands(tmp_path: Path, capsys) -> None:
+    import json
+
+    from medclip_core.__main__ import main
+
+    _png(tmp_path / "a.png")
+    (tmp_path / "data.csv").write_text("image,report\na.png,One.\nnone.png,Two.\n")
+    assert main(["runs", "validate", str(tmp_path / "data.csv")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["rows"], result["valid"], result["counts"], result["usable"]) == (2, 1, {"missing_file": 1}, False)
+    assert main(["runs", "cancel"]) == 2
+    assert "needs a run name" in capsys.readouterr().err
