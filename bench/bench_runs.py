@@ -11,7 +11,10 @@ process start-up (imports, rendering) is reported apart, as the wall time to the
 2. one process with 2 threads, one with 1 thread, and ``torchrun --nproc_per_node 2`` (gloo,
    1 thread each) through the manager, all with the same global batch.
 
-    python bench/bench_runs.py [--steps 10] [--repeats 2] [--out bench/results/runs.json]
+    python bench/bench_runs.py [--steps 10] [--repeats 2] [--part all|manager|ddp] [--out bench/results/runs.json]
+
+``--part`` reruns one half and keeps the other half's figures in ``--out``. On a shared CPU the
+other jobs' load changes from minute to minute: the load average is recorded with each half.
 """
 from __future__ import annotations
 
@@ -71,42 +74,62 @@ def managed(manager: RunManager, name: str, steps: int, nproc: int = 1, threads:
             "final_loss": rows[-1]["loss"]}
 
 
+def manager_vs_direct(manager: RunManager, tmp: Path, steps: int, repeats: int) -> dict:
+    pairs = []
+    for i in range(repeats):
+        pairs.append((direct(tmp / f"direct{i}", steps), managed(manager, f"managed{i}", steps)))
+        print(json.dumps(pairs[-1]), flush=True)
+    direct_ips = statistics.median(d["images_per_s"] for d, _ in pairs)
+    managed_ips = statistics.median(m["images_per_s"] for _, m in pairs)
+    return {
+        "direct_images_per_s": round(direct_ips, 2),
+        "manager_images_per_s": round(managed_ips, 2),
+        "ratio_manager_to_direct": round(managed_ips / direct_ips, 3),
+        "ratio_per_pair": [round(m["images_per_s"] / d["images_per_s"], 3) for d, m in pairs],
+        "startup_s": {"direct": round(statistics.median(d["startup_s"] for d, _ in pairs), 1),
+                      "manager": round(statistics.median(m["startup_s"] for _, m in pairs), 1)},
+        "runs": [{"direct": d, "manager": m} for d, m in pairs],
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def ddp_overhead(manager: RunManager, steps: int) -> dict:
+    two_threads = managed(manager, "one-process-2-threads", steps, threads=2)
+    one_thread = managed(manager, "one-process-1-thread", steps, threads=1)
+    ddp = managed(manager, "torchrun-2-processes", steps, nproc=2, threads=1)
+    return {
+        "one_process_2_threads_images_per_s": round(two_threads["images_per_s"], 2),
+        "one_process_1_thread_images_per_s": round(one_thread["images_per_s"], 2),
+        "torchrun_2_processes_1_thread_each_images_per_s": round(ddp["images_per_s"], 2),
+        "ddp_speedup_vs_1_process_1_thread": round(ddp["images_per_s"] / one_thread["images_per_s"], 3),
+        "ddp_ratio_vs_1_process_2_threads": round(ddp["images_per_s"] / two_threads["images_per_s"], 3),
+        "same_final_loss_as_one_process": abs(ddp["final_loss"] - one_thread["final_loss"]) < 1e-3,
+        "startup_s": {"one_process": round(one_thread["startup_s"], 1), "torchrun_2": round(ddp["startup_s"], 1)},
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--part", choices=("all", "manager", "ddp"), default="all")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "runs.json")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        manager = RunManager(Path(tmp) / "runs")
-        pairs = []
-        for i in range(args.repeats):
-            pairs.append((direct(Path(tmp) / f"direct{i}", args.steps), managed(manager, f"managed{i}", args.steps)))
-            print(json.dumps(pairs[-1]), flush=True)
-        one_thread = managed(manager, "one-process-1-thread", args.steps, threads=1)
-        ddp = managed(manager, "torchrun-2-processes", args.steps, nproc=2, threads=1)
-    direct_ips = statistics.median(d["images_per_s"] for d, _ in pairs)
-    managed_ips = statistics.median(m["images_per_s"] for _, m in pairs)
-    two_threads = statistics.median(m["images_per_s"] for _, m in pairs)
-    result = {
+    result = json.loads(args.out.read_text()) if args.out.is_file() and args.part != "all" else {}
+    result.update({
         "benchmark": "background runs: manager vs direct trainer; DDP with 2 CPU processes (gloo)",
         "model": "phantom-cnn-minilm, 224 px, global + local loss, bf16 autocast",
         "batch": BATCH, "steps": args.steps, "reports": REPORTS,
-        "direct_images_per_s": round(direct_ips, 2),
-        "manager_images_per_s": round(managed_ips, 2),
-        "ratio_manager_to_direct": round(managed_ips / direct_ips, 3),
-        "runs": [{"direct": d, "manager": m} for d, m in pairs],
-        "one_process_2_threads_images_per_s": round(two_threads, 2),
-        "one_process_1_thread_images_per_s": round(one_thread["images_per_s"], 2),
-        "torchrun_2_processes_1_thread_each_images_per_s": round(ddp["images_per_s"], 2),
-        "ddp_speedup_vs_1_process_1_thread": round(ddp["images_per_s"] / one_thread["images_per_s"], 3),
-        "ddp_ratio_vs_1_process_2_threads": round(ddp["images_per_s"] / two_threads, 3),
-        "startup_s": {"direct": round(statistics.median(d["startup_s"] for d, _ in pairs), 1),
-                      "manager": round(statistics.median(m["startup_s"] for _, m in pairs), 1),
-                      "torchrun_2": round(ddp["startup_s"], 1)},
         "machine": {"python": platform.python_version(), "processor": platform.machine(), "cores": os.cpu_count(),
-                    "load_average_at_end": os.getloadavg()[0]},
-    }
+                    "note": "2 cores shared with other jobs while measured"},
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = RunManager(Path(tmp) / "runs")
+        if args.part in ("all", "manager"):
+            result["manager_vs_direct"] = manager_vs_direct(manager, Path(tmp), args.steps, args.repeats)
+        if args.part in ("all", "ddp"):
+            result["ddp"] = ddp_overhead(manager, args.steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
