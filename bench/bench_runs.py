@@ -6,8 +6,9 @@ bf16 autocast) on the first 64 phantom training reports, batch 16, no validation
 images/s over the steps after the first (from ``metrics.jsonl``: the trainer's own clock), so
 process start-up (imports, rendering) is reported apart, as the wall time to the first step.
 
-1. direct (``train()`` in this process) vs through the manager (a ``python -m medclip_core train``
-   process), both 2 torch threads, alternated ``--repeats`` times; ratio of medians.
+1. direct (``train()`` from Python, in a fresh interpreter) vs through the manager (a
+   ``python -m medclip_core train`` process it starts and watches), both 2 torch threads,
+   alternated ``--repeats`` times; ratio of medians.
 2. one process with 2 threads, one with 1 thread, and ``torchrun --nproc_per_node 2`` (gloo,
    1 thread each) through the manager, all with the same global batch.
 
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +34,6 @@ os.environ["OMP_NUM_THREADS"] = "2"  # before torch: this process and its childr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
-from medclip_core.train.contrastive import TrainConfig, train  # noqa: E402
 from medclip_core.train.runs import RunManager, RunRequest, read_metrics  # noqa: E402
 
 BATCH = 16
@@ -47,15 +46,30 @@ def steady_images_per_s(rows: list[dict]) -> float:
     return BATCH * (last["step"] - first["step"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
+DIRECT = """
+import json, sys, time
+import torch
+torch.set_num_threads(2)
+from medclip_core.train.contrastive import TrainConfig, train
+start = time.perf_counter()
+result = train(TrainConfig(out_dir=sys.argv[1], architecture="phantom-cnn-minilm", limit_reports={reports},
+                           phantom_variants=1, max_steps={steps}, batch_size={batch}, lr=1e-4, warmup_steps=1,
+                           log_every=1, checkpoint_every=10 ** 6, val_reports=0), log=lambda _: None)
+print(json.dumps({{"metrics": result.metrics, "seconds": time.perf_counter() - start}}))
+"""
+
+
 def direct(out: Path, steps: int) -> dict:
-    torch.set_num_threads(2)
+    """``train()`` called from Python, in a fresh interpreter like a run (a warm process would reuse
+    the oneDNN kernels compiled for the same batch shapes by the previous repeat)."""
     start = time.perf_counter()
-    result = train(TrainConfig(out_dir=str(out), architecture="phantom-cnn-minilm", limit_reports=REPORTS,
-                               phantom_variants=1, max_steps=steps, batch_size=BATCH, lr=1e-4, warmup_steps=1,
-                               log_every=1, checkpoint_every=10 ** 6, val_reports=0), log=lambda _: None)
+    code = DIRECT.format(reports=REPORTS, steps=steps, batch=BATCH)
+    done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True,
+                          check=True, env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
-    return {"images_per_s": steady_images_per_s(result.metrics), "wall_s": wall,
-            "startup_s": wall - result.metrics[-1]["elapsed_s"]}
+    rows = json.loads(done.stdout.strip().splitlines()[-1])["metrics"]
+    return {"images_per_s": steady_images_per_s(rows), "wall_s": wall, "startup_s": wall - rows[-1]["elapsed_s"],
+            "final_loss": rows[-1]["loss"]}
 
 
 def managed(manager: RunManager, name: str, steps: int, nproc: int = 1, threads: int = 2) -> dict:

@@ -25,36 +25,51 @@ def _status(client, name: str) -> dict:
     return client.predict(name, api_name="/train_status")[3]
 
 
+def _wait_while(client, name: str, state: str, timeout_s: float = 150) -> dict:
+    deadline = time.time() + timeout_s
+    while (details := _status(client, name))["state"] == state:
+        assert time.time() < deadline, f"{name} still {state}"
+        time.sleep(1)
+    return details
+
+
 def test_runs_start_queue_cancel_and_finish_through_the_api(client, monkeypatch) -> None:
     from gradio_client import handle_file
 
+    from medclip_core.train.runs import _process_start
+
     monkeypatch.delenv("MEDCLIP_ADMIN_TOKEN", raising=False)
-    _, run, _ = client.predict("api-run", *TINY_RUN, "", api_name="/train_start")
-    assert run["state"] == "running"
-    _, queued, _ = client.predict("api-queued", *TINY_RUN, "", api_name="/train_start")
-    assert queued["state"] == "queued"
+    _, long_run, _ = client.predict("api-long", *TINY_RUN[:-2], 100000, 1, "", api_name="/train_start")
+    assert long_run["state"] == "running"
+    _, short_run, _ = client.predict("api-short", *TINY_RUN, "", api_name="/train_start")
+    assert short_run["state"] == "queued"  # one run per device
 
     monkeypatch.setenv("MEDCLIP_ADMIN_TOKEN", "s3cret")
     with pytest.raises(Exception, match="needs the admin token"):
-        client.predict("api-queued", "", api_name="/train_cancel")
+        client.predict("api-long", "", api_name="/train_cancel")
     with pytest.raises(Exception, match="wrong"):
         client.predict("api-other", *TINY_RUN, "guess", api_name="/train_start")
-    message, cancelled = client.predict("api-queued", "s3cret", api_name="/train_cancel")
-    assert cancelled["state"] == "cancelled" and "api-queued" in message
     with pytest.raises(Exception, match="exists already"):
-        client.predict("api-run", *TINY_RUN, "s3cret", api_name="/train_start")
+        client.predict("api-short", *TINY_RUN, "s3cret", api_name="/train_start")
 
     deadline = time.time() + 150
-    while (details := _status(client, "api-run"))["state"] == "running":
-        assert time.time() < deadline, "the run did not finish in time"
+    while not _status(client, "api-long")["final_metrics"].get("step"):
+        assert time.time() < deadline, "the long run wrote no metrics in time"
         time.sleep(1)
+    message, _ = client.predict("api-long", "s3cret", api_name="/train_cancel")
+    assert "api-long" in message
+    assert _wait_while(client, "api-long", "running", 60)["state"] == "cancelled"
+    assert _process_start(long_run["pid"]) is None  # the process is gone, the app answers
+
+    details = _wait_while(client, "api-short", "queued", 30)  # the device is free: the queued run starts
+    details = _wait_while(client, "api-short", "running")
     assert details["state"] == "finished", details["error"]
     assert details["final_metrics"]["step"] == 2
 
     # the finished run is a model of every tab now
     _, _, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "000.png")), "Phantom findings",
-                                     "effusion\nnodule", "softmax", "api-run", "(none)", 0, api_name="/zero_shot")
-    assert abs(sum(result["scores"]["api-run"]) - 1) < 1e-4
+                                     "effusion\nnodule", "softmax", "api-short", "(none)", 0, api_name="/zero_shot")
+    assert abs(sum(result["scores"]["api-short"]) - 1) < 1e-4
 
 
 def test_dataset_upload_is_validated_with_counts_and_problems(client, tmp_path: Path) -> None:
