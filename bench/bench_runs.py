@@ -7,8 +7,9 @@ images/s over the steps after the first (from ``metrics.jsonl``: the trainer's o
 process start-up (imports, rendering) is reported apart, as the wall time to the first step.
 
 1. direct (``train()`` from Python, in a fresh interpreter) vs through the manager (a
-   ``python -m medclip_core train`` process it starts and watches), both 2 torch threads,
-   alternated ``--repeats`` times; ratio of medians.
+   ``python -m medclip_core train`` process it starts and watches), both 2 torch threads, run side
+   by side so that both see the same load from the other jobs on a shared CPU (measured one after
+   the other, single pairs ranged 0.7-1.0 as that load changed), ``--repeats`` times; ratio of medians.
 2. one process with 2 threads, one with 1 thread, and ``torchrun --nproc_per_node 2`` (gloo,
    1 thread each) through the manager, all with the same global batch.
 
@@ -72,15 +73,18 @@ def direct(out: Path, steps: int) -> dict:
             "final_loss": rows[-1]["loss"]}
 
 
-def managed(manager: RunManager, name: str, steps: int, nproc: int = 1, threads: int = 2) -> dict:
+def submit(manager: RunManager, name: str, steps: int, nproc: int = 1, threads: int = 2, device: str = "cpu") -> float:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    start = time.perf_counter()
     manager.submit(RunRequest(name=name, base_model="phantom-cnn-minilm", data=f"phantom:{REPORTS}", max_steps=steps,
                               batch_size=BATCH, lr=1e-4, warmup_steps=1, checkpoint_every=10 ** 6, nproc=nproc,
-                              extra_args=["--val-reports", "0"]))
+                              device=device, extra_args=["--val-reports", "0"]))
+    os.environ["OMP_NUM_THREADS"] = "2"
+    return time.perf_counter()
+
+
+def collect(manager: RunManager, name: str, start: float) -> dict:
     record = manager.wait(name, timeout_s=1200, poll_s=0.5)
     wall = time.perf_counter() - start
-    os.environ["OMP_NUM_THREADS"] = "2"
     if record.state != "finished":
         raise RuntimeError(f"{name} {record.state}: {record.error}")
     rows = read_metrics(record.run_dir)
@@ -88,10 +92,15 @@ def managed(manager: RunManager, name: str, steps: int, nproc: int = 1, threads:
             "final_loss": rows[-1]["loss"]}
 
 
+def managed(manager: RunManager, name: str, steps: int, nproc: int = 1, threads: int = 2) -> dict:
+    return collect(manager, name, submit(manager, name, steps, nproc, threads))
+
+
 def manager_vs_direct(manager: RunManager, tmp: Path, steps: int, repeats: int) -> dict:
     pairs = []
-    for i in range(repeats):
-        pairs.append((direct(tmp / f"direct{i}", steps), managed(manager, f"managed{i}", steps)))
+    for i in range(repeats):  # side by side, so that both see the same load from other jobs
+        start = submit(manager, f"managed{i}", steps)
+        pairs.append((direct(tmp / f"direct{i}", steps), collect(manager, f"managed{i}", start)))
         print(json.dumps(pairs[-1]), flush=True)
     direct_ips = statistics.median(d["images_per_s"] for d, _ in pairs)
     managed_ips = statistics.median(m["images_per_s"] for _, m in pairs)
