@@ -77,6 +77,10 @@ def test_a_killed_run_is_failed_after_a_restart_and_queued_runs_start(manager: R
     manager.submit(RunRequest(name="waiting", max_steps=2, **TINY))
     _wait_for_steps(manager, "victim")
     os.killpg(victim.pid, signal.SIGKILL)  # from outside, while no manager looks
+    deadline = time.time() + 10
+    while _process_start(victim.pid) is not None:  # dead (a zombie until its parent reaps it)
+        assert time.time() < deadline
+        time.sleep(0.05)
 
     restarted = RunManager(manager.root)  # what a new app process does on start
     failed = restarted.get("victim")
