@@ -18,7 +18,13 @@ TINY_RUN = ("tiny-test", "phantom:16", "contrastive", "full", 1, 16, 5e-3, 0, 2,
 def client(app_url):
     from gradio_client import Client
 
-    return Client(app_url, verbose=False)
+    from medclip_core.train.runs import RunManager
+
+    yield Client(app_url, verbose=False)
+    manager = RunManager()  # the app's runs folder: never leave a training process behind
+    for record in manager.list_runs():
+        if record.state in ("queued", "running"):
+            manager.cancel(record.name, wait_s=30)
 
 
 def _status(client, name: str) -> dict:
