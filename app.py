@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from pages import common, diagnose, embeddings, grounding, inspect, retrieve, segment  # noqa: E402
+from pages import common, diagnose, embeddings, grounding, inspect, retrieve, segment, train  # noqa: E402
 
 TITLE = "MedCLIP Explorer"
 MODEL_CONCURRENCY = int(os.environ.get("MEDCLIP_CONCURRENCY", "2"))
@@ -29,6 +29,7 @@ def build_app() -> gr.Blocks:
         grounding.build(picker)
         segment.build(picker)
         inspect.build()
+        train.build(picker)
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
     return demo
 
