@@ -127,6 +127,7 @@ def _embed_dim(model: torch.nn.Module) -> int:
 
 
 def _finish(model: torch.nn.Module, tokenizer: Any, card: ModelCard, device: torch.device) -> OpenClipModel:
+    model.eval()  # before the probe forward of _embed_dim: in train mode it would move BatchNorm statistics
     size, mean, std = _preprocess_stats(model)
     card_fields = card.to_dict()
     card_fields.update(image_size=size, embed_dim=_embed_dim(model),
