@@ -89,10 +89,21 @@ def cmd_eval(args: argparse.Namespace) -> Any:
     if args.task == "report":
         return _eval_report(args)
     model = load_model(args.model, device=args.device)
-    result = evaluate_phantom(model, n=args.n or 1000, split=args.split, seed=args.seed,
-                              progress=lambda fraction, message: print(f"{fraction:.0%} {message}", file=sys.stderr))
+    progress = lambda fraction, message: print(f"{fraction:.0%} {message}", file=sys.stderr)  # noqa: E731
+    if args.task == "grounding":
+        from medclip_core.eval.grounding_eval import evaluate_grounding
+        from medclip_core.tasks.grounding import METHODS
+
+        methods = args.methods or list(METHODS)
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise MedclipError(f"Unknown heatmap method(s) {unknown}; choose from {', '.join(METHODS)}.")
+        result = evaluate_grounding(model, n=args.n, methods=methods, split=args.split, seed=args.seed,
+                                    progress=progress)
+    else:
+        result = evaluate_phantom(model, n=args.n, split=args.split, seed=args.seed, progress=progress)
     payload = result.to_dict()
-    out = args.out or _eval_path_next_to(args.model)
+    out = args.out or _eval_path_next_to(args.model, f"eval_{args.task}.json")
     if out is not None:
         write_eval(result, out)
         payload["written_to"] = str(out)
@@ -116,8 +127,8 @@ def _eval_report(args: argparse.Namespace) -> Any:
                               progress=lambda fraction, message: print(f"{fraction:.0%} {message}", file=sys.stderr))
     payload = result.to_dict()
     out = args.out
-    if out is None and decoder is not None and args.n is None and args.split == "test":
-        out = decoder_folder(name) / "eval_report.json"  # the full test evaluation goes next to the decoder
+    if out is None and decoder is not None and args.split == "test" and result.complete_split:
+        out = decoder_folder(name) / "eval_report.json"  # the whole test split's evaluation goes next to the decoder
     if out is not None:
         write_report_eval(result, out)
         payload["written_to"] = str(out)
@@ -135,18 +146,18 @@ def cmd_report(args: argparse.Namespace) -> Any:
     return drafts[args.method] if args.method != "both" else drafts
 
 
-def _eval_path_next_to(model_name: str | None) -> Path | None:
+def _eval_path_next_to(model_name: str | None, file_name: str) -> Path | None:
     """Evaluations are written next to local models (checkpoint folders, the embedded default)."""
     from medclip_core.models import default_model_name, get_spec
 
     name = model_name or default_model_name()
     if name.startswith("local-dir:"):
-        return Path(name[len("local-dir:"):]) / "eval_phantom.json"
+        return Path(name[len("local-dir:"):]) / file_name
     try:
         spec = get_spec(name)
     except MedclipError:
         return None
-    return spec.local_path / "eval_phantom.json" if spec.backend == "checkpoint" else None
+    return spec.local_path / file_name if spec.backend == "checkpoint" else None
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> Any:
@@ -161,6 +172,57 @@ def cmd_zero_shot(args: argparse.Namespace) -> Any:
     result = diagnose(load_image(args.image, frame=args.frame), labels, mode=args.mode, model=args.model,
                       compare_with=args.compare_with, shots=args.shots, support_csv=args.support_csv)
     return result.to_dict()
+
+
+def _phrases_from(args: argparse.Namespace) -> list[str]:
+    from medclip_core.tasks.grounding import check_phrases
+
+    return check_phrases(args.phrases or [])
+
+
+def cmd_heatmap(args: argparse.Namespace) -> Any:
+    from PIL import Image
+
+    from medclip_core.io import load_image
+    from medclip_core.tasks.grounding import ground
+
+    result = ground(load_image(args.image, frame=args.frame), _phrases_from(args), model=args.model,
+                    method=args.method)
+    payload = result.to_dict()
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        np_path = args.out / "heatmaps.npy"
+        np_path.write_bytes(result.npy_bytes())
+        payload["npy"] = str(np_path)
+        payload["png"] = []
+        for index, heatmap in enumerate(result.maps):
+            path = args.out / f"heatmap-{index}.png"
+            Image.fromarray((heatmap * 255).round().astype("uint8")).save(path)
+            result.overlay(index, args.opacity).save(args.out / f"overlay-{index}.png")
+            payload["png"].append(str(path))
+    return payload
+
+
+def cmd_segment(args: argparse.Namespace) -> Any:
+    from medclip_core.io import load_image
+    from medclip_core.tasks.segmentation import segment
+
+    result = segment(load_image(args.image, frame=args.frame), _phrases_from(args), model=args.model,
+                     method=args.method)
+    payload = result.to_dict()
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        payload["masks"] = []
+        for index in range(len(result.phrases)):
+            path = args.out / f"mask-{index}.png"
+            path.write_bytes(result.mask_png(index))
+            payload["masks"].append(str(path))
+        if args.dicom_seg:
+            from medclip_core.dicom_seg import write_dicom_seg
+
+            path = write_dicom_seg(args.image, dict(zip(result.phrases, result.masks)), args.out / "segmentation.dcm")
+            payload["dicom_seg"] = str(path)
+    return payload
 
 
 def _tqdm_progress(description: str):
@@ -290,6 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int)
     p.set_defaults(func=cmd_report)
 
+    for name, func, default_method, methods_help in (
+            ("heatmap", cmd_heatmap, "similarity", "similarity, surgery, gradcam, gscorecam, relevance"),
+            ("segment", cmd_segment, "zero-shot:similarity", "zero-shot:<heatmap method> or trained")):
+        p = sub.add_parser(name, help=f"one {name.replace('segment', 'mask')} per phrase for an image")
+        p.add_argument("image", type=Path)
+        p.add_argument("phrases", nargs="+", help="one or more phrases, e.g. 'left pleural effusion'")
+        p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
+        p.add_argument("--method", default=default_method, help=methods_help)
+        p.add_argument("--frame", type=int)
+        p.add_argument("--out", type=Path, help="folder for the PNG / .npy outputs")
+        p.set_defaults(func=func)
+    p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
+    p_heatmap = sub.choices["heatmap"]
+    p_heatmap.add_argument("--opacity", type=float, default=0.5, help="overlay opacity of overlay-N.png")
+
     p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
     p.add_argument("--task", choices=("contrastive", "report"), default="contrastive",
                    help="contrastive: image-report CLIP training; report: the report decoder over a frozen model")
@@ -310,12 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="phantom test split: zero-shot AUC, retrieval, pointing game; or --task report")
-    p.add_argument("--task", choices=("clip", "report"), default="clip",
-                   help="clip: the model's own measures; report: report drafts against baselines")
+    p = sub.add_parser("eval", help="phantom test split: zero-shot AUC, retrieval, pointing (--task phantom); "
+                                    "heatmap methods and zero-shot masks (--task grounding); report drafts "
+                                    "against baselines (--task report)")
+    p.add_argument("--task", choices=("phantom", "grounding", "report"), default="phantom")
+    p.add_argument("--methods", nargs="+", help="heatmap methods for --task grounding (default: all)")
     p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
     p.add_argument("--data", default="phantom")
-    p.add_argument("--n", type=int, help="images (default 1000; report: the whole split)")
+    p.add_argument("--n", type=int, default=1000)
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")

@@ -98,3 +98,33 @@ def test_embedding_map_endpoint(client, open_clip_dir) -> None:
                                            api_name="/embedding_map")
     assert result["n_images"] == 8 and result["n_texts"] == 8 and len(result["points"]) == 16
     assert "Modality gap" in summary and result["modality_gap"] > 0
+
+
+def test_heatmap_endpoint_with_dicom_several_phrases_and_methods(client, open_clip_dir) -> None:
+    from gradio_client import handle_file
+
+    gallery, result, files = client.predict(
+        handle_file(str(EXAMPLES / "phantom_effusion.dcm")), "pleural effusion\nnodule", ["similarity", "gradcam"],
+        0.6, "medclip-phantom", api_name="/heatmap")
+    assert len(gallery) == 4                                  # 2 phrases x 2 methods
+    assert [m["method"] for m in result["methods"]] == ["similarity", "gradcam"]
+    assert all(m["size"] == [224, 224] for m in result["methods"])
+    assert sorted(Path(f).suffix for f in files) == [".npy", ".npy"] + [".png"] * 4
+    maps = np.load(next(f for f in files if f.endswith("similarity.npy")))
+    assert maps.shape == (2, 224, 224) and maps.min() >= 0 and maps.max() <= 1
+    _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "nodule", ["relevance"],
+                                     0.5, f"local-dir:{open_clip_dir}", api_name="/heatmap")
+    assert result["methods"][0]["method"] == "relevance"
+
+
+def test_heatmap_endpoint_explains_bad_requests(client) -> None:
+    from gradio_client import handle_file
+
+    image = handle_file(str(EXAMPLES / "phantom" / "002.png"))
+    with pytest.raises(Exception, match="at least one phrase"):
+        client.predict(image, "  ", ["similarity"], 0.5, "medclip-phantom", api_name="/heatmap")
+    with pytest.raises(Exception, match="at most 16"):
+        client.predict(image, "\n".join(f"finding {i}" for i in range(100)), ["similarity"], 0.5,
+                       "medclip-phantom", api_name="/heatmap")
+    with pytest.raises(Exception, match="class token"):
+        client.predict(image, "nodule", ["relevance"], 0.5, "medclip-phantom", api_name="/heatmap")

@@ -160,7 +160,7 @@ class ClipModel(ABC):
     def preprocess_batch(self, images: Sequence[ImageLike]) -> torch.Tensor:
         return torch.stack([self.preprocess(image) for image in images])
 
-    def _as_pixels(self, images: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor:
+    def as_pixels(self, images: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
             images = self.preprocess_batch(list(images))
         if images.ndim == 3:
@@ -174,7 +174,7 @@ class ClipModel(ABC):
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor:
         """Images (preprocessed batch or raw images) -> (B, D) L2-normalised float32 embeddings."""
-        return F.normalize(self.image_features(self._as_pixels(images)).float(), dim=-1)
+        return F.normalize(self.image_features(self.as_pixels(images)).float(), dim=-1)
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -186,7 +186,7 @@ class ClipModel(ABC):
     @torch.inference_mode()
     def patch_tokens(self, images: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor:
         """Images -> (B, gh, gw, D) L2-normalised per-patch embeddings in the joint space."""
-        return F.normalize(self.patch_features(self._as_pixels(images)).float(), dim=-1)
+        return F.normalize(self.patch_features(self.as_pixels(images)).float(), dim=-1)
 
     def image_and_patch_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both ``image_features`` and ``patch_features`` of ``pixels``; backends that get both from one
@@ -196,7 +196,7 @@ class ClipModel(ABC):
     @torch.inference_mode()
     def encode_image_and_patches(self, images: torch.Tensor | Sequence[ImageLike]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(encode_image(images), patch_tokens(images))``, from one forward pass where the backend allows."""
-        pooled, patches = self.image_and_patch_features(self._as_pixels(images))
+        pooled, patches = self.image_and_patch_features(self.as_pixels(images))
         return F.normalize(pooled.float(), dim=-1), F.normalize(patches.float(), dim=-1)
 
     @property

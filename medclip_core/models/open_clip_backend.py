@@ -222,9 +222,9 @@ def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, An
     if timm_kwargs:  # e.g. output_stride=16 for a 14x14 CNN feature map; same parameters, other strides
         import timm
 
-        visual = module.visual
-        visual.trunk = timm.create_model(model_cfg["vision_cfg"]["timm_model_name"], pretrained=False, num_classes=0,
-                                         global_pool=model_cfg["vision_cfg"].get("timm_pool", "avg"), **timm_kwargs)
+        pool = model_cfg["vision_cfg"].get("timm_pool", "avg")  # "" keeps the trunk's own pooling, as open_clip does
+        module.visual.trunk = timm.create_model(model_cfg["vision_cfg"]["timm_model_name"], pretrained=False,
+                                                num_classes=0, **({"global_pool": pool} if pool else {}), **timm_kwargs)
     pre = config.get("preprocess_cfg", {})
     module.visual.preprocess_cfg = {
         "size": model_cfg["vision_cfg"].get("image_size", 224),

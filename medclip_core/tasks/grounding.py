@@ -1,0 +1,431 @@
+"""Where a model looks for a phrase: text-grounding heatmaps on the original image.
+
+Methods (``METHODS``), each a map per phrase, drawn back through the preprocessing crop/resize
+onto the original image (for DICOM: the windowed original, at its resolution), values in [0, 1]:
+
+* ``similarity`` — cosine similarity of each projected patch token with the phrase embedding,
+  lightly smoothed (3x3 binomial). Patch grids are coarse (16 px cells at 224 px), so four passes
+  with the input shifted by a quarter stride up/down and left/right are interleaved into a grid
+  twice as fine (one batch of four). ``surgery`` uses the same grid.
+* ``surgery`` — CLIP Surgery (Li et al. 2023): feature surgery subtracts what all phrases of the
+  set share (the mean phrase embedding; with one phrase, a neutral prompt's embedding), and for
+  open_clip / timm ViTs the patch tokens come from a parallel value-value attention path over the
+  last half of the blocks (no FFN), which keeps tokens local instead of global.
+* ``gradcam`` — Grad-CAM (Selvaraju et al.) of the image-phrase cosine on the last feature map
+  (CNNs) or the tokens entering the last block (ViTs).
+* ``gscorecam`` — gScoreCAM (Chen et al. 2022): the channels with the largest Grad-CAM weights
+  mask the input one at a time; each is weighted by the softmax of the masked image's score.
+* ``relevance`` — Chefer et al. 2021 gradient-weighted attention relevance for ViTs with a class
+  token: R = I, then R += mean_heads((grad * attention)+) @ R per block; the map is the class
+  row over the patches.
+
+``method_support(model)`` says which methods a model allows and why not.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from medclip_core.errors import TaskInputError
+from medclip_core.eval.metrics import heatmap_from_patches
+from medclip_core.io import MedicalImage
+from medclip_core.models import default_model_name, load_model
+from medclip_core.models.base import ClipModel, ImageLike, PatchTokensUnsupported, image_to_rgb_array
+
+METHODS = ("similarity", "surgery", "gradcam", "gscorecam", "relevance")
+METHOD_TITLES = {
+    "similarity": "Patch-token similarity",
+    "surgery": "CLIP Surgery (feature surgery + v-v attention)",
+    "gradcam": "Grad-CAM",
+    "gscorecam": "gScoreCAM",
+    "relevance": "Attention relevance (Chefer et al.)",
+}
+MAX_PHRASES = 16
+MAX_PHRASE_CHARS = 300
+GSCORECAM_CHANNELS = 32
+NEUTRAL_PROMPT = "an image"
+_BINOMIAL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+
+@dataclass
+class GroundingResult:
+    """One map per phrase over the original image, plus the raw patch-grid scores."""
+
+    phrases: list[str]
+    method: str
+    model: str
+    maps: np.ndarray            # (P, H, W) float32 in [0, 1] on the original image
+    grids: np.ndarray           # (P, gh, gw) raw scores on the model's grid
+    image: Image.Image          # the original (windowed) image the maps lie on
+    seconds: float
+    notes: list[str]
+
+    def overlay(self, index: int = 0, opacity: float = 0.5) -> Image.Image:
+        """The image with map ``index`` blended on top in a blue-to-red colour scale."""
+        return overlay_heatmap(self.image, self.maps[index], opacity)
+
+    def npy_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, self.maps)
+        return buffer.getvalue()
+
+    def to_dict(self) -> dict[str, Any]:
+        peaks = [np.unravel_index(int(m.argmax()), m.shape) for m in self.maps]
+        return {"model": self.model, "method": self.method, "phrases": self.phrases,
+                "size": [self.image.width, self.image.height], "grid": list(self.grids.shape[1:]),
+                "peaks_xy": [[int(x), int(y)] for y, x in peaks], "seconds": round(self.seconds, 4),
+                "notes": self.notes}
+
+
+def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Image.Image:
+    """Blend a [0, 1] map onto a greyscale/RGB image (a perceptual blue-yellow-red ramp)."""
+    ramp = np.array([[0.0, 0.0, 0.5], [0.0, 0.4, 1.0], [0.2, 0.9, 0.6], [1.0, 0.9, 0.0], [0.9, 0.1, 0.0]])
+    position = np.clip(heatmap, 0, 1) * (len(ramp) - 1)
+    lower = np.floor(position).astype(int).clip(0, len(ramp) - 2)
+    frac = (position - lower)[..., None]
+    colour = ramp[lower] * (1 - frac) + ramp[lower + 1] * frac
+    base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    alpha = float(np.clip(opacity, 0.0, 1.0)) * (0.35 + 0.65 * np.clip(heatmap, 0, 1))[..., None]
+    blended = base * (1 - alpha) + colour * alpha
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
+def check_phrases(phrases: Sequence[str]) -> list[str]:
+    """Strip, drop blanks, and refuse an empty or oversized phrase list with a readable message."""
+    cleaned = [p.strip() for p in phrases if p and p.strip()]
+    if not cleaned:
+        raise TaskInputError("Enter at least one phrase (one per line), e.g. 'left pleural effusion'.")
+    if len(cleaned) > MAX_PHRASES:
+        raise TaskInputError(f"{len(cleaned)} phrases given; at most {MAX_PHRASES} maps are drawn at once.")
+    too_long = [p for p in cleaned if len(p) > MAX_PHRASE_CHARS]
+    if too_long:
+        raise TaskInputError(f"A phrase is {len(too_long[0])} characters long; keep each under {MAX_PHRASE_CHARS}.")
+    return cleaned
+
+
+def parse_phrases(text: str) -> list[str]:
+    """Phrases from free text: one per line (or separated by ';')."""
+    return check_phrases([p for line in (text or "").splitlines() for p in line.split(";")])
+
+
+# -- which model allows what -----------------------------------------------------------------------
+def _open_clip_vit(model: ClipModel) -> torch.nn.Module | None:
+    from open_clip.transformer import VisionTransformer
+
+    visual = getattr(model.module, "visual", None)
+    return visual if isinstance(visual, VisionTransformer) and visual.attn_pool is None else None
+
+
+def _timm_vit(model: ClipModel) -> torch.nn.Module | None:
+    visual = getattr(model.module, "visual", None)
+    trunk = getattr(visual, "trunk", None)
+    return visual if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens") else None
+
+
+def _vit_with_blocks(model: ClipModel) -> bool:
+    return _open_clip_vit(model) is not None or _timm_vit(model) is not None
+
+
+def _has_class_token(model: ClipModel) -> bool:
+    visual = _open_clip_vit(model)
+    if visual is not None:
+        return getattr(visual, "pool_type", "tok") == "tok"
+    visual = _timm_vit(model)
+    return visual is not None and getattr(visual.trunk, "global_pool", "") == "token"
+
+
+def method_support(model: ClipModel) -> dict[str, str | None]:
+    """Method -> None when ``model`` allows it, else the reason it does not."""
+    if not model.supports_patch_tokens:
+        reason = (f"'{model.card.name}' has no per-patch embeddings in the joint space "
+                  "(e.g. an attention-pooled ResNet), so no heatmap method applies.")
+        return {method: reason for method in METHODS}
+    support: dict[str, str | None] = {m: None for m in METHODS}
+    if _feature_target(model) is None:
+        support["gradcam"] = support["gscorecam"] = (
+            f"no known last feature layer in '{model.card.name}' for Grad-CAM.")
+    if not (_vit_with_blocks(model) and _has_class_token(model)):
+        support["relevance"] = ("needs an open_clip or timm ViT image tower pooled by its class token; "
+                                f"'{model.card.name}' has another kind.")
+    return support
+
+
+# -- the methods -----------------------------------------------------------------------------------
+def _smooth(grid: torch.Tensor) -> torch.Tensor:
+    """(P, gh, gw) -> same, convolved with a 3x3 binomial kernel (edges replicated)."""
+    padded = F.pad(grid[:, None], (1, 1, 1, 1), mode="replicate")
+    return F.conv2d(padded, _BINOMIAL.to(grid)[None, None])[:, 0]
+
+
+def shifted_views(pixels: torch.Tensor, grid: int) -> torch.Tensor:
+    """Four copies of one (1, 3, S, S) input shifted by -/+ a quarter patch stride in y and x
+    (edges replicated), ordered (y-, x-), (y-, x+), (y+, x-), (y+, x+)."""
+    size = pixels.shape[-1]
+    quarter = max(1, round(size / grid / 4))
+    padded = F.pad(pixels.float(), (quarter,) * 4, mode="replicate")
+    views = [padded[..., quarter + dy:quarter + dy + size, quarter + dx:quarter + dx + size]
+             for dy in (-quarter, quarter) for dx in (-quarter, quarter)]
+    return torch.cat(views).to(pixels.dtype)
+
+
+def interleave_views(tokens: torch.Tensor) -> torch.Tensor:
+    """(4, g, g, D) tokens of ``shifted_views`` -> (2g, 2g, D): cell centres every half stride,
+    at the positions a uniform grid of twice the resolution has."""
+    _, grid, _, dim = tokens.shape
+    fine = tokens.new_empty(2 * grid, 2 * grid, dim)
+    for index, (row, col) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        fine[row::2, col::2] = tokens[index]
+    return fine
+
+
+def _fine_tokens(model: ClipModel, pixels: torch.Tensor,
+                 tokens_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Unit-norm patch tokens on a grid twice as fine, from four shifted passes (one batch)."""
+    grid = tokens_of(pixels).shape[1]
+    return interleave_views(tokens_of(shifted_views(pixels, grid)))
+
+
+def _similarity(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+    patches = _fine_tokens(model, pixels, model.patch_tokens)         # (2gh, 2gw, D)
+    return _smooth(torch.einsum("hwd,pd->phw", patches, text))
+
+
+def _redundant_text(model: ClipModel, text: torch.Tensor) -> torch.Tensor:
+    """What every phrase of the set shares: their mean, or a neutral prompt's embedding for a single phrase
+    (CLIP Surgery uses the empty prompt, which some tokenizers turn into no tokens at all)."""
+    return text.mean(dim=0) if len(text) > 1 else model.encode_text([NEUTRAL_PROMPT])[0]
+
+
+def _surgery(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+    tokens_of = (lambda batch: _value_value_tokens(model, batch)) if _vit_with_blocks(model) else model.patch_tokens
+    patches = _fine_tokens(model, pixels, tokens_of)
+    directions = text - _redundant_text(model, text)[None]
+    return torch.einsum("hwd,pd->phw", patches, directions)
+
+
+def _attention_parts(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k, v (B, heads, N, head_dim) of a ViT block's attention on ``x`` (already normalised),
+    plus a function applying the block's output projection to merged heads."""
+    attn = block.attn
+    if isinstance(attn, torch.nn.MultiheadAttention):      # open_clip
+        heads = attn.num_heads
+        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        out_proj = attn.out_proj
+    else:                                                   # timm
+        heads = attn.num_heads
+        qkv = attn.qkv(x)
+        out_proj = attn.proj
+    batch, tokens, width = x.shape
+    q, k, v = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    if not isinstance(attn, torch.nn.MultiheadAttention):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q, k, v, out_proj
+
+
+def _merge_heads(values: torch.Tensor) -> torch.Tensor:
+    batch, heads, tokens, dim = values.shape
+    return values.transpose(1, 2).reshape(batch, tokens, heads * dim)
+
+
+def _vit_parts(model: ClipModel) -> tuple[list[torch.nn.Module], Callable, Callable, int]:
+    """(blocks, embed(pixels) -> tokens, head(tokens) -> projected tokens, prefix token count)."""
+    visual = _open_clip_vit(model)
+    if visual is not None:
+        def head(x: torch.Tensor) -> torch.Tensor:
+            x = visual.ln_post(x)
+            return x @ visual.proj if visual.proj is not None else x
+        return list(visual.transformer.resblocks), visual._embeds, head, 1
+    visual = _timm_vit(model)
+    trunk = visual.trunk
+
+    def embed(pixels: torch.Tensor) -> torch.Tensor:
+        return trunk.norm_pre(trunk._pos_embed(trunk.patch_embed(pixels)))
+
+    def timm_head(x: torch.Tensor) -> torch.Tensor:
+        return visual.head(trunk.norm(x))
+    return list(trunk.blocks), embed, timm_head, int(trunk.num_prefix_tokens)
+
+
+def _block_norms(block: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    return (block.ln_1, block.ln_2) if hasattr(block, "ln_1") else (block.norm1, block.norm2)
+
+
+def _layer_scale(block: torch.nn.Module, which: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return getattr(block, f"ls_{which}", None) or getattr(block, f"ls{which}", None) or (lambda t: t)
+
+
+def _value_value_tokens(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
+    """CLIP Surgery's dual path: the last half of the blocks also feed a v-v attention path
+    (softmax(v v^T) v, no FFN) whose tokens replace the ordinary ones. Returns (B, gh, gw, D), unit norm."""
+    blocks, embed, head, prefix = _vit_parts(model)
+    start = len(blocks) // 2
+    with torch.inference_mode():
+        x = embed(pixels)
+        surgery = None
+        for index, block in enumerate(blocks):
+            if index >= start:
+                norm_1, _ = _block_norms(block)
+                q, k, v, out_proj = _attention_parts(block, norm_1(x))
+                scale = v.shape[-1] ** -0.5
+                vv = out_proj(_merge_heads((v @ v.transpose(-2, -1) * scale).softmax(dim=-1) @ v))
+                surgery = (x if surgery is None else surgery) + vv
+            x = block(x)
+        tokens = F.normalize(head(surgery)[:, prefix:].float(), dim=-1)
+    grid = int(round(tokens.shape[1] ** 0.5))
+    return tokens.reshape(len(tokens), grid, grid, -1)
+
+
+def _feature_target(model: ClipModel) -> torch.nn.Module | None:
+    """The layer whose output Grad-CAM weighs: a CNN's last stage, or the input norm of a ViT's last block."""
+    module = model.module
+    visual = getattr(module, "visual", None)
+    if _open_clip_vit(model) is not None:
+        return visual.transformer.resblocks[-1].ln_1
+    if _timm_vit(model) is not None:
+        return visual.trunk.blocks[-1].norm1
+    trunk = getattr(visual, "trunk", None)
+    if trunk is not None and getattr(trunk, "feature_info", None):
+        return trunk.get_submodule(trunk.feature_info[-1]["module"])
+    vision_model = getattr(module, "vision_model", None)        # transformers CLIP / SigLIP
+    if vision_model is not None:
+        return vision_model.encoder.layers[-1].layer_norm1
+    return None
+
+
+def _as_feature_map(activation: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) or (B, N, C) tokens (prefix tokens dropped) -> (B, C, h, w)."""
+    if activation.ndim == 4:
+        return activation
+    gh, gw = grid
+    tokens = activation[:, activation.shape[1] - gh * gw:]
+    return tokens.transpose(1, 2).reshape(activation.shape[0], -1, gh, gw)
+
+
+def _activations_and_grads(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor,
+                           grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target layer's map (C, h, w) and the gradient of each phrase's cosine score (P, C, h, w)."""
+    target = _feature_target(model)
+    captured: list[torch.Tensor] = []
+    handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.enable_grad():
+            embedding = F.normalize(model.image_features(pixels.requires_grad_(True)).float(), dim=-1)[0]
+            scores = text @ embedding
+            activation = captured[0]
+            grads = [torch.autograd.grad(score, activation, retain_graph=True)[0] for score in scores]
+    finally:
+        handle.remove()
+    feature_map = _as_feature_map(activation.detach().float(), grid)[0]
+    return feature_map, torch.stack([_as_feature_map(g.float(), grid)[0] for g in grads])
+
+
+def _gradcam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+    feature_map, grads = _activations_and_grads(model, pixels, text, _grid_shape(model, pixels))
+    weights = grads.mean(dim=(2, 3))                                   # (P, C)
+    return torch.relu(torch.einsum("pc,chw->phw", weights, feature_map))
+
+
+def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+    feature_map, grads = _activations_and_grads(model, pixels, text, _grid_shape(model, pixels))
+    weights = grads.mean(dim=(2, 3))
+    size = pixels.shape[-2:]
+    cams = []
+    with torch.inference_mode():
+        for p in range(len(text)):
+            channels = weights[p].topk(min(GSCORECAM_CHANNELS, len(weights[p]))).indices
+            maps = feature_map[channels]
+            low = maps.amin(dim=(1, 2), keepdim=True)
+            span = (maps.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-8)
+            masks = F.interpolate(((maps - low) / span)[:, None], size=size, mode="bilinear", align_corners=False)
+            masked = pixels.float() * masks                     # (K, 3, S, S): 0 is the mean pixel
+            scores = model.encode_image(masked.to(pixels.dtype)) @ text[p]
+            channel_weights = (scores * model.logit_scale).softmax(dim=0)
+            cams.append(torch.relu(torch.einsum("k,khw->hw", channel_weights, maps)))
+    return torch.stack(cams)
+
+
+def vit_forward_with_attention(model: ClipModel, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The ViT image tower run block by block with explicit attention: (unit image embedding (B, D),
+    attention probabilities per block (B, heads, N, N), kept in the graph for their gradients)."""
+    blocks, embed, head, _ = _vit_parts(model)
+    attentions: list[torch.Tensor] = []
+    x = embed(pixels)
+    for block in blocks:
+        norm_1, norm_2 = _block_norms(block)
+        q, k, v, out_proj = _attention_parts(block, norm_1(x))
+        probs = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        attentions.append(probs)
+        x = x + _layer_scale(block, 1)(out_proj(_merge_heads(probs @ v)))
+        x = x + _layer_scale(block, 2)(block.mlp(norm_2(x)))
+    return F.normalize(head(x[:, 0]).float(), dim=-1), attentions
+
+
+def _relevance(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+    """Chefer et al.: propagate gradient-weighted attention from the class token to the patches."""
+    prefix = _vit_parts(model)[3]
+    with torch.enable_grad():
+        embedding, attentions = vit_forward_with_attention(model, pixels)
+        scores = text @ embedding[0]
+        maps = []
+        for score in scores:
+            grads = torch.autograd.grad(score, attentions, retain_graph=True)
+            relevance = torch.eye(attentions[0].shape[-1])
+            for probs, grad in zip(attentions, grads):
+                weighted = (grad[0] * probs[0].detach()).clamp_min(0).mean(dim=0).float()
+                relevance = relevance + weighted @ relevance
+            patch_relevance = relevance[0, prefix:]
+            grid = int(round(patch_relevance.numel() ** 0.5))
+            maps.append(patch_relevance.reshape(grid, grid))
+    return torch.stack(maps)
+
+
+def _grid_shape(model: ClipModel, pixels: torch.Tensor) -> tuple[int, int]:
+    return tuple(model.patch_tokens(pixels).shape[1:3])
+
+
+_METHOD_FUNCTIONS = {"similarity": _similarity, "surgery": _surgery, "gradcam": _gradcam,
+                     "gscorecam": _gscorecam, "relevance": _relevance}
+
+
+def original_image(image: ImageLike) -> Image.Image:
+    """The image the maps are drawn on: for DICOM the windowed original, at its resolution."""
+    if isinstance(image, MedicalImage):
+        return image.to_pil()
+    if isinstance(image, Image.Image):
+        return image
+    return Image.fromarray((image_to_rgb_array(image) * 255).round().astype(np.uint8))
+
+
+def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | None = None,
+           method: str = "similarity") -> GroundingResult:
+    """One heatmap per phrase for ``image`` by ``method`` (see ``METHODS``)."""
+    if method not in METHODS:
+        raise TaskInputError(f"Unknown heatmap method '{method}'; choose one of {', '.join(METHODS)}.")
+    phrases = check_phrases(phrases)
+    clip = model if isinstance(model, ClipModel) else load_model(model or default_model_name())
+    reason = method_support(clip)[method]
+    if reason:
+        if not clip.supports_patch_tokens:
+            raise PatchTokensUnsupported(reason)
+        raise TaskInputError(f"{METHOD_TITLES[method]} is not available: {reason}")
+    base = original_image(image)
+    started = time.perf_counter()
+    pixels = clip.as_pixels([image])
+    text = clip.encode_text(phrases).clone()  # a normal tensor: gradient methods use it in autograd
+    grids = _METHOD_FUNCTIONS[method](clip, pixels, text, phrases).float().cpu().numpy()
+    geometry = clip.geometry(base.width, base.height)
+    maps = np.stack([heatmap_from_patches(grid, geometry, base.width, base.height) for grid in grids])
+    notes = []
+    if method == "surgery" and not _vit_with_blocks(clip):
+        notes.append("CNN image tower: feature surgery only (the v-v attention path applies to ViTs).")
+    if len(phrases) == 1 and method == "surgery":
+        notes.append(f"one phrase: the embedding of '{NEUTRAL_PROMPT}' is removed as the shared part.")
+    return GroundingResult(phrases, method, clip.card.name, maps, grids, base,
+                           time.perf_counter() - started, notes)

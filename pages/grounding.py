@@ -1,0 +1,81 @@
+"""Grounding tab: where the model looks for each phrase, by one or several heatmap methods."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from medclip_core.errors import ImageLoadError, TaskInputError
+from medclip_core.io import load_image
+from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
+from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+
+
+def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image.Image, str]]:
+    return [(r.overlay(i, opacity), f"{phrase} · {METHOD_TITLES[r.method]}")
+            for r in results for i, phrase in enumerate(r.phrases)]
+
+
+def _downloads(results: list[GroundingResult]) -> list[str]:
+    """Raw maps for download: one 8-bit PNG per phrase and method, and a .npy per method."""
+    folder = Path(tempfile.mkdtemp(prefix="medclip-heatmaps-"))
+    files = []
+    for r in results:
+        npy = folder / f"{r.method}.npy"
+        npy.write_bytes(r.npy_bytes())
+        files.append(str(npy))
+        for i, heatmap in enumerate(r.maps):
+            png = folder / f"{r.method}-{i}.png"
+            Image.fromarray((heatmap * 255).round().astype(np.uint8)).save(png)
+            files.append(str(png))
+    return files
+
+
+@ui_errors
+def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacity: float,
+                 model: str) -> tuple[list, dict, list[str], list[GroundingResult]]:
+    """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, results for re-blending)."""
+    if not path:
+        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
+    if not methods:
+        raise TaskInputError("Pick at least one heatmap method.")
+    phrases = parse_phrases(phrases_text)
+    image = load_image(path)
+    results = [ground(image, phrases, model=model, method=method) for method in methods]
+    summary = {"model": results[0].model, "phrases": phrases, "methods": [r.to_dict() for r in results]}
+    return _gallery(results, opacity), summary, _downloads(results), results
+
+
+def reblend(results: list[GroundingResult] | None, opacity: float) -> list:
+    return _gallery(results or [], opacity)
+
+
+def build(model_picker: gr.Dropdown) -> None:
+    with gr.Tab("Grounding"):
+        gr.Markdown("Type phrases (one per line) and see where the model finds each of them. Several methods "
+                    "side by side; maps lie on the original image (for DICOM: the windowed original).")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES,
+                                 type="filepath", elem_id="grounding-upload")
+                image_examples(upload)
+            with gr.Column():
+                phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line",
+                                     placeholder="left basal effusion\nright upper lobe nodule")
+                methods = gr.CheckboxGroup([(METHOD_TITLES[m], m) for m in METHODS], value=["similarity"],
+                                           label="Methods",
+                                           info="Attention relevance needs a ViT with a class token.")
+                opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+                button = gr.Button("Show heatmaps", variant="primary")
+        gallery = gr.Gallery(label="Heatmaps (phrase · method)", columns=3, height="auto")
+        with gr.Row():
+            details = gr.JSON(label="Result")
+            files = gr.File(label="Raw maps (PNG, .npy)", file_count="multiple")
+        state = gr.State([])
+        button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker],
+                     outputs=[gallery, details, files, state], api_name="heatmap")
+        opacity.release(reblend, inputs=[state, opacity], outputs=gallery, api_visibility="private")
