@@ -7,8 +7,9 @@ from typing import Any
 
 import gradio as gr
 
-from medclip_core.errors import ImageLoadError
+from medclip_core.errors import ImageLoadError, TaskInputError
 from medclip_core.io import load_image
+from medclip_core.tasks.grounding import ground
 from medclip_core.tasks.report import METHODS, draft_report
 from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
 
@@ -34,6 +35,22 @@ def run_report(path: str | None, method: str, k: float, model: str) -> tuple[Any
             gr.update(value=rows, headers=TABLE_HEADERS), draft.to_dict())
 
 
+@ui_errors
+def sentence_heatmap(path: str | None, sentence: str, model: str) -> tuple[Any, str]:
+    """Where the model finds one sentence of the draft (patch-similarity heatmap of the Grounding tab)."""
+    if not path:
+        raise ImageLoadError("Please upload an image first.")
+    if not sentence or not sentence.strip():
+        raise TaskInputError("Pick a sentence of the draft.")
+    result = ground(load_image(path), [sentence.strip()], model=model, method="similarity")
+    return result.overlay(0, 0.5), f"Heatmap of: *{sentence.strip()}*"
+
+
+def _selected_sentence_heatmap(path: str | None, model: str, event: gr.SelectData) -> tuple[Any, str]:
+    row = event.row_value or []
+    return sentence_heatmap(path, str(row[1]) if len(row) > 1 else "", model)
+
+
 def build(model_picker: gr.Dropdown) -> None:
     with gr.Tab("Report"):
         gr.Markdown("A draft report for a chest radiograph: **retrieval** picks sentences of real Open-i reports "
@@ -52,8 +69,17 @@ def build(model_picker: gr.Dropdown) -> None:
                 button = gr.Button("Draft report", variant="primary")
                 caution = gr.Markdown(elem_id="report-caution")
                 draft = gr.Textbox(label="Draft report (editable)", lines=8, interactive=True, elem_id="report-draft")
-        table = gr.Dataframe(headers=TABLE_HEADERS, label="Sentences: similarity to the image and what each states",
-                             interactive=False, wrap=True)
+        with gr.Row():
+            with gr.Column(scale=3):
+                table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True,
+                                     label="Sentences: similarity to the image and what each states "
+                                           "(select one to see its heatmap)")
+            with gr.Column(scale=2):
+                heatmap_caption = gr.Markdown()
+                heatmap = gr.Image(label="Heatmap of the selected sentence", type="pil", interactive=False,
+                                   height=300)
         details = gr.JSON(label="Result")
         button.click(run_report, inputs=[upload, method, k, model_picker],
                      outputs=[preview, caution, draft, table, details], api_name="report")
+        table.select(_selected_sentence_heatmap, inputs=[upload, model_picker], outputs=[heatmap, heatmap_caption],
+                     api_visibility="private")

@@ -141,3 +141,17 @@ def test_report_endpoint(client, colour_photo) -> None:
     assert draft and "may not be a frontal chest radiograph" in caution
     with pytest.raises(Exception, match="upload an image"):
         client.predict(None, "retrieval", 4, "medclip-phantom", api_name="/report")
+
+
+def test_selecting_a_sentence_shows_its_heatmap() -> None:
+    import gradio as gr
+
+    from pages.report import _selected_sentence_heatmap
+
+    path = str(EXAMPLES / "phantom_effusion.dcm")
+    row = ["findings", "Small right pleural effusion.", 0.31, "pleural effusion"]
+    event = gr.SelectData(None, {"index": [0, 1], "value": row[1], "row_value": row})
+    overlay, caption = _selected_sentence_heatmap(path, "medclip-phantom", event)
+    assert overlay.size == load_image(path).to_pil().size and "Small right pleural effusion." in caption
+    with pytest.raises(gr.Error, match="upload an image"):
+        _selected_sentence_heatmap(None, "medclip-phantom", event)

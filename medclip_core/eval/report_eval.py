@@ -71,6 +71,7 @@ class ReportEvalResult:
     margins: dict[str, dict[str, float]]      # method -> baseline -> micro finding F1 difference
     labeller: dict[str, Any]
     settings: dict[str, Any]
+    complete_split: bool  # every image of the split was evaluated
     examples: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str
     reports = report_splits(load_reports(), seed=seed).get(split)
     if reports is None:
         raise MedclipError(f"Unknown split '{split}'; choose train, val or test.")
+    complete = not n or n >= len(reports)
     reports = reports[:n] if n else reports
     if not reports:
         raise MedclipError("Evaluate at least one image (n >= 1).")
@@ -132,7 +134,7 @@ def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str
                 "decoder": str(decoder.path) if decoder is not None else None,
                 "uncertain_counts_as_present": True}
     return ReportEvalResult(model.card.name, split, len(reports), systems, margins,
-                            labeller_agreement(load_reports()), settings, examples)
+                            labeller_agreement(load_reports()), settings, complete, examples)
 
 
 def write_report_eval(result: ReportEvalResult, path: Path) -> Path:

@@ -45,11 +45,11 @@ class ReportTrainConfig:
     model: str = "medclip-phantom"     # the frozen CLIP model whose features condition the decoder
     phantom_variants: int = 2          # rendered images per training report
     limit_reports: int | None = None
-    max_steps: int = 1000
+    max_steps: int = 240
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     image_token_dropout: float = 0.1
@@ -57,10 +57,10 @@ class ReportTrainConfig:
     width: int = 128
     layers: int = 2
     heads: int = 4
-    max_len: int = 80
+    max_len: int = 72
     seed: int = 0
     log_every: int = 10
-    checkpoint_every: int = 250
+    checkpoint_every: int = 40
     val_reports: int = 393
     feature_dir: str | None = None     # default: <out_dir>/features
     device: str | None = None
