@@ -133,7 +133,7 @@ class LoadedDecoder:
     module: ReportDecoder
     vocab: Vocabulary
     base_model: str
-    base_fingerprint: str
+    base_fingerprint: str       # model_fingerprint(model, buffers=False) of the CLIP model it reads
     path: Path
     info: dict[str, Any]
 

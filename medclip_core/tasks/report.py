@@ -304,7 +304,7 @@ def decoder_for(model: ClipModel, model_name: str) -> LoadedDecoder:
         raise ModelUnavailableError(f"'{model_name}' has no trained report decoder (looked in {folder}); use the "
                                     "retrieval method, or train one with `python -m medclip_core train --task report`.")
     decoder = _cached_decoder(str(folder), weights.stat().st_mtime_ns)
-    if decoder.base_fingerprint != model_fingerprint(model):
+    if decoder.base_fingerprint != model_fingerprint(model, buffers=False):
         raise ModelUnavailableError(f"The report decoder in {folder} was trained on other weights than "
                                     f"'{model_name}'; retrain it for this model.")
     return decoder

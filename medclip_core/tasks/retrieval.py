@@ -248,15 +248,18 @@ def csv_collection(csv_path: str | os.PathLike, name: str | None = None) -> Coll
 # Fingerprints and the on-disk cache
 
 
-def model_fingerprint(model: ClipModel) -> str:
+def model_fingerprint(model: ClipModel, buffers: bool = True) -> str:
     """Hash of the model's identity and weights, cheap enough to take on every query.
 
     Card name, source and image size, then for every tensor of the state dict its name, shape
     and ``WEIGHT_SAMPLES_PER_TENSOR`` evenly strided values: any training step or other
-    checkpoint changes the hash, without reading every weight.
+    checkpoint changes the hash, without reading every weight. ``buffers=False`` hashes the
+    trained parameters only (not e.g. BatchNorm running statistics, which the loader's probe
+    forward currently nudges by a thread-count-dependent rounding amount).
     """
     digest = hashlib.sha256(f"{model.card.name}\n{model.card.source}\n{model.card.image_size}".encode())
-    for name, tensor in model.module.state_dict().items():
+    tensors = model.module.state_dict() if buffers else dict(model.module.named_parameters())
+    for name, tensor in tensors.items():
         flat = tensor.detach().reshape(-1)
         stride = max(1, flat.numel() // WEIGHT_SAMPLES_PER_TENSOR)
         digest.update(f"{name}{tuple(tensor.shape)}".encode())

@@ -107,7 +107,7 @@ class ReportTrainer:
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(config.seed)
         self.clip = load_model(config.model)
-        self.fingerprint = model_fingerprint(self.clip)
+        self.fingerprint = model_fingerprint(self.clip, buffers=False)
         splits = report_splits(load_reports(), seed=config.seed)
         self.train_reports = splits["train"][: config.limit_reports]
         self.val_reports = splits["val"][: config.val_reports] if config.val_reports else []
