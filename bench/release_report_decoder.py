@@ -4,7 +4,8 @@
     python -m medclip_core eval --task report                        # -> assets/medclip-phantom/report/eval_report.json
     python bench/release_report_decoder.py --card                    # the "Report generation" section of MODEL_CARD.md
 
-Only the decoder config, weights and loss curve are copied (no features, no optimizer state).
+Only the decoder config, weights and loss curve are copied (no features, no optimizer state); the
+config gets the parameter fingerprint of the shipped default, which the app checks before use.
 The card section sits between two HTML comments and is replaced on each run.
 """
 from __future__ import annotations
@@ -27,10 +28,24 @@ def release(run: Path) -> None:
     TARGET.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copy2(run / name, TARGET / name)
+    stamp_base_fingerprint(TARGET / "report_decoder.json")
     size = sum((TARGET / name).stat().st_size for name in FILES)
     if size > MAX_BYTES:
         sys.exit(f"The decoder is {size / 2**20:.1f} MB, above the 30 MB budget.")
     print(f"copied {', '.join(FILES)} to {TARGET.relative_to(ROOT)} ({size / 2**20:.1f} MB)")
+
+
+def stamp_base_fingerprint(config_path: Path) -> None:
+    """Record the shipped default's parameter fingerprint (what ``decoder_for`` checks) in the config."""
+    sys.path.insert(0, str(ROOT))
+    from medclip_core.models import load_model
+    from medclip_core.tasks.retrieval import model_fingerprint
+
+    config = json.loads(config_path.read_text())
+    if config["base_model"] != "medclip-phantom":
+        sys.exit(f"The run was trained on {config['base_model']}, not the embedded default.")
+    config["base_fingerprint"] = model_fingerprint(load_model("medclip-phantom"), buffers=False)
+    config_path.write_text(json.dumps(config, indent=1))
 
 
 def _row(name: str, s: dict) -> str:
