@@ -86,6 +86,10 @@ def card_section(result: dict) -> str:
         "Margins in micro finding F1: " + "; ".join(
             f"{m} {', '.join(f'{d:+.3f} over {b}' for b, d in result['margins'][m].items())}" for m in methods) + ".",
         "",
+        *(f"**{m} does not beat {', '.join(b for b, d in result['margins'][m].items() if d <= 0)}** on finding F1 "
+          f"(macro F1 {systems[m]['finding_f1_macro']:.3f}: it names almost no finding)."
+          for m in methods if min(result["margins"][m].values()) <= 0),
+        "",
         f"The labeller against the curated MeSH labels of all {labeller['n_reports']} Open-i reports: micro F1 "
         f"{labeller['micro_f1']:.3f}, macro F1 {labeller['macro_f1']:.3f}, same label set for "
         f"{labeller['exact_match']:.1%} of the reports — the ceiling of the finding F1 above.", "", END,
