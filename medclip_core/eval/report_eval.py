@@ -131,10 +131,18 @@ def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str
     examples = [{"id": reports[i].report_id, "reference": reports[i].text,
                  **{name: texts[name][i] for name in (*methods, "nearest whole report")}} for i in range(min(5, len(reports)))]
     settings = {"k": k, "impression_k": impression_k, "calibration": calibration, "beam": beam, "seed": seed,
-                "decoder": str(decoder.path) if decoder is not None else None,
+                "decoder": _shown_path(decoder.path) if decoder is not None else None,
                 "uncertain_counts_as_present": True}
     return ReportEvalResult(model.card.name, split, len(reports), systems, margins,
                             labeller_agreement(load_reports()), settings, complete, examples)
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when inside it (no machine paths in committed results)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def write_report_eval(result: ReportEvalResult, path: Path) -> Path:
