@@ -135,7 +135,7 @@ def test_report_endpoint(client, colour_photo) -> None:
         handle_file(str(EXAMPLES / "phantom" / "002.png")), "retrieval", 4, "medclip-phantom", api_name="/report")
     assert result["method"] == "retrieval" and len(result["sentences"]) == 5 and not caution
     assert draft.startswith("FINDINGS:") and "IMPRESSION:" in draft
-    assert [row[1] for row in table["data"]] == [s["text"] for s in result["sentences"]]
+    assert [row[1] for row in table["value"]["data"]] == [s["text"] for s in result["sentences"]]
     _, caution, draft, _, result = client.predict(handle_file(str(colour_photo)), "retrieval", 4, "medclip-phantom",
                                                   api_name="/report")
     assert draft and "may not be a frontal chest radiograph" in caution
