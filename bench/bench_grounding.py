@@ -34,7 +34,7 @@ def _median_seconds(fn, repeats: int) -> float:
 def bench_model(model, repeats: int) -> dict:
     import numpy as np
 
-    from medclip_core.tasks.grounding import METHODS, ground, method_support
+    from medclip_core.tasks.grounding import ground, method_support
 
     image = np.random.default_rng(0).random((512, 512), dtype=np.float32)
     pixels = model.as_pixels([image])

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from medclip_core.errors import MedclipError
+from medclip_core.train.runs import METHODS
+from medclip_core.train.tasks import TRAIN_TASKS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -49,6 +51,8 @@ def cmd_phantom(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> Any:
     if args.task == "report":
         return _train_report(args)
+    if args.task == "segmentation":
+        return _train_segmentation(args)
     if args.task != "contrastive":
         raise MedclipError(f"Unknown training task '{args.task}'.")
     return _train_contrastive(args)
@@ -66,6 +70,28 @@ def _train_report(args: argparse.Namespace) -> Any:
     return {k: v for k, v in asdict(result).items() if k != "metrics"}
 
 
+def _train_segmentation(args: argparse.Namespace) -> Any:
+    from dataclasses import asdict
+
+    from medclip_core.train.segmentation import SegTrainConfig, train_segmentation
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in SegTrainConfig.__dataclass_fields__ and k != "out_dir" and v is not None}
+    result = train_segmentation(SegTrainConfig(out_dir=str(args.out), **overrides),
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    return {k: v for k, v in asdict(result).items() if k != "history"}
+
+
+def _stop_on_sigterm():
+    """A ``should_stop`` callback that turns true on SIGTERM (how the run manager cancels a run)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop.is_set
+
+
 def _train_contrastive(args: argparse.Namespace) -> Any:
     from dataclasses import asdict
 
@@ -76,8 +102,30 @@ def _train_contrastive(args: argparse.Namespace) -> Any:
         overrides.setdefault("architecture", "phantom-cnn-minilm")
         overrides.setdefault("data", "phantom")
     config = TrainConfig(out_dir=str(args.out), **{k: v for k, v in overrides.items() if k != "out_dir"})
-    result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True), should_stop=_stop_on_sigterm())
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 answers
+        return None
     return {k: v for k, v in asdict(result).items() if k != "metrics"}
+
+
+def cmd_runs(args: argparse.Namespace) -> Any:
+    """Background runs (the Training tab's manager): list, start, cancel, validate a dataset CSV."""
+    from dataclasses import fields
+
+    from medclip_core.train.datasets import validate_pairs_csv
+    from medclip_core.train.runs import RunManager, RunRequest
+
+    if args.action != "list" and not args.target:
+        raise MedclipError(f"runs {args.action} needs a {'CSV path' if args.action == 'validate' else 'run name'}.")
+    if args.action == "validate":
+        return validate_pairs_csv(args.target).to_dict()
+    manager = RunManager()
+    if args.action == "list":
+        return [r.to_dict() for r in manager.refresh()]
+    if args.action == "cancel":
+        return manager.cancel(args.target, wait_s=args.wait).to_dict()
+    request = {f.name: getattr(args, f.name) for f in fields(RunRequest) if getattr(args, f.name, None) is not None}
+    return manager.submit(RunRequest(name=args.target, **request)).to_dict()
 
 
 def cmd_eval(args: argparse.Namespace) -> Any:
@@ -368,9 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_heatmap.add_argument("--opacity", type=float, default=0.5, help="overlay opacity of overlay-N.png")
 
     p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
-    p.add_argument("--task", choices=("contrastive", "report"), default="contrastive",
-                   help="contrastive: image-report CLIP training; report: the report decoder over a frozen model")
-    p.add_argument("--model", help="report: the frozen CLIP model the decoder reads (default medclip-phantom)")
+    p.add_argument("--task", choices=tuple(TRAIN_TASKS), default="contrastive",
+                   help="; ".join(f"{name}: {text}" for name, text in TRAIN_TASKS.items()))
+    p.add_argument("--model", help="segmentation, report: the frozen model (default medclip-phantom)")
     p.add_argument("--feature-dir", help="report: where the frozen image features are cached (default OUT/features)")
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, config")
@@ -379,13 +427,32 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float),
                        ("weight-decay", float), ("warmup-steps", int), ("seed", int), ("phantom-variants", int),
                        ("limit-reports", int), ("local-loss-weight", float), ("checkpoint-every", int),
-                       ("log-every", int), ("val-reports", int)):
+                       ("log-every", int), ("val-reports", int), ("lora-rank", int),
+                       # segmentation
+                       ("variants", int), ("focal-extra-variants", int), ("phrases-per-image", int),
+                       ("dice-weight", float), ("nonfocal-fraction", float)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--precision", choices=("bf16", "fp32"))
-    p.add_argument("--lock", choices=("none", "image", "text"), help="freeze a tower (image = LiT)")
+    p.add_argument("--lock", choices=("none", "image", "image-all", "text"),
+                   help="freeze a tower: image = LiT (a CNN keeps its projection head), image-all = every "
+                        "image-tower weight (the text tower trains alone), text = the text tower")
     p.add_argument("--no-semantic-matching", dest="semantic_matching", action="store_false", default=None)
     p.add_argument("--device")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="background training runs: list, start NAME, cancel NAME, validate CSV")
+    p.add_argument("action", choices=("list", "start", "cancel", "validate"))
+    p.add_argument("target", nargs="?", help="run name (start, cancel) or dataset CSV (validate)")
+    p.add_argument("--base-model", dest="base_model", help="checkpoint model or architecture (default medclip-phantom)")
+    p.add_argument("--data", help="phantom, phantom:N or a CSV path")
+    p.add_argument("--task", choices=tuple(TRAIN_TASKS))
+    p.add_argument("--method", choices=tuple(METHODS))
+    for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float), ("seed", int),
+                       ("nproc", int), ("checkpoint-every", int)):
+        p.add_argument(f"--{name}", dest=name.replace("-", "_"), type=kind)
+    p.add_argument("--device")
+    p.add_argument("--wait", type=float, default=10.0, help="cancel: seconds to wait for the process to end")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("eval", help="phantom test split: zero-shot AUC, retrieval, pointing (--task phantom); "
                                     "heatmap methods and zero-shot masks (--task grounding); report drafts "
@@ -415,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"internal error: {type(exc).__name__}: {exc} (set MEDCLIP_DEBUG=1 for details)", file=sys.stderr)
         return EXIT_INTERNAL
-    json.dump(result, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    if result is not None:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
     return 0
 
 

@@ -19,3 +19,7 @@ class ModelUnavailableError(MedclipError, RuntimeError):
 
 class TaskInputError(MedclipError, ValueError):
     """A task got input it cannot work with (no labels, empty text, k out of range ...)."""
+
+
+class AccessDeniedError(MedclipError, PermissionError):
+    """An action needs a permission the caller has not shown (e.g. the admin token of a shared deployment)."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 import numpy as np

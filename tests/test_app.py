@@ -128,3 +128,25 @@ def test_heatmap_endpoint_explains_bad_requests(client) -> None:
                        "medclip-phantom", api_name="/heatmap")
     with pytest.raises(Exception, match="class token"):
         client.predict(image, "nodule", ["relevance"], 0.5, "medclip-phantom", api_name="/heatmap")
+
+
+def test_segment_endpoint_gives_masks_and_a_dicom_seg_for_a_dicom(client) -> None:
+    import pydicom
+    from gradio_client import handle_file
+
+    annotated, result, files = client.predict(handle_file(str(EXAMPLES / "phantom_effusion.dcm")),
+                                              "pleural effusion\npneumothorax", "trained", "medclip-phantom",
+                                              api_name="/segment")
+    assert result["method"] == "trained" and result["phrases"] == ["pleural effusion", "pneumothorax"]
+    assert len(annotated["annotations"]) == 2
+    masks = [f for f in files if f.endswith(".png")]
+    seg = pydicom.dcmread(next(f for f in files if f.endswith(".dcm")))
+    assert len(masks) == 2 and seg.Modality == "SEG" and len(seg.SegmentSequence) == 2
+    source = pydicom.dcmread(EXAMPLES / "phantom_effusion.dcm")
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    _, result, files = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "pleural effusion",
+                                      "zero-shot:similarity", "medclip-phantom", api_name="/segment")
+    assert result["method"] == "zero-shot:similarity" and [Path(f).suffix for f in files] == [".png"]
+    with pytest.raises(Exception, match="at least one phrase"):
+        client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), " ", "trained", "medclip-phantom",
+                       api_name="/segment")

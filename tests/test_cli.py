@@ -91,3 +91,22 @@ def test_zero_shot_and_retrieve_commands(open_clip_dir: Path) -> None:
     assert len(payload["hits"]) == 3 and 0.0 <= payload["precision_at_k"] <= 1.0
     result = run_cli("retrieve", "--model", model, "--gallery", "phantom:6")
     assert result.returncode == 2 and result.stderr.startswith("error: Give exactly one query")
+
+
+def test_heatmap_and_segment_write_maps_masks_and_a_dicom_seg(tmp_path: Path) -> None:
+    dicom = ROOT / "assets" / "examples" / "phantom_effusion.dcm"
+    result = run_cli("heatmap", str(dicom), "pleural effusion", "nodule", "--method", "gradcam",
+                     "--out", str(tmp_path / "maps"))
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["method"] == "gradcam" and len(payload["png"]) == 2
+    assert np.load(payload["npy"]).shape == (2, 224, 224)
+    result = run_cli("segment", str(dicom), "pleural effusion", "--method", "trained", "--dicom-seg",
+                     "--out", str(tmp_path / "masks"))
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    seg = pydicom.dcmread(payload["dicom_seg"])
+    mask = np.asarray(Image.open(payload["masks"][0])) > 0
+    assert seg.Modality == "SEG" and np.array_equal(seg.pixel_array.astype(bool), mask)
+    result = run_cli("heatmap", str(dicom), "nodule", "--method", "relevance")
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "class token" in result.stderr

@@ -165,3 +165,13 @@ def test_bad_phrases_and_models_without_patch_tokens_give_clear_messages(default
     with pytest.raises(PatchTokensUnsupported, match="no per-patch embeddings"):
         ground(chest_like_image, ["nodule"], model=model)
     assert isinstance(PatchTokensUnsupported("x"), MedclipError)
+
+
+def test_trained_masks_cover_the_effusion_better_than_zero_shot(default_model):
+    report = next(r for r in load_reports() if r.labels == {"pleural effusion"}
+                  and any(f.severity in ("large", "moderate") for f in r.findings))
+    sample = render(report, seed=0)
+    trained = segment(sample.image, ["pleural effusion"], model=default_model, method="trained")
+    zero_shot = segment(sample.image, ["pleural effusion"], model=default_model)
+    truth = sample.masks["pleural effusion"]
+    assert dice(trained.masks[0], truth) > max(0.5, dice(zero_shot.masks[0], truth))

@@ -12,11 +12,9 @@ Surgery removes what the phrases of a set share, so every image is grounded with
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-import numpy as np
 
 from medclip_core.eval.metrics import box_area_fraction, dice, iou, pointing_game
 from medclip_core.eval.phantom_eval import FOCAL_FINDINGS, IMAGE_SIZE, Progress, _eval_mode, _mean, _report_major_order

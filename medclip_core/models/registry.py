@@ -6,6 +6,7 @@ Specs live as JSON files in ``models/specs/`` (one per model, like open_clip's
   ``save_pretrained`` folder, or one of our checkpoints (medclip_config.json + model.safetensors);
 - ``hf-hub:ORG/NAME``: an open_clip model on the Hugging Face hub;
 - ``hf:ORG/NAME``: a transformers CLIPModel / SiglipModel on the hub.
+Finished training runs (``medclip_core.train.runs``) are listed too, under their run name.
 Loaded models are kept in a small in-memory LRU cache owned by :class:`ModelCache`.
 """
 from __future__ import annotations
@@ -82,14 +83,38 @@ def _read_specs() -> dict[str, ModelSpec]:
 _SPECS = _read_specs()
 
 
+def _run_specs() -> dict[str, ModelSpec]:
+    """A checkpoint spec per finished training run (read from the runs registry on every call)."""
+    from medclip_core.train.runs import finished_runs
+
+    specs = {}
+    for name, path in finished_runs().items():
+        if name in _SPECS or not checkpoint.is_checkpoint_dir(path):
+            continue
+        try:
+            card = checkpoint.read_config(path).get("card", {})
+        except ModelUnavailableError:
+            continue
+        specs[name] = ModelSpec(name=name, backend="checkpoint", source=str(path),
+                                modality=card.get("modality", "custom"), image_size=int(card.get("image_size", 224)),
+                                embed_dim=int(card.get("embed_dim", 0)), licence=card.get("licence", ""),
+                                description=f"fine-tuned by the training run '{name}'")
+    return specs
+
+
+def all_specs() -> dict[str, ModelSpec]:
+    """The registry's specs and one per finished training run."""
+    return {**_SPECS, **_run_specs()}
+
+
 def list_models() -> list[str]:
-    """Registered model names (dynamic ``local-dir:``/``hf-hub:``/``hf:`` names are not listed)."""
-    return list(_SPECS)
+    """Registered model names and finished runs (dynamic ``local-dir:``/``hf-hub:``/``hf:`` names are not listed)."""
+    return list(all_specs())
 
 
 def get_spec(name: str) -> ModelSpec:
     try:
-        return _SPECS[name]
+        return _SPECS.get(name) or _run_specs()[name]
     except KeyError:
         raise ModelUnavailableError(
             f"Unknown model '{name}'. Known models: {', '.join(_SPECS)}; or use local-dir:PATH, "
@@ -202,7 +227,7 @@ def model_availability(name: str) -> str:
 def describe_models() -> list[dict[str, Any]]:
     """Every registry model with its availability here and its card (JSON-serialisable)."""
     rows = []
-    for name, spec in _SPECS.items():
+    for name, spec in all_specs().items():
         card = spec.card().to_dict()
         if spec.backend == "checkpoint" and checkpoint.is_checkpoint_dir(spec.local_path):
             card.update(checkpoint.read_config(spec.local_path).get("card", {}))

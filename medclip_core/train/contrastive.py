@@ -12,11 +12,20 @@ JSON config + card, metrics as JSON lines.
 
 A frozen Hugging Face text tower (the MiniLM of the default model) is run once per distinct text
 and its pooled output cached; only its projection trains.
+
+Scale out: started under ``torchrun --nproc_per_node N`` the same trainer runs with
+DistributedDataParallel (NCCL on GPUs, gloo on CPU). ``batch_size`` stays the *global* batch: each
+rank encodes its slice, the features of all ranks are gathered for the contrastive loss (as
+open_clip's ``gather_features``: other ranks' features without gradient, the own slice with it) and
+the loss is scaled by the world size so that DDP's gradient average equals the one-process gradient.
 """
+
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,7 +69,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     precision: str = "bf16"                      # "bf16" autocast or "fp32"
-    lock: str = "none"                           # "none", "image" (LiT), "text"
+    lock: str = "none"                           # "none", "image" (LiT), "image-all", "text"
+    lora_rank: int = 0                           # > 0: LoRA adapters (peft) on the unlocked towers' layers
     semantic_matching: bool = True
     label_temperature: float = 0.1
     local_loss_weight: float = 0.5
@@ -75,6 +85,7 @@ class TrainConfig:
 class TrainResult:
     out_dir: str
     steps: int
+    stopped: bool
     final_loss: float
     val_loss: float | None
     seconds: float
@@ -158,13 +169,94 @@ def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class ContrastiveTrainer:
-    """One training run: build model and data, then ``run()``; resumes from ``out_dir`` if a state is there."""
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (``WORLD_SIZE`` 1 without torchrun)."""
 
-    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
-        self.config, self.log = config, log
-        self.out_dir = Path(config.out_dir)
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's ``local`` in rank order; only the own slice keeps its gradient."""
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local.detach().contiguous())
+        parts[self.rank] = local
+        return torch.cat(parts)
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when ``flag`` is true on one (so all ranks stop at the same step)."""
+        if not self.enabled:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+class _Towers(torch.nn.Module):
+    """The trainable forward pass as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, trainer: "ContrastiveTrainer") -> None:
+        super().__init__()
+        self.clip = trainer.module
+        self.encode_texts = trainer._encode_texts
+
+    def forward(self, pixels: torch.Tensor, texts: list[str], sentences: list[str] | None):
+        visual = self.clip.visual
+        if sentences is not None:
+            pooled, tokens = pooled_and_patch_tokens(visual, pixels)
+        else:
+            pooled, tokens = visual(pixels), None
+        text = self.encode_texts(texts)
+        sentence_embeddings = self.encode_texts(sentences) if sentences is not None else None
+        return pooled, tokens, text, sentence_embeddings, self.clip.logit_scale.exp()
+
+
+def _lora_targets(module: torch.nn.Module, frozen_prefix: str | None) -> list[str]:
+    """Names of the layers LoRA adapts: Linear layers whose forward runs as a module (not the
+    out_proj that nn.MultiheadAttention reads directly) and plain Conv2d layers (peft's conv adapter
+    ignores dilation and groups), outside a package-frozen text tower."""
+    skip = {f"{name}.out_proj" for name, m in module.named_modules() if isinstance(m, torch.nn.MultiheadAttention)}
+
+    def adaptable(m: torch.nn.Module) -> bool:
+        if isinstance(m, torch.nn.Conv2d):
+            return m.dilation == (1, 1) and m.groups == 1
+        return isinstance(m, torch.nn.Linear)
+
+    return [name for name, m in module.named_modules()
+            if adaptable(m) and name not in skip and not (frozen_prefix and name.startswith(frozen_prefix))]
+
+
+class ContrastiveTrainer:
+    """One training run: build model and data, then ``run()``; resumes from ``out_dir`` if a state is there.
+
+    ``should_stop`` is asked after every step; when it says yes the run saves a checkpoint and
+    returns early (``TrainResult.stopped``), which is how a cancelled background run ends.
+    """
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.config, self.should_stop = config, should_stop
+        self.dist = Distributed.from_env()
+        self.log = log if self.dist.is_main else (lambda _: None)
+        self.device = self._init_device(config.device)
         torch.manual_seed(config.seed)
         self.arch = read_architecture(config.architecture)
         self.module, self.tokenizer = build_checkpoint_module(self.arch)
@@ -173,14 +265,37 @@ class ContrastiveTrainer:
 
             self.module.load_state_dict(load_file(self.arch["init_weights"]), strict=False)
         self.module.to(self.device)
+        self.out_dir = Path(config.out_dir)
         self.image_size = int(self.arch["model_cfg"]["vision_cfg"].get("image_size", 224))
         pre = self.arch.get("preprocess_cfg", {})
         self.mean = torch.tensor(pre.get("mean", [0.5] * 3), device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.get("std", [0.25] * 3), device=self.device).view(1, 3, 1, 1)
         self.text_cache = self._frozen_text_cache()
         self._apply_lock()
+        if config.lora_rank > 0:
+            self._add_lora()
+        self.towers = _Towers(self)
+        self.step_towers: torch.nn.Module = self.towers
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_towers = DistributedDataParallel(self.towers, device_ids=ids)
 
     # -- setup ----------------------------------------------------------------------------
+    def _init_device(self, requested: str | None) -> torch.device:
+        cuda = torch.cuda.is_available() and requested != "cpu"
+        if not self.dist.enabled:
+            return torch.device(requested or ("cuda" if cuda else "cpu"))
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(self.dist.local_rank)
+            return torch.device("cuda", self.dist.local_rank)
+        return torch.device("cpu")
+
     def _frozen_text_cache(self) -> FrozenTextCache | None:
         text = getattr(self.module, "text", None)
         if not self.arch.get("text_tower_package") or not hasattr(text, "pooler"):
@@ -191,16 +306,51 @@ class ContrastiveTrainer:
 
     def _apply_lock(self) -> None:
         lock = self.config.lock
-        if lock == "image":
+        if lock == "image":  # LiT: open_clip's lock (a timm tower keeps its projection head trainable)
             self.module.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
+        elif lock == "image-all":  # text tower only: every image-tower weight frozen
+            self.module.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
+            for p in self.module.visual.parameters():
+                p.requires_grad = False
         elif lock == "text":
             image_params = {id(p) for p in self.module.visual.parameters()}
             for p in self.module.parameters():
                 p.requires_grad = id(p) in image_params or p is self.module.logit_scale
         elif lock != "none":
-            raise MedclipError(f"Unknown lock '{lock}': use none, image or text.")
+            raise MedclipError(f"Unknown lock '{lock}': use none, image, image-all or text.")
         if self.config.local_loss_weight > 0 and not has_patch_tokens(self.module.visual):
             raise MedclipError("The local alignment loss needs an image tower with patch tokens (ViT or CNN).")
+
+    def _add_lora(self) -> None:
+        """Freeze the base weights and put LoRA adapters (peft) on the layers of the unlocked towers."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        trainable = {id(p) for p in self.module.parameters() if p.requires_grad}
+        targets = [name for name in _lora_targets(self.module, checkpoint.frozen_prefix(self.arch))
+                   if any(id(p) in trainable for p in self.module.get_submodule(name).parameters())]
+        if not targets:
+            raise MedclipError("LoRA found no trainable Linear or Conv2d layer to adapt.")
+        for p in self.module.parameters():
+            p.requires_grad = False
+        rank = self.config.lora_rank
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), self.module)
+        for name, p in self.module.named_parameters():
+            p.requires_grad = "lora_" in name
+        self.module.logit_scale.requires_grad = True
+        self.module.to(self.device)
+
+    def _plain_module(self) -> torch.nn.Module:
+        """The module to save: with LoRA, a copy whose adapters are merged into plain layers."""
+        if self.config.lora_rank <= 0:
+            return self.module
+        from peft.tuners.lora import LoraLayer
+
+        merged = copy.deepcopy(self.module)
+        for name, layer in [(n, m) for n, m in merged.named_modules() if isinstance(m, LoraLayer)]:
+            layer.merge()
+            parent, _, attr = name.rpartition(".")
+            setattr(merged.get_submodule(parent) if parent else merged, attr, layer.get_base_layer())
+        return merged
 
     def load_data(self, split: str, limit: int | None) -> PairSet:
         cfg = self.config
@@ -222,22 +372,30 @@ class ContrastiveTrainer:
             return self.text_cache.project(texts)
         return self.module.encode_text(self.tokenizer(texts).to(self.device))
 
-    def batch_loss(self, data: PairSet, rows: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+    def batch_loss(self, data: PairSet, rows: np.ndarray, rng: np.random.Generator,
+                   distributed: bool = False) -> tuple[torch.Tensor, dict]:
+        """Loss of the (global) batch ``rows``. ``distributed``: this rank encodes its slice of the
+        batch, the features of all ranks are gathered, and every rank computes the same global loss."""
         cfg = self.config
         reports = data.report_index[rows]
         texts = [data.texts[r][rng.integers(len(data.texts[r]))] for r in reports]
-        visual = self.module.visual
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16,
-                             enabled=cfg.precision == "bf16")
+        part = slice(None)
+        if distributed:
+            per_rank = len(rows) // self.dist.world_size
+            part = slice(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank)
+        gather = self.dist.gather if distributed else (lambda x: x)
+        local = cfg.local_loss_weight > 0
+        sentences, sentence_mask = self._sentence_batch(data, reports) if local else ([], None)
+        width = sentence_mask.shape[1] if local else 0
+        towers = self.step_towers if distributed else self.towers
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         with amp:
-            pixels = self._pixels(data.images[rows])
-            if cfg.local_loss_weight > 0:
-                pooled, tokens = pooled_and_patch_tokens(visual, pixels)
-            else:
-                pooled, tokens = visual(pixels), None
-            image = F.normalize(pooled.float(), dim=-1)
-            text = F.normalize(self._encode_texts(texts).float(), dim=-1)
-            scale = self.module.logit_scale.exp()
+            pixels = self._pixels(data.images[rows[part]])
+            own_sentences = sentences[part.start * width:part.stop * width] if distributed and local else sentences
+            pooled, tokens, text, sentence_embeddings, scale = towers(pixels, texts[part],
+                                                                      own_sentences if local else None)
+            image = gather(F.normalize(pooled.float(), dim=-1))
+            text = gather(F.normalize(text.float(), dim=-1))
             labels = torch.from_numpy(data.labels[reports]).to(self.device)
             targets = (_soft_targets(labels, cfg.label_temperature) if cfg.semantic_matching
                        else torch.eye(len(rows), device=self.device))
@@ -245,15 +403,17 @@ class ContrastiveTrainer:
             parts = {"global_loss": float(global_loss.detach())}
             loss = global_loss
             if tokens is not None:
-                patches = F.normalize(tokens.float(), dim=-1)
-                sentences, mask = self._sentence_batch(data, reports)
-                local = local_alignment_logits(patches, sentences, mask, cfg.local_attention_temperature)
-                local_loss = contrastive_loss(scale * local, targets)
+                patches = gather(F.normalize(tokens.float(), dim=-1))
+                embedded = F.normalize(sentence_embeddings.float(), dim=-1).view(-1, width, patches.shape[-1])
+                scores = local_alignment_logits(patches, gather(embedded), sentence_mask,
+                                                cfg.local_attention_temperature)
+                local_loss = contrastive_loss(scale * scores, targets)
                 parts["local_loss"] = float(local_loss.detach())
                 loss = loss + cfg.local_loss_weight * local_loss
         return loss, parts
 
-    def _sentence_batch(self, data: PairSet, reports: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sentence_batch(self, data: PairSet, reports: np.ndarray) -> tuple[list[str], torch.Tensor]:
+        """Each report's sentences padded to the batch's widest report (flat list), and the mask of real ones."""
         width = max(1, max(len(data.sentences[r]) for r in reports))
         flat, mask = [], torch.zeros(len(reports), width, dtype=torch.bool)
         for i, r in enumerate(reports):
@@ -261,8 +421,7 @@ class ContrastiveTrainer:
             padded = (sentences + [sentences[0]] * width)[:width]
             flat.extend(padded)
             mask[i, : len(sentences)] = True
-        embedded = F.normalize(self._encode_texts(flat).float(), dim=-1)
-        return embedded.view(len(reports), width, -1), mask.to(self.device)
+        return flat, mask.to(self.device)
 
     # -- loop -------------------------------------------------------------------------------
     def _save(self, step: int, optimizer: torch.optim.Optimizer, final: bool = False) -> None:
@@ -272,11 +431,14 @@ class ContrastiveTrainer:
             "image_size": self.image_size, "embed_dim": int(self.arch["model_cfg"]["embed_dim"]),
             "licence": "see the training data licence", "description": self.arch.get("description", ""),
         }
-        checkpoint.save_checkpoint(self.module, self.out_dir, self.arch["model_cfg"], card,
+        checkpoint.save_checkpoint(self._plain_module(), self.out_dir, self.arch["model_cfg"], card,
                                    self.arch.get("preprocess_cfg", {}), self.arch.get("text_tower_package"),
                                    extra={"train_config": asdict(self.config), "step": step, "final": final})
+        state: dict[str, Any] = {"step": step, "optimizer": optimizer.state_dict()}
+        if self.config.lora_rank > 0:  # adapters are merged in the checkpoint; keep them apart to resume
+            state["trainable"] = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
         tmp = self.out_dir / (STATE_NAME + ".tmp")
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp)
+        torch.save(state, tmp)
         tmp.replace(self.out_dir / STATE_NAME)
 
     @torch.no_grad()
@@ -289,14 +451,42 @@ class ContrastiveTrainer:
         losses = [float(self.batch_loss(data, chunk, rng)[0])
                   for chunk in np.array_split(rows, max(1, len(rows) // self.config.batch_size))]
         self.module.train()
+        if self.text_cache is not None:
+            self.module.text.transformer.eval()
         return float(np.mean(losses))
 
+    def _resume(self, optimizer: torch.optim.Optimizer) -> int:
+        """Load the last checkpoint and optimiser state of ``out_dir``; the step to continue from (0: fresh)."""
+        state_path = self.out_dir / STATE_NAME
+        if not (state_path.is_file() and checkpoint.is_checkpoint_dir(self.out_dir)):
+            return 0
+        from safetensors.torch import load_file
+
+        self.module.load_state_dict(load_file(str(self.out_dir / checkpoint.WEIGHTS_NAME)), strict=False)
+        state = torch.load(state_path, map_location=self.device, weights_only=True)
+        if "trainable" in state:
+            self.module.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
+
     def run(self) -> TrainResult:
-        cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        try:
+            return self._run()
+        finally:
+            if self.dist.enabled:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+
+    def _run(self) -> TrainResult:
+        cfg, main = self.config, self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         train = self.load_data("train", cfg.limit_reports)
-        val = self.load_data("val", cfg.val_reports) if cfg.data == "phantom" and cfg.val_reports else None
+        val = (self.load_data("val", cfg.val_reports)
+               if main and cfg.data == "phantom" and cfg.val_reports else None)
         if len(train) < 2:
             raise MedclipError("Training needs at least two image-report pairs.")
         if self.text_cache is not None:
@@ -305,6 +495,9 @@ class ContrastiveTrainer:
                 if pairs is not None:
                     self.text_cache.fill([t for ts in pairs.texts for t in ts] + [s for ss in pairs.sentences for s in ss])
         batch = min(cfg.batch_size, len(train))
+        if batch % self.dist.world_size:
+            raise MedclipError(f"The global batch ({batch}) must be a multiple of the number of processes "
+                               f"({self.dist.world_size}).")
         steps_per_epoch = max(1, len(train) // batch)
         total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -312,38 +505,38 @@ class ContrastiveTrainer:
         no_decay = [p for p in params if p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-        start = 0
-        state_path = self.out_dir / STATE_NAME
-        if state_path.is_file() and checkpoint.is_checkpoint_dir(self.out_dir):
-            from safetensors.torch import load_file
-
-            self.module.load_state_dict(load_file(str(self.out_dir / checkpoint.WEIGHTS_NAME)), strict=False)
-            state = torch.load(state_path, map_location=self.device, weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            start = int(state["step"])
+        start = self._resume(optimizer)
+        if start:
             self.log(f"resuming at step {start}/{total}")
         self.module.train()
         if self.text_cache is not None:
             self.module.text.transformer.eval()
-        metrics_file = (self.out_dir / METRICS_NAME).open("a")
+        metrics_file = (self.out_dir / METRICS_NAME).open("a") if main else None
         history: list[dict[str, Any]] = []
-        t0, seen, loss = time.time(), 0, torch.tensor(float("nan"))
+        t0, seen, loss, stopped, step = time.time(), 0, torch.tensor(float("nan")), False, start
         for step in range(start, total):
+            if self.dist.any(self.should_stop(), self.device):
+                stopped = True
+                break
             epoch, offset = divmod(step, steps_per_epoch)
             order = np.random.default_rng((cfg.seed, epoch)).permutation(len(train))
             rows = order[offset * batch:(offset + 1) * batch]
             lr = _lr_at(step, total, cfg.warmup_steps, cfg.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, parts = self.batch_loss(train, rows, np.random.default_rng((cfg.seed, step, 1)))
+            loss, parts = self.batch_loss(train, rows, np.random.default_rng((cfg.seed, step, 1)),
+                                          distributed=self.dist.enabled)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * self.dist.world_size).backward()  # DDP averages gradients over ranks
+            if self.dist.enabled and self.module.logit_scale.grad is not None:
+                # the temperature sees the whole gathered batch on every rank: undo the scaling for it
+                self.module.logit_scale.grad.div_(self.dist.world_size)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             with torch.no_grad():
                 self.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             seen += len(rows)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
                 row = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3), "loss": float(loss.detach()),
                        **parts, "lr": lr, "logit_scale": float(self.module.logit_scale.detach().exp()),
                        "grad_norm": float(grad_norm), "images_per_s": seen / (time.time() - t0),
@@ -354,17 +547,22 @@ class ContrastiveTrainer:
                 metrics_file.flush()
                 history.append(row)
                 self.log(json.dumps(row))
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+            if main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
                 self._save(step + 1, optimizer, final=step + 1 == total)
-        metrics_file.close()
-        if start >= total:
+        if main and stopped:
+            self.log(f"stopped at step {step}/{total}; checkpoint saved")
+            self._save(step, optimizer)
+        if metrics_file is not None:
+            metrics_file.close()
+        if main and start >= total:
             self._save(total, optimizer, final=True)
         elapsed = time.time() - t0
         val_loss = history[-1].get("val_loss") if history else None
-        return TrainResult(str(self.out_dir), total, float(loss.detach()), val_loss, elapsed,
-                           seen / elapsed if elapsed > 0 else 0.0, history)
+        return TrainResult(str(self.out_dir), step if stopped else total, stopped, float(loss.detach()), val_loss,
+                           elapsed, seen / elapsed if elapsed > 0 else 0.0, history)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Run (or resume) a contrastive training run described by ``config``."""
-    return ContrastiveTrainer(config, log=log).run()
+def train(config: TrainConfig, log: Callable[[str], None] = print,
+          should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+    """Run (or resume) a contrastive training run described by ``config``; see :class:`ContrastiveTrainer`."""
+    return ContrastiveTrainer(config, log=log, should_stop=should_stop).run()

@@ -1,0 +1,59 @@
+"""Segment tab: one mask per phrase, zero-shot from a heatmap or by the trained decoder; PNG and DICOM SEG export."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from pydicom.misc import is_dicom
+
+from medclip_core.dicom_seg import write_dicom_seg
+from medclip_core.errors import ImageLoadError
+from medclip_core.io import load_image
+from medclip_core.tasks.grounding import parse_phrases
+from medclip_core.tasks.segmentation import SEGMENT_METHODS, segment
+from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+
+
+@ui_errors
+def run_segmentation(path: str | None, phrases_text: str, method: str, model: str) -> tuple[Any, dict, list[str]]:
+    """Image + phrases -> (annotated image, JSON summary, mask PNGs [+ DICOM SEG for a DICOM input])."""
+    if not path:
+        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
+    phrases = parse_phrases(phrases_text)
+    result = segment(load_image(path), phrases, model=model, method=method)
+    folder = Path(tempfile.mkdtemp(prefix="medclip-masks-"))
+    files = []
+    for index in range(len(result.phrases)):
+        png = folder / f"mask-{index}.png"
+        png.write_bytes(result.mask_png(index))
+        files.append(str(png))
+    summary = result.to_dict()
+    if is_dicom(path):
+        seg = write_dicom_seg(path, dict(zip(result.phrases, result.masks)), folder / "segmentation.dcm")
+        files.append(str(seg))
+        summary["dicom_seg"] = seg.name
+    return result.annotations(), summary, files
+
+
+def build(model_picker: gr.Dropdown) -> None:
+    with gr.Tab("Segment"):
+        gr.Markdown("Outline findings from words alone: one mask per phrase. Zero-shot masks threshold a heatmap "
+                    "(half its peak, the peak's connected region, holes filled); *trained* uses the "
+                    "text-conditioned decoder shipped with the model. A DICOM input also gets a DICOM SEG.")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES,
+                                 type="filepath", elem_id="segment-upload")
+                image_examples(upload)
+            with gr.Column():
+                phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line")
+                method = gr.Dropdown(list(SEGMENT_METHODS), value="trained", label="Method")
+                button = gr.Button("Segment", variant="primary")
+        annotated = gr.AnnotatedImage(label="Masks")
+        with gr.Row():
+            details = gr.JSON(label="Result")
+            files = gr.File(label="Masks (PNG; DICOM SEG for DICOM input)", file_count="multiple")
+        button.click(run_segmentation, inputs=[upload, phrases, method, model_picker],
+                     outputs=[annotated, details, files], api_name="segment")
