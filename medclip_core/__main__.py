@@ -416,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_heatmap.add_argument("--opacity", type=float, default=0.5, help="overlay opacity of overlay-N.png")
 
     p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
-    p.add_argument("--task", choices=tuple(TRAIN_TASKS), default="contrastive",
-                   help="; ".join(f"{name}: {text}" for name, text in TRAIN_TASKS.items()))
+    p.add_argument("--task", choices=(*TRAIN_TASKS, "report"), default="contrastive",
+                   help="; ".join(f"{name}: {text}" for name, text in TRAIN_TASKS.items())
+                   + "; report: the report decoder over a frozen --model (phantom only; not offered to the run manager)")
     p.add_argument("--model", help="segmentation, report: the frozen model (default medclip-phantom)")
     p.add_argument("--feature-dir", help="report: where the frozen image features are cached (default OUT/features)")
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")

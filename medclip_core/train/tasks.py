@@ -7,5 +7,4 @@ from __future__ import annotations
 TRAIN_TASKS: dict[str, str] = {
     "contrastive": "image-report CLIP training",
     "segmentation": "a text-prompted mask decoder on a frozen --model (phantom masks)",
-    "report": "a report decoder over a frozen --model's image features (phantom image-report pairs)",
 }
