@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from pages import common, diagnose, embeddings, grounding, inspect, retrieve, segment, train  # noqa: E402
+from pages import common, diagnose, embeddings, grounding, inspect, report, retrieve, segment, train  # noqa: E402
 
 TITLE = "MedCLIP Explorer"
 MODEL_CONCURRENCY = int(os.environ.get("MEDCLIP_CONCURRENCY", "2"))
@@ -28,6 +28,7 @@ def build_app() -> gr.Blocks:
         embeddings.build(picker)
         grounding.build(picker)
         segment.build(picker)
+        report.build(picker)
         inspect.build()
         train.build(picker)
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)

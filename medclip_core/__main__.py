@@ -49,11 +49,25 @@ def cmd_phantom(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
+    if args.task == "report":
+        return _train_report(args)
     if args.task == "segmentation":
         return _train_segmentation(args)
     if args.task != "contrastive":
         raise MedclipError(f"Unknown training task '{args.task}'.")
     return _train_contrastive(args)
+
+
+def _train_report(args: argparse.Namespace) -> Any:
+    from dataclasses import asdict
+
+    from medclip_core.train.report import ReportTrainConfig, train_report_decoder
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in ReportTrainConfig.__dataclass_fields__ and k != "out_dir" and v is not None}
+    config = ReportTrainConfig(out_dir=str(args.out), **overrides)
+    result = train_report_decoder(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    return {k: v for k, v in asdict(result).items() if k != "metrics"}
 
 
 def _train_segmentation(args: argparse.Namespace) -> Any:
@@ -120,6 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> Any:
 
     if args.data != "phantom":
         raise MedclipError(f"Unknown evaluation data '{args.data}': only 'phantom' is available.")
+    if args.task == "report":
+        return _eval_report(args)
     model = load_model(args.model, device=args.device)
     progress = lambda fraction, message: print(f"{fraction:.0%} {message}", file=sys.stderr)  # noqa: E731
     if args.task == "grounding":
@@ -140,6 +156,42 @@ def cmd_eval(args: argparse.Namespace) -> Any:
         write_eval(result, out)
         payload["written_to"] = str(out)
     return payload
+
+
+def _eval_report(args: argparse.Namespace) -> Any:
+    from medclip_core.errors import ModelUnavailableError
+    from medclip_core.eval.report_eval import evaluate_reports, write_report_eval
+    from medclip_core.models import default_model_name, load_model
+    from medclip_core.tasks.report import decoder_folder, decoder_for
+
+    name = args.model or default_model_name()
+    model = load_model(name, device=args.device)
+    try:
+        decoder = decoder_for(model, name)
+    except ModelUnavailableError as error:  # retrieval and baselines still run
+        print(f"note: {error}", file=sys.stderr)
+        decoder = None
+    result = evaluate_reports(model, decoder, split=args.split, n=args.n, seed=args.seed,
+                              progress=lambda fraction, message: print(f"{fraction:.0%} {message}", file=sys.stderr))
+    payload = result.to_dict()
+    out = args.out
+    if out is None and decoder is not None and args.split == "test" and result.complete_split:
+        out = decoder_folder(name) / "eval_report.json"  # the whole test split's evaluation goes next to the decoder
+    if out is not None:
+        write_report_eval(result, out)
+        payload["written_to"] = str(out)
+    return payload
+
+
+def cmd_report(args: argparse.Namespace) -> Any:
+    from medclip_core.io import load_image
+    from medclip_core.tasks.report import METHODS, draft_report
+
+    image = load_image(args.image, frame=args.frame)
+    methods = METHODS if args.method == "both" else (args.method,)
+    drafts = {m: draft_report(image, m, args.model, k=args.k, impression_k=args.impression_k, beam=args.beam).to_dict()
+              for m in methods}
+    return drafts[args.method] if args.method != "both" else drafts
 
 
 def _eval_path_next_to(model_name: str | None, file_name: str) -> Path | None:
@@ -338,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_embed)
 
+    p = sub.add_parser("report", help="draft a report for an image: sentence retrieval or the trained decoder")
+    p.add_argument("image", type=Path)
+    p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
+    p.add_argument("--method", choices=("retrieval", "generative", "both"), default="retrieval")
+    p.add_argument("--k", type=int, default=4, help="retrieval: findings sentences")
+    p.add_argument("--impression-k", type=int, default=1, help="retrieval: impression sentences")
+    p.add_argument("--beam", type=int, default=3, help="generative: beam width")
+    p.add_argument("--frame", type=int)
+    p.set_defaults(func=cmd_report)
+
     for name, func, default_method, methods_help in (
             ("heatmap", cmd_heatmap, "similarity", "similarity, surgery, gradcam, gscorecam, relevance"),
             ("segment", cmd_segment, "zero-shot:similarity", "zero-shot:<heatmap method> or trained")):
@@ -354,9 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_heatmap.add_argument("--opacity", type=float, default=0.5, help="overlay opacity of overlay-N.png")
 
     p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
-    p.add_argument("--task", choices=tuple(TRAIN_TASKS), default="contrastive",
-                   help="; ".join(f"{name}: {text}" for name, text in TRAIN_TASKS.items()))
-    p.add_argument("--model", help="segmentation: the frozen model (default medclip-phantom)")
+    p.add_argument("--task", choices=(*TRAIN_TASKS, "report"), default="contrastive",
+                   help="; ".join(f"{name}: {text}" for name, text in TRAIN_TASKS.items())
+                   + "; report: the report decoder over a frozen --model (phantom only; not offered to the run manager)")
+    p.add_argument("--model", help="segmentation, report: the frozen model (default medclip-phantom)")
+    p.add_argument("--feature-dir", help="report: where the frozen image features are cached (default OUT/features)")
     p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, config")
     p.add_argument("--architecture", help="architecture JSON name in train/architectures, or local-dir:CHECKPOINT")
@@ -392,8 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("eval", help="phantom test split: zero-shot AUC, retrieval, pointing (--task phantom); "
-                                    "heatmap methods and zero-shot masks (--task grounding)")
-    p.add_argument("--task", choices=("phantom", "grounding"), default="phantom")
+                                    "heatmap methods and zero-shot masks (--task grounding); report drafts "
+                                    "against baselines (--task report)")
+    p.add_argument("--task", choices=("phantom", "grounding", "report"), default="phantom")
     p.add_argument("--methods", nargs="+", help="heatmap methods for --task grounding (default: all)")
     p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
     p.add_argument("--data", default="phantom")

@@ -188,6 +188,17 @@ class ClipModel(ABC):
         """Images -> (B, gh, gw, D) L2-normalised per-patch embeddings in the joint space."""
         return F.normalize(self.patch_features(self.as_pixels(images)).float(), dim=-1)
 
+    def image_and_patch_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both ``image_features`` and ``patch_features`` of ``pixels``; backends that get both from one
+        forward pass override this (two passes by default)."""
+        return self.image_features(pixels), self.patch_features(pixels)
+
+    @torch.inference_mode()
+    def encode_image_and_patches(self, images: torch.Tensor | Sequence[ImageLike]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encode_image(images), patch_tokens(images))``, from one forward pass where the backend allows."""
+        pooled, patches = self.image_and_patch_features(self.as_pixels(images))
+        return F.normalize(pooled.float(), dim=-1), F.normalize(patches.float(), dim=-1)
+
     @property
     def supports_patch_tokens(self) -> bool:
         return True

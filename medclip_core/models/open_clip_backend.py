@@ -78,9 +78,14 @@ class OpenClipModel(ClipModel):
                 f"Model '{self.card.name}' has a {type(self._model.visual).__name__} image tower without "
                 "per-patch embeddings in the joint space, so heatmaps and segmentation are not available for it."
             )
-        tokens = pooled_and_patch_tokens(self._model.visual, pixels)[1]
+        return self.image_and_patch_features(pixels)[1]
+
+    def image_and_patch_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.supports_patch_tokens:
+            return super().image_and_patch_features(pixels)  # raises PatchTokensUnsupported
+        pooled, tokens = pooled_and_patch_tokens(self._model.visual, pixels)
         grid = int(math.isqrt(tokens.shape[1]))
-        return tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
+        return pooled, tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
 
 
 def has_patch_tokens(visual: torch.nn.Module) -> bool:

@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import faiss
 import numpy as np
 
 from medclip_core.data import reports as reports_module
+from medclip_core.data.labeller import label_text
 from medclip_core.data import phantom as phantom_module
 from medclip_core.data.reports import FINDINGS, Report, load_reports, report_splits
 from medclip_core.data.tables import image_path_in, read_csv_rows
@@ -48,7 +48,6 @@ from medclip_core.errors import ImageLoadError, MedclipError
 from medclip_core.eval.metrics import precision_at_k as precision_at_k_matrix
 from medclip_core.io import MedicalImage, image_from_array, load_image
 from medclip_core.models.base import ClipModel, ImageLike
-from medclip_core.tasks.zero_shot import LABEL_SYNONYMS
 
 CACHE_DIR_ENV = "MEDCLIP_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/medclip-explorer/indexes")
@@ -60,7 +59,6 @@ HNSW_EF_SEARCH = 128
 MAX_K = 1000
 WEIGHT_SAMPLES_PER_TENSOR = 64  # values of each weight tensor that enter the model fingerprint
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"})
-NEGATION = re.compile(r"\b(no|without|negative for|free of)\s+(\S+\s+){0,3}$")
 
 Progress = Callable[[int, int], Any]
 
@@ -250,15 +248,18 @@ def csv_collection(csv_path: str | os.PathLike, name: str | None = None) -> Coll
 # Fingerprints and the on-disk cache
 
 
-def model_fingerprint(model: ClipModel) -> str:
+def model_fingerprint(model: ClipModel, buffers: bool = True) -> str:
     """Hash of the model's identity and weights, cheap enough to take on every query.
 
     Card name, source and image size, then for every tensor of the state dict its name, shape
     and ``WEIGHT_SAMPLES_PER_TENSOR`` evenly strided values: any training step or other
-    checkpoint changes the hash, without reading every weight.
+    checkpoint changes the hash, without reading every weight. ``buffers=False`` hashes the
+    trained parameters only (not e.g. BatchNorm running statistics, which the loader's probe
+    forward currently nudges by a thread-count-dependent rounding amount).
     """
     digest = hashlib.sha256(f"{model.card.name}\n{model.card.source}\n{model.card.image_size}".encode())
-    for name, tensor in model.module.state_dict().items():
+    tensors = model.module.state_dict() if buffers else dict(model.module.named_parameters())
+    for name, tensor in tensors.items():
         flat = tensor.detach().reshape(-1)
         stride = max(1, flat.numel() // WEIGHT_SAMPLES_PER_TENSOR)
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
@@ -574,15 +575,10 @@ def image_to_reports(model: ClipModel, image: ImageLike, k: int = 5, corpus: Seq
 
 
 def labels_in_text(text: str) -> frozenset[str]:
-    """The findings a query names (label or report synonym, whole words), unless negated ("no effusion")."""
-    lowered = " ".join(text.lower().split())
-    found = set()
-    for label in FINDINGS:
-        for phrase in {label, *LABEL_SYNONYMS.get(label, ())}:
-            for match in re.finditer(rf"\b{re.escape(phrase)}\b", lowered):
-                if not NEGATION.search(lowered[:match.start()]):
-                    found.add(label)
-    return frozenset(found)
+    """The findings a query names as present or possible, unless negated ("no effusion"): the
+    rule-based labeller's reading (:func:`medclip_core.data.labeller.label_text`), without "normal"."""
+    labels = label_text(text)
+    return labels.positive | labels.uncertain
 
 
 def precision_at_k(result: RetrievalResult, query_labels: str | Iterable[str] | None = None) -> float:

@@ -1,0 +1,127 @@
+"""Ship a trained report decoder with the embedded default, and write its model-card section.
+
+    python bench/release_report_decoder.py runs/report-decoder     # copy the decoder into assets/medclip-phantom/report
+    python -m medclip_core eval --task report                        # -> assets/medclip-phantom/report/eval_report.json
+    python bench/release_report_decoder.py --card                    # the "Report generation" section of MODEL_CARD.md
+
+Only the decoder config, weights and loss curve are copied (no features, no optimizer state); the
+config gets the parameter fingerprint of the shipped default, which the app checks before use.
+The card section sits between two HTML comments and is replaced on each run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "assets" / "medclip-phantom"
+TARGET = ASSET / "report"
+FILES = ("report_decoder.json", "report_decoder.safetensors", "metrics.jsonl")
+START, END = "<!-- report-generation:start -->", "<!-- report-generation:end -->"
+MAX_BYTES = 30 * 1024 * 1024
+
+
+def release(run: Path) -> None:
+    TARGET.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        shutil.copy2(run / name, TARGET / name)
+    stamp_base_fingerprint(TARGET / "report_decoder.json")
+    size = sum((TARGET / name).stat().st_size for name in FILES)
+    if size > MAX_BYTES:
+        sys.exit(f"The decoder is {size / 2**20:.1f} MB, above the 30 MB budget.")
+    print(f"copied {', '.join(FILES)} to {TARGET.relative_to(ROOT)} ({size / 2**20:.1f} MB)")
+
+
+def stamp_base_fingerprint(config_path: Path) -> None:
+    """Record the shipped default's parameter fingerprint (what ``decoder_for`` checks) in the config."""
+    sys.path.insert(0, str(ROOT))
+    from medclip_core.models import load_model
+    from medclip_core.tasks.retrieval import model_fingerprint
+
+    config = json.loads(config_path.read_text())
+    if config["base_model"] != "medclip-phantom":
+        sys.exit(f"The run was trained on {config['base_model']}, not the embedded default.")
+    config["base_fingerprint"] = model_fingerprint(load_model("medclip-phantom"), buffers=False)
+    config_path.write_text(json.dumps(config, indent=1))
+
+
+def _row(name: str, s: dict) -> str:
+    return (f"| {name} | **{s['finding_f1_micro']:.3f}** | {s['finding_f1_macro']:.3f} | "
+            f"{s['finding_f1_micro_vs_labelled_reference']:.3f} | {s['bleu_1']:.3f} | {s['bleu_2']:.3f} | "
+            f"{s['bleu_3']:.3f} | {s['bleu_4']:.3f} | {s['rouge_l']:.3f} | {s['mean_words']:.0f} |")
+
+
+def card_section(result: dict) -> str:
+    config = json.loads((TARGET / "report_decoder.json").read_text())
+    train = config["train_config"]
+    systems = result["systems"]
+    methods = [m for m in ("retrieval", "generative") if m in systems]
+    labeller = result["labeller"]
+    lines = [
+        START, "## Report generation", "",
+        "Two ways to draft a report from an image with this model (`python -m medclip_core report IMAGE --method "
+        "retrieval|generative`, the app's Report tab):", "",
+        "- **retrieval** (CXR-RePaiR style): the sentences of the Open-i training reports, scored by similarity to "
+        "the image minus their mean similarity to 64 phantom validation images, taken greedily without "
+        "near-duplicates or contradictions (4 findings sentences + 1 impression sentence);",
+        f"- **generative**: a {train['layers']}-layer Transformer decoder (width {train['width']}, "
+        f"{len(config['vocab'])} words) with cross-attention over this model's frozen pooled embedding and 7×7 "
+        f"patch tokens, trained {config['step']} steps of {train['batch_size']} on the phantom train split "
+        f"({train['phantom_variants']} renderings per report) with `python -m medclip_core train --task report "
+        "--out runs/report-decoder` (weights in `report/`); beam search of width 3.", "",
+        f"Protocol: `python -m medclip_core eval --task report` — phantom {result['split']} split, "
+        f"{result['n_images']} images, each scored against the real report it was rendered from. *Finding F1*: the "
+        "rule-based labeller (`medclip_core/data/labeller.py`, negation and uncertainty handled, uncertain = "
+        "present) reads the draft; micro F1 over the 22 findings against the report's MeSH labels, macro over the "
+        "findings present; also against the labeller's reading of the reference text. Full output: "
+        "`report/eval_report.json`.", "",
+        "| system | finding F1 (micro, vs MeSH) | macro | micro vs labelled text | BLEU-1 | BLEU-2 | BLEU-3 | "
+        "BLEU-4 | ROUGE-L | words |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(_row(name, systems[name]) for name in (*methods, "random report", "most common report",
+                                                  "nearest whole report")), "",
+        "Margins in micro finding F1: " + "; ".join(
+            f"{m} {', '.join(f'{d:+.3f} over {b}' for b, d in result['margins'][m].items())}" for m in methods) + ".",
+        "",
+        *(f"**{m} does not beat {', '.join(b for b, d in result['margins'][m].items() if d <= 0)}** on finding F1 "
+          f"(macro F1 {systems[m]['finding_f1_macro']:.3f}: it names almost no finding)."
+          for m in methods if min(result["margins"][m].values()) <= 0),
+        "",
+        f"The labeller against the curated MeSH labels of all {labeller['n_reports']} Open-i reports: micro F1 "
+        f"{labeller['micro_f1']:.3f}, macro F1 {labeller['macro_f1']:.3f}, same label set for "
+        f"{labeller['exact_match']:.1%} of the reports — the ceiling of the finding F1 above.", "", END,
+    ]
+    return "\n".join(lines)
+
+
+def write_card() -> None:
+    result = json.loads((TARGET / "eval_report.json").read_text())
+    card_path = ASSET / "MODEL_CARD.md"
+    card = card_path.read_text()
+    section = card_section(result)
+    if START in card and END in card:
+        card = card[:card.index(START)] + section + card[card.index(END) + len(END):]
+    else:
+        card = card.rstrip("\n") + "\n\n" + section + "\n"
+    card_path.write_text(card)
+    print(f"wrote the report-generation section of {card_path.relative_to(ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, nargs="?", help="a report-decoder run folder to ship")
+    parser.add_argument("--card", action="store_true", help="write the model-card section from eval_report.json")
+    args = parser.parse_args()
+    if args.run:
+        release(args.run)
+    if args.card:
+        write_card()
+    if not args.run and not args.card:
+        parser.error("give a run folder, --card, or both")
+
+
+if __name__ == "__main__":
+    main()

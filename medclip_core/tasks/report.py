@@ -1,0 +1,362 @@
+"""Draft a radiology report from an image: sentence retrieval (CXR-RePaiR style) or a trained decoder.
+
+**Retrieval.** The sentences of the training split of the Open-i reports (sentences with the
+de-identification token ``XXXX`` and one-word fragments left out) are embedded once per model by the
+text tower and cached on disk (:func:`~medclip_core.tasks.retrieval.build_report_index`). For an
+image, every sentence gets its cosine similarity to the image embedding, *calibrated*: the mean
+similarity of that sentence to a reference set of phantom images is subtracted (``calibration``
+weight), so that sentences which are close to every image (the stock normal phrases) do not crowd
+out those specific to this one. Sentences are then taken greedily by that score, skipping
+near-duplicates (text-embedding cosine above ``duplicate_threshold``) and contradictions (a finding
+the labeller reads as present in one and negated in the other, :mod:`medclip_core.data.labeller`),
+until ``k`` findings sentences and ``impression_k`` impression sentences are chosen; they are
+ordered as a report: findings, then impression.
+
+**Generation.** A small decoder (:mod:`medclip_core.models.report_decoder`), trained with
+``python -m medclip_core train --task report`` on phantom image–report pairs over the frozen
+model's pooled embedding and patch tokens, writes the report by beam search with a length limit.
+It exists for the model it was trained on (the embedded default ships one in
+``assets/medclip-phantom/report/``).
+
+Every draft lists its sentences with their similarity to the image and the findings the labeller
+reads in them, and carries a caution when the image does not look like the chest radiographs
+the model was trained on (:func:`chest_caution`).
+"""
+from __future__ import annotations
+
+import functools
+import re
+import time
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from medclip_core.data.labeller import TextLabels, label_text
+from medclip_core.data.reports import load_reports, report_splits
+from medclip_core.errors import ModelUnavailableError, TaskInputError
+from medclip_core.io import MedicalImage, image_from_array
+from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.models.report_decoder import LoadedDecoder, beam_search, load_decoder
+from medclip_core.tasks.report_features import encode_for_report, phantom_features
+
+METHODS: tuple[str, ...] = ("retrieval", "generative")
+DECODER_FOLDER = "report"
+ANONYMISED = "xxxx"
+REFERENCE_IMAGES = 64           # phantom validation images for calibration and the chest check
+CHEST_MARGIN = 0.05             # below the least typical reference image by this much -> caution
+MAX_K = 12
+
+
+# ---------------------------------------------------------------------------------------------
+# The sentence corpus
+
+
+@dataclass(frozen=True)
+class CorpusSentence:
+    """A distinct sentence of the training reports, the section it mostly comes from, and its labels."""
+
+    text: str
+    section: str  # "findings" or "impression"
+    count: int
+    labels: TextLabels
+
+
+@functools.lru_cache(maxsize=2)
+def sentence_corpus(seed: int = 0) -> tuple[CorpusSentence, ...]:
+    """Distinct sentences of the Open-i training split (``report_splits(..., seed)["train"]``)."""
+    counts: Counter = Counter()
+    sections: dict[str, Counter] = {}
+    for report in report_splits(load_reports(), seed=seed)["train"]:
+        for section, text in (("findings", report.findings_text), ("impression", report.impression_text)):
+            for sentence in type(report)("", text, "", (), ()).sentences():
+                sentence = re.sub(r"\.{2,}$", ".", sentence.strip())
+                if ANONYMISED in sentence.lower() or len(sentence.split()) < 2:
+                    continue
+                counts[sentence] += 1
+                sections.setdefault(sentence, Counter())[section] += 1
+    return tuple(CorpusSentence(text, sections[text].most_common(1)[0][0], n, label_text(text))
+                 for text, n in counts.items())
+
+
+def contradicts(a: TextLabels, b: TextLabels) -> bool:
+    """Whether one text reports a finding (present or uncertain) that the other negates."""
+    return bool((a.positive | a.uncertain) & b.negative or (b.positive | b.uncertain) & a.negative)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class DraftSentence:
+    """One sentence of a draft: its section, similarity to the image and the findings it states."""
+
+    text: str
+    section: str
+    similarity: float
+    labels: dict[str, list[str]]
+    corpus_count: int | None = None  # how often the sentence occurs in the training reports (retrieval)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ReportDraft:
+    """A draft report for one image and how it was made."""
+
+    method: str
+    model: str
+    sentences: list[DraftSentence]
+    findings: dict[str, list[str]]
+    caution: str | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def section_text(self, section: str) -> str:
+        return " ".join(s.text for s in self.sentences if s.section == section)
+
+    @property
+    def text(self) -> str:
+        parts = [(label, self.section_text(section)) for label, section in
+                 (("FINDINGS", "findings"), ("IMPRESSION", "impression"))]
+        return " ".join(f"{label}: {body}" for label, body in parts if body)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "model": self.model, "text": self.text,
+                "sentences": [s.to_dict() for s in self.sentences], "findings": self.findings,
+                "caution": self.caution, "seconds": round(self.seconds, 3), "notes": self.notes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-model state: sentence embeddings, calibration and the chest-radiograph reference
+
+
+@dataclass
+class _ModelReference:
+    sentence_vectors: np.ndarray     # (S, D) L2-normalised text embeddings of the corpus
+    sentence_prior: np.ndarray       # (S,) mean similarity of each sentence to the reference images
+    centroid: np.ndarray             # (D,) unit mean embedding of the reference images
+    chest_threshold: float           # cosine to the centroid below which an image gets a caution
+
+
+class ReportReferenceCache:
+    """Sentence embeddings and reference statistics per loaded model (weakly keyed: they go with it)."""
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[ClipModel, _ModelReference] = weakref.WeakKeyDictionary()
+
+    def get(self, model: ClipModel) -> _ModelReference:
+        if model not in self._entries:
+            from medclip_core.tasks.retrieval import build_report_index, default_cache_dir
+
+            corpus = sentence_corpus()
+            vectors = build_report_index(model, [s.text for s in corpus]).vectors
+            reference = phantom_features(model, "val", limit=REFERENCE_IMAGES,
+                                         cache_dir=default_cache_dir() / "report-reference").pooled
+            centroid = reference.mean(axis=0)
+            centroid /= np.linalg.norm(centroid)
+            self._entries[model] = _ModelReference(
+                vectors, (reference @ vectors.T).mean(axis=0), centroid,
+                float((reference @ centroid).min()) - CHEST_MARGIN)
+        return self._entries[model]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+REFERENCE_CACHE = ReportReferenceCache()
+
+
+def chest_caution(model: ClipModel, pooled: np.ndarray, image: MedicalImage | None = None) -> str | None:
+    """A caution when the image does not look like the chest radiographs the model knows, else None.
+
+    Two checks: a colour image (radiographs are grey), and the cosine of the image embedding to the
+    centroid of phantom chest radiographs falling below that of every reference image (less a margin).
+    """
+    reasons = []
+    if image is not None and image.is_color:
+        rgb = image.pixels.astype(np.float32)
+        if float((rgb.max(axis=2) - rgb.min(axis=2)).mean()) > 0.05:
+            reasons.append("it is a colour image")
+    reference = REFERENCE_CACHE.get(model)
+    similarity = float(pooled @ reference.centroid)
+    if similarity < reference.chest_threshold:
+        reasons.append(f"its embedding is far from chest radiographs (cosine {similarity:.2f} to their centre, "
+                       f"reference ≥ {reference.chest_threshold + CHEST_MARGIN:.2f})")
+    if not reasons:
+        return None
+    return ("This image may not be a frontal chest radiograph (" + "; ".join(reasons) + "). The draft below "
+            "was written anyway, from chest X-ray reports only: do not trust it for this image.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods
+
+
+def _as_image(image: ImageLike) -> MedicalImage | None:
+    if isinstance(image, MedicalImage):
+        return image
+    if isinstance(image, np.ndarray):
+        return image_from_array(image)
+    return None
+
+
+def _labels_dict(labels: TextLabels) -> dict[str, list[str]]:
+    summary = labels.to_dict()
+    return {key: summary[key] for key in ("positive", "uncertain", "negative")}
+
+
+def select_sentences(scores: np.ndarray, k: int = 4, impression_k: int = 1, duplicate_threshold: float = 0.9,
+                     vectors: np.ndarray | None = None, corpus: Sequence[CorpusSentence] | None = None) -> list[int]:
+    """Corpus rows chosen for one image from its per-sentence ``scores``: greedy by score, no near-duplicate
+    (cosine of ``vectors`` above ``duplicate_threshold``), no contradiction; ``k`` findings then
+    ``impression_k`` impression sentences, in report order."""
+    corpus = corpus if corpus is not None else sentence_corpus()
+    wanted = {"findings": k, "impression": impression_k}
+    chosen: dict[str, list[int]] = {"findings": [], "impression": []}
+    taken: list[int] = []
+    for row in np.argsort(-scores, kind="stable"):
+        sentence = corpus[row]
+        if len(chosen[sentence.section]) >= wanted[sentence.section]:
+            continue
+        if any(contradicts(sentence.labels, corpus[t].labels) for t in taken):
+            continue
+        if vectors is not None and taken and float((vectors[taken] @ vectors[row]).max()) > duplicate_threshold:
+            continue
+        chosen[sentence.section].append(int(row))
+        taken.append(int(row))
+        if all(len(chosen[s]) >= wanted[s] for s in wanted):
+            break
+    return chosen["findings"] + chosen["impression"]
+
+
+def retrieval_scores(model: ClipModel, pooled: np.ndarray, calibration: float = 1.0) -> np.ndarray:
+    """Calibrated similarity of every corpus sentence to the (D,) or (B, D) image embedding(s)."""
+    reference = REFERENCE_CACHE.get(model)
+    return pooled @ reference.sentence_vectors.T - calibration * reference.sentence_prior
+
+
+def _check_k(k: int, name: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= MAX_K:
+        raise TaskInputError(f"{name} must be a whole number from 0 to {MAX_K}, got {k!r}.")
+    return int(k)
+
+
+def retrieve_report(model: ClipModel, image: ImageLike, k: int = 4, impression_k: int = 1,
+                    calibration: float = 1.0, duplicate_threshold: float = 0.9) -> ReportDraft:
+    """A draft made of corpus sentences retrieved for ``image`` (see the module docstring)."""
+    k, impression_k = _check_k(k, "k"), _check_k(impression_k, "impression_k")
+    if k + impression_k == 0:
+        raise TaskInputError("Ask for at least one sentence (k or impression_k above 0).")
+    start = time.perf_counter()
+    pooled = encode_for_report(model, [image])[0][0]
+    draft = _retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold)
+    draft.caution = chest_caution(model, pooled, _as_image(image))
+    draft.seconds = time.perf_counter() - start
+    return draft
+
+
+def _retrieval_draft(model: ClipModel, pooled: np.ndarray, k: int, impression_k: int, calibration: float,
+                     duplicate_threshold: float) -> ReportDraft:
+    corpus = sentence_corpus()
+    vectors = REFERENCE_CACHE.get(model).sentence_vectors
+    rows = select_sentences(retrieval_scores(model, pooled, calibration), k, impression_k, duplicate_threshold,
+                            vectors, corpus)
+    similarity = vectors[rows] @ pooled
+    sentences = [DraftSentence(corpus[r].text, corpus[r].section, float(s), _labels_dict(corpus[r].labels),
+                               corpus[r].count) for r, s in zip(rows, similarity)]
+    draft = ReportDraft("retrieval", model.card.name, sentences, {}, None, 0.0)
+    draft.findings = _labels_dict(label_text(draft.text))
+    return draft
+
+
+def decoder_folder(model_name: str) -> Path:
+    """Where the report decoder of a model lives: ``<checkpoint folder>/report``."""
+    from medclip_core.models import get_spec
+
+    if model_name.startswith("local-dir:"):
+        return Path(model_name[len("local-dir:"):]).expanduser() / DECODER_FOLDER
+    spec = get_spec(model_name)
+    if spec.backend != "checkpoint":
+        raise ModelUnavailableError(f"'{model_name}' has no trained report decoder; use the retrieval method, "
+                                    "or train one with `python -m medclip_core train --task report`.")
+    return spec.local_path / DECODER_FOLDER
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_decoder(folder: str, mtime: int) -> LoadedDecoder:
+    return load_decoder(Path(folder))
+
+
+def decoder_for(model: ClipModel, model_name: str) -> LoadedDecoder:
+    """The decoder trained for ``model`` (loaded once); refuses one trained on other weights."""
+    from medclip_core.tasks.retrieval import model_fingerprint
+
+    folder = decoder_folder(model_name)
+    weights = folder / "report_decoder.safetensors"
+    if not weights.is_file():
+        raise ModelUnavailableError(f"'{model_name}' has no trained report decoder (looked in {folder}); use the "
+                                    "retrieval method, or train one with `python -m medclip_core train --task report`.")
+    decoder = _cached_decoder(str(folder), weights.stat().st_mtime_ns)
+    if decoder.base_fingerprint != model_fingerprint(model, buffers=False):
+        raise ModelUnavailableError(f"The report decoder in {folder} was trained on other weights than "
+                                    f"'{model_name}'; retrain it for this model.")
+    return decoder
+
+
+def _split_sentences(text: str) -> list[str]:
+    from medclip_core.data.reports import Report
+
+    return Report("", text, "", (), ()).sentences()
+
+
+def generate_report(model: ClipModel, image: ImageLike, decoder: LoadedDecoder, beam: int = 3,
+                    max_words: int | None = None) -> ReportDraft:
+    """A draft written by ``decoder`` for ``image``: beam search of width ``beam``, at most ``max_words``."""
+    if isinstance(beam, bool) or not isinstance(beam, (int, np.integer)) or not 1 <= beam <= 8:
+        raise TaskInputError(f"beam must be a whole number from 1 to 8, got {beam!r}.")
+    start = time.perf_counter()
+    pooled, patches = encode_for_report(model, [image])
+    draft = _generated_draft(model, decoder, pooled[0], patches[0], beam, max_words)
+    draft.caution = chest_caution(model, pooled[0], _as_image(image))
+    draft.seconds = time.perf_counter() - start
+    return draft
+
+
+@torch.inference_mode()
+def _generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray, patches: np.ndarray,
+                     beam: int = 3, max_words: int | None = None) -> ReportDraft:
+    device = next(decoder.module.parameters()).device
+    memory = decoder.module.memory(torch.from_numpy(pooled[None]).to(device), torch.from_numpy(patches[None]).to(device))
+    ids = beam_search(decoder.module, memory, beam=beam, max_len=max_words + 2 if max_words else None)
+    findings, impression = decoder.vocab.decode(ids)
+    pieces = [(s, "findings") for s in _split_sentences(findings)] + \
+             [(s, "impression") for s in _split_sentences(impression)]
+    similarity = (model.encode_text([p for p, _ in pieces]).cpu().numpy() @ pooled) if pieces else []
+    sentences = [DraftSentence(text, section, float(s), _labels_dict(label_text(text)))
+                 for (text, section), s in zip(pieces, similarity)]
+    draft = ReportDraft("generative", model.card.name, sentences, {}, None, 0.0,
+                        [] if pieces else ["The decoder produced no sentence for this image."])
+    draft.findings = _labels_dict(label_text(draft.text))
+    return draft
+
+
+def draft_report(image: ImageLike, method: str = "retrieval", model: str | ClipModel | None = None,
+                 k: int = 4, impression_k: int = 1, beam: int = 3) -> ReportDraft:
+    """One entry point for the CLI and the app: a draft by ``method`` with the model named ``model``."""
+    from medclip_core.models import default_model_name, load_model
+
+    if method not in METHODS:
+        raise TaskInputError(f"Unknown report method '{method}'; choose one of: {', '.join(METHODS)}.")
+    name = model if isinstance(model, str) and model else default_model_name()
+    clip = model if isinstance(model, ClipModel) else load_model(name)
+    if method == "retrieval":
+        return retrieve_report(clip, image, k=k, impression_k=impression_k)
+    return generate_report(clip, image, decoder_for(clip, name if not isinstance(model, ClipModel) else
+                                                    clip.card.name), beam=beam)

@@ -1,0 +1,85 @@
+"""Report tab: a draft report for one image (sentence retrieval or the trained decoder), editable,
+with each sentence's similarity to the image and the findings it states, and a caution when the
+image does not look like a chest radiograph."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from medclip_core.errors import ImageLoadError, TaskInputError
+from medclip_core.io import load_image
+from medclip_core.tasks.grounding import ground
+from medclip_core.tasks.report import METHODS, draft_report
+from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+
+TABLE_HEADERS = ["section", "sentence", "similarity", "states"]
+
+
+def _states(labels: dict[str, list[str]]) -> str:
+    parts = [", ".join(labels["positive"]), ", ".join(f"{x}?" for x in labels["uncertain"]),
+             ", ".join(f"no {x}" for x in labels["negative"])]
+    return "; ".join(p for p in parts if p)
+
+
+@ui_errors
+def run_report(path: str | None, method: str, k: float, model: str) -> tuple[Any, str, str, Any, dict]:
+    """Image file -> (preview, caution, editable draft, sentence table, JSON result)."""
+    if not path:
+        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
+    image = load_image(path)
+    draft = draft_report(image, method, model, k=int(k))
+    caution = f"⚠️ **{draft.caution}**" if draft.caution else ""
+    rows = [[s.section, s.text, round(s.similarity, 4), _states(s.labels)] for s in draft.sentences]
+    return (image.to_pil(), caution, draft.text.replace(" IMPRESSION:", "\n\nIMPRESSION:"),
+            gr.update(value=rows, headers=TABLE_HEADERS), draft.to_dict())
+
+
+@ui_errors
+def sentence_heatmap(path: str | None, sentence: str, model: str) -> tuple[Any, str]:
+    """Where the model finds one sentence of the draft (patch-similarity heatmap of the Grounding tab)."""
+    if not path:
+        raise ImageLoadError("Please upload an image first.")
+    if not sentence or not sentence.strip():
+        raise TaskInputError("Pick a sentence of the draft.")
+    result = ground(load_image(path), [sentence.strip()], model=model, method="similarity")
+    return result.overlay(0, 0.5), f"Heatmap of: *{sentence.strip()}*"
+
+
+def _selected_sentence_heatmap(path: str | None, model: str, event: gr.SelectData) -> tuple[Any, str]:
+    row = event.row_value or []
+    return sentence_heatmap(path, str(row[1]) if len(row) > 1 else "", model)
+
+
+def build(model_picker: gr.Dropdown) -> None:
+    with gr.Tab("Report"):
+        gr.Markdown("A draft report for a chest radiograph: **retrieval** picks sentences of real Open-i reports "
+                    "closest to the image (CXR-RePaiR style, no near-duplicates, no contradictions); "
+                    "**generative** is a small decoder trained over the model's image features (embedded model "
+                    "only). Edit the draft freely: it is a starting point, not a diagnosis.")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES, type="filepath",
+                                 elem_id="report-upload")
+                preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
+                image_examples(upload)
+            with gr.Column():
+                method = gr.Radio(list(METHODS), value=METHODS[0], label="Method")
+                k = gr.Slider(1, 8, value=4, step=1, label="Findings sentences (retrieval)")
+                button = gr.Button("Draft report", variant="primary")
+                caution = gr.Markdown(elem_id="report-caution")
+                draft = gr.Textbox(label="Draft report (editable)", lines=8, interactive=True, elem_id="report-draft")
+        with gr.Row():
+            with gr.Column(scale=3):
+                table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True,
+                                     label="Sentences: similarity to the image and what each states "
+                                           "(select one to see its heatmap)")
+            with gr.Column(scale=2):
+                heatmap_caption = gr.Markdown()
+                heatmap = gr.Image(label="Heatmap of the selected sentence", type="pil", interactive=False,
+                                   height=300)
+        details = gr.JSON(label="Result")
+        button.click(run_report, inputs=[upload, method, k, model_picker],
+                     outputs=[preview, caution, draft, table, details], api_name="report")
+        table.select(_selected_sentence_heatmap, inputs=[upload, model_picker], outputs=[heatmap, heatmap_caption],
+                     api_visibility="private")
