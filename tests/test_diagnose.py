@@ -51,5 +51,5 @@ def test_label_parsing_rejects_empty_and_too_many() -> None:
         parse_labels(" \n ,")
     with pytest.raises(TaskInputError, match="at most 64"):
         parse_labels("\n".join(f"finding {i}" for i in range(100)))
-    with pytest.raises(TaskInputError, match="short phrases"):
+    with pytest.raises(TaskInputError, match="at most 200 characters"):
         parse_labels("x" * 500)

@@ -149,6 +149,8 @@ def test_mask_rule_keeps_the_peak_region_and_fills_holes():
 def test_bad_phrases_and_models_without_patch_tokens_give_clear_messages(default_model, chest_like_image):
     with pytest.raises(TaskInputError, match="at least one phrase"):
         parse_phrases(" \n ; ")
+    with pytest.raises(TaskInputError, match="at most 300 characters"):
+        parse_phrases("x" * 10_000)
     with pytest.raises(TaskInputError, match=f"at most {MAX_PHRASES}"):
         ground(chest_like_image, [f"finding {i}" for i in range(100)], model=default_model)
     with pytest.raises(TaskInputError, match="Unknown heatmap method"):

@@ -38,6 +38,7 @@ from medclip_core.eval.metrics import heatmap_from_patches
 from medclip_core.io import MedicalImage
 from medclip_core.models import default_model_name, load_model
 from medclip_core.models.base import ClipModel, ImageLike, PatchTokensUnsupported, image_to_rgb_array
+from medclip_core.tasks import check_text_items
 
 METHODS = ("similarity", "surgery", "gradcam", "gscorecam", "relevance")
 METHOD_TITLES = {
@@ -98,16 +99,9 @@ def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.
 
 
 def check_phrases(phrases: Sequence[str]) -> list[str]:
-    """Strip, drop blanks, and refuse an empty or oversized phrase list with a readable message."""
-    cleaned = [p.strip() for p in phrases if p and p.strip()]
-    if not cleaned:
-        raise TaskInputError("Enter at least one phrase (one per line), e.g. 'left pleural effusion'.")
-    if len(cleaned) > MAX_PHRASES:
-        raise TaskInputError(f"{len(cleaned)} phrases given; at most {MAX_PHRASES} maps are drawn at once.")
-    too_long = [p for p in cleaned if len(p) > MAX_PHRASE_CHARS]
-    if too_long:
-        raise TaskInputError(f"A phrase is {len(too_long[0])} characters long; keep each under {MAX_PHRASE_CHARS}.")
-    return cleaned
+    """Clean a phrase list; refuse an empty or oversized one with a readable message."""
+    return check_text_items(phrases, noun="phrase", max_items=MAX_PHRASES, max_chars=MAX_PHRASE_CHARS,
+                            example="left pleural effusion")
 
 
 def parse_phrases(text: str) -> list[str]:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.tasks import check_text_items
 
 ScoreMode = Literal["pairwise", "softmax"]
 SCORE_MODES: tuple[str, ...] = ("pairwise", "softmax")
@@ -76,21 +77,9 @@ LABEL_PRESETS: dict[str, tuple[str, ...]] = {
 
 
 def parse_labels(text: str) -> list[str]:
-    """Free text, one label per line (commas also separate) -> cleaned, de-duplicated labels."""
-    labels: list[str] = []
-    for raw in text.replace(",", "\n").splitlines():
-        label = " ".join(raw.split()).lower()
-        if label and label not in labels:
-            labels.append(label)
-    if not labels:
-        raise TaskInputError("Enter at least one label (one per line).")
-    if len(labels) > MAX_LABELS:
-        raise TaskInputError(f"{len(labels)} labels given; at most {MAX_LABELS} are scored at once.")
-    too_long = [label for label in labels if len(label) > MAX_LABEL_CHARS]
-    if too_long:
-        raise TaskInputError(f"Labels must be short phrases (at most {MAX_LABEL_CHARS} characters); "
-                             f"'{too_long[0][:40]}…' is longer.")
-    return labels
+    """Free text, one label per line (commas also separate) -> cleaned, lower-case, de-duplicated labels."""
+    return check_text_items(text.lower().replace(",", "\n").splitlines(), noun="label", max_items=MAX_LABELS,
+                            max_chars=MAX_LABEL_CHARS, example="pleural effusion")
 
 # Sentence patterns as they occur in reports; ``{finding}`` takes each synonym in turn.
 PROMPT_TEMPLATES: dict[str, tuple[str, ...]] = {
