@@ -68,5 +68,10 @@ def example_files() -> list[str]:
     return files + ([str(dicom)] if dicom.exists() else [])
 
 
+def image_upload(elem_id: str | None = None, label: str = "Image (PNG, JPEG, TIFF, DICOM)") -> gr.File:
+    """The image upload of a tab: a file (DICOM included, which gr.Image cannot take), passed on as a path."""
+    return gr.File(label=label, file_types=IMAGE_FILE_TYPES, type="filepath", elem_id=elem_id)
+
+
 def image_examples(upload: gr.File) -> gr.Examples:
     return gr.Examples(examples=[[path] for path in example_files()], inputs=[upload], label="Examples")

@@ -9,7 +9,7 @@ from medclip_core.errors import ImageLoadError, TaskInputError
 from medclip_core.io import load_image
 from medclip_core.tasks.diagnose import diagnose, probability_figure
 from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
-from pages.common import IMAGE_FILE_TYPES, image_examples, model_choices, ui_errors
+from pages.common import image_examples, image_upload, model_choices, ui_errors
 
 NO_COMPARISON = "(none)"
 
@@ -40,8 +40,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "scored per label against its negation (CheXzero style), or as a softmax across labels.")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES, type="filepath",
-                                 elem_id="diagnose-upload")
+                upload = image_upload("diagnose-upload")
                 preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
                 image_examples(upload)
             with gr.Column():

@@ -11,7 +11,7 @@ from PIL import Image
 from medclip_core.errors import ImageLoadError, TaskInputError
 from medclip_core.io import load_image
 from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
-from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+from pages.common import image_examples, image_upload, ui_errors
 
 
 def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image.Image, str]]:
@@ -59,8 +59,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "side by side; maps lie on the original image (for DICOM: the windowed original).")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES,
-                                 type="filepath", elem_id="grounding-upload")
+                upload = image_upload("grounding-upload")
                 image_examples(upload)
             with gr.Column():
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line",

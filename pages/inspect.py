@@ -8,7 +8,7 @@ import numpy as np
 
 from medclip_core.errors import ImageLoadError
 from medclip_core.io import MedicalImage, load_image
-from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+from pages.common import image_examples, image_upload, ui_errors
 
 
 def _window_sliders(image: MedicalImage) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -47,8 +47,7 @@ def build() -> None:
         state = gr.State(None)
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image file", file_types=IMAGE_FILE_TYPES, type="filepath",
-                                 elem_id="inspect-upload")
+                upload = image_upload("inspect-upload", label="Image file")
                 frame = gr.Number(value=-1, precision=0, label="Frame (-1: middle frame)")
                 center = gr.Slider(label="Window center", interactive=False)
                 width = gr.Slider(label="Window width", interactive=False)

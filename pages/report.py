@@ -11,7 +11,7 @@ from medclip_core.errors import ImageLoadError, TaskInputError
 from medclip_core.io import load_image
 from medclip_core.tasks.grounding import ground
 from medclip_core.tasks.report import METHODS, draft_report
-from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+from pages.common import image_examples, image_upload, ui_errors
 
 TABLE_HEADERS = ["section", "sentence", "similarity", "states"]
 
@@ -30,6 +30,9 @@ def run_report(path: str | None, method: str, k: float, model: str) -> tuple[Any
     image = load_image(path)
     draft = draft_report(image, method, model, k=int(k))
     caution = f"⚠️ **{draft.caution}**" if draft.caution else ""
+    if draft.prompted is not None:
+        prompted = ", ".join(f"{name} ({p:.2f})" for name, p in draft.prompted.items()) or "none"
+        caution = f"{caution}\n\nFindings the decoder was prompted to report: {prompted}".strip()
     rows = [[s.section, s.text, round(s.similarity, 4), _states(s.labels)] for s in draft.sentences]
     return (image.to_pil(), caution, draft.text.replace(" IMPRESSION:", "\n\nIMPRESSION:"),
             gr.update(value=rows, headers=TABLE_HEADERS), draft.to_dict())
@@ -59,8 +62,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "only). Edit the draft freely: it is a starting point, not a diagnosis.")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES, type="filepath",
-                                 elem_id="report-upload")
+                upload = image_upload("report-upload")
                 preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
                 image_examples(upload)
             with gr.Column():

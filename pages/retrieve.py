@@ -23,7 +23,7 @@ from medclip_core.tasks.retrieval import (
     search_image,
     search_text,
 )
-from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+from pages.common import image_examples, image_upload, ui_errors
 
 MODES = ("text → images", "image → images", "image → reports")
 GALLERY_ROOT_ENV = "MEDCLIP_GALLERY_ROOT"
@@ -76,8 +76,7 @@ def build(model_picker: gr.Dropdown) -> None:
             with gr.Column():
                 mode = gr.Radio(list(MODES), value=MODES[0], label="Query")
                 text = gr.Textbox(label="Text query", value="pleural effusion", max_lines=3)
-                upload = gr.File(label="Query image (stays in your session)", file_types=IMAGE_FILE_TYPES,
-                                 type="filepath")
+                upload = image_upload(label="Query image (stays in your session)")
                 image_examples(upload)
             with gr.Column():
                 gallery = gr.Textbox(value="phantom", label="Gallery",

@@ -13,7 +13,7 @@ from medclip_core.errors import ImageLoadError
 from medclip_core.io import load_image
 from medclip_core.tasks.grounding import parse_phrases
 from medclip_core.tasks.segmentation import SEGMENT_METHODS, segment
-from pages.common import IMAGE_FILE_TYPES, image_examples, ui_errors
+from pages.common import image_examples, image_upload, ui_errors
 
 
 @ui_errors
@@ -44,8 +44,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "text-conditioned decoder shipped with the model. A DICOM input also gets a DICOM SEG.")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image (PNG, JPEG, TIFF, DICOM)", file_types=IMAGE_FILE_TYPES,
-                                 type="filepath", elem_id="segment-upload")
+                upload = image_upload("segment-upload")
                 image_examples(upload)
             with gr.Column():
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line")
