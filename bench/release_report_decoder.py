@@ -54,6 +54,24 @@ def _row(name: str, s: dict) -> str:
             f"{s['bleu_3']:.3f} | {s['bleu_4']:.3f} | {s['rouge_l']:.3f} | {s['mean_words']:.0f} |")
 
 
+def prompts_text(config: dict) -> str:
+    """How the card describes the decoder's diagnosis prompts (empty for a decoder without them)."""
+    if not config.get("findings"):
+        return ""
+    switched_off = [name for name, t in zip(config["findings"], config["thresholds"]) if t > 1]
+    return (f", plus diagnosis prompts (PromptMRG style): a classifier head on the same features decides each of the "
+            f"{len(config['findings'])} findings at thresholds that maximise micro F1 on the validation split "
+            f"(micro F1 there {config['val_classifier_micro_f1']:.3f}"
+            + (f"; never prompted: {', '.join(switched_off)}" if switched_off else "")
+            + f"), and each decision is one more memory token (training: true labels as prompts, "
+            f"{train_share(config, 'prompt_noise')} flipped, image tokens dropped on "
+            f"{train_share(config, 'prompt_only_fraction')} of the rows)")
+
+
+def train_share(config: dict, key: str) -> str:
+    return f"{config['train_config'].get(key, 0):.0%}"
+
+
 def card_section(result: dict) -> str:
     config = json.loads((TARGET / "report_decoder.json").read_text())
     train = config["train_config"]
@@ -69,9 +87,12 @@ def card_section(result: dict) -> str:
         "near-duplicates or contradictions (4 findings sentences + 1 impression sentence);",
         f"- **generative**: a {train['layers']}-layer Transformer decoder (width {train['width']}, "
         f"{len(config['vocab'])} words) with cross-attention over this model's frozen pooled embedding and 7×7 "
-        f"patch tokens, trained {config['step']} steps of {train['batch_size']} on the phantom train split "
-        f"({train['phantom_variants']} renderings per report) with `python -m medclip_core train --task report "
-        "--out runs/report-decoder` (weights in `report/`); beam search of width 3.", "",
+        f"patch tokens{prompts_text(config)}, trained {config['step']} steps of {train['batch_size']} on the "
+        f"phantom train split ({train['phantom_variants']} renderings per report) with `python -m medclip_core "
+        f"train --task report --out runs/report-decoder --max-steps {config['step']}` (weights in `report/`); "
+        + ("the draft is the candidate, among the beam-search result (width 3) and 16 seeded nucleus samples, whose "
+           "findings (read by the labeller) agree best with the prompts." if config.get("findings") else
+           "beam search of width 3."), "",
         f"Protocol: `python -m medclip_core eval --task report` — phantom {result['split']} split, "
         f"{result['n_images']} images, each scored against the real report it was rendered from. *Finding F1*: the "
         "rule-based labeller (`medclip_core/data/labeller.py`, negation and uncertainty handled, uncertain = "
@@ -87,7 +108,7 @@ def card_section(result: dict) -> str:
             f"{m} {', '.join(f'{d:+.3f} over {b}' for b, d in result['margins'][m].items())}" for m in methods) + ".",
         "",
         *(f"**{m} does not beat {', '.join(b for b, d in result['margins'][m].items() if d <= 0)}** on finding F1 "
-          f"(macro F1 {systems[m]['finding_f1_macro']:.3f}: it names almost no finding)."
+          f"(macro F1 {systems[m]['finding_f1_macro']:.3f})."
           for m in methods if min(result["margins"][m].values()) <= 0),
         "",
         f"The labeller against the curated MeSH labels of all {labeller['n_reports']} Open-i reports: micro F1 "

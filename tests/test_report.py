@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medclip_core.data.reports import FINDINGS
 from medclip_core.errors import ModelUnavailableError
 from medclip_core.io import load_image
 from medclip_core.models import load_model
@@ -72,6 +73,27 @@ def test_shipped_decoder_writes_a_report(phantom_model, colour_photo) -> None:
     assert odd.caution and odd.sentences
 
 
+@pytest.mark.skipif(not (DECODER_DIR / "report_decoder.safetensors").is_file(), reason="no shipped decoder")
+def test_shipped_decoder_states_what_its_diagnosis_prompts_say(phantom_model) -> None:
+    """The cardiomegaly example is prompted with cardiomegaly and its draft says so; prompting the normal
+    example with 'pleural effusion' alone makes its draft state an effusion, 'normal' alone does not."""
+    import torch
+
+    from medclip_core.data.labeller import label_text
+    from medclip_core.tasks.report import write_report_ids
+    from medclip_core.tasks.report_features import encode_for_report
+
+    decoder = decoder_for(phantom_model, "medclip-phantom")
+    draft = draft_report(load_image(EXAMPLES / "phantom" / "001.png"), "generative", phantom_model)
+    assert "cardiomegaly" in draft.prompted and "cardiomegaly" in label_text(draft.text).present()
+    features = encode_for_report(phantom_model, [load_image(EXAMPLES / "phantom" / "000.png")])
+    pooled, patches = (torch.from_numpy(a) for a in features)
+    for finding, expected in (("pleural effusion", True), ("normal", False)):
+        present = torch.tensor([[name == finding for name in decoder.findings]])
+        text = " ".join(decoder.vocab.decode(write_report_ids(decoder, pooled, patches, present)))
+        assert ("pleural effusion" in label_text(text).present()) is expected, text
+
+
 def test_decoder_refuses_a_model_it_was_not_trained_on(open_clip_dir) -> None:
     with pytest.raises(ModelUnavailableError, match="no trained report decoder"):
         decoder_for(load_model(f"local-dir:{open_clip_dir}"), f"local-dir:{open_clip_dir}")
@@ -91,6 +113,9 @@ def test_two_step_decoder_training_lowers_loss_and_reloads(tmp_path) -> None:
     assert len(losses) == 2 and losses[1] < losses[0]
     decoder = load_decoder(tmp_path / "run")
     assert decoder.info["step"] == 2 and decoder.base_model == "medclip-phantom"
+    assert decoder.findings == FINDINGS and all(0 < t <= 1.01 for t in decoder.thresholds)
+    with pytest.raises(ValueError, match="finding decisions"):  # a prompted decoder needs its prompts
+        decoder.module.memory(torch.zeros(1, 256), torch.zeros(1, 49, 256))
     from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "run" / "report_decoder.safetensors"))
@@ -100,6 +125,20 @@ def test_two_step_decoder_training_lowers_loss_and_reloads(tmp_path) -> None:
     config.max_steps = 3
     resumed = train_report_decoder(config, log=lines.append)
     assert any("resuming at step 2" in line for line in lines) and [r["step"] for r in resumed.metrics] == [3]
+
+
+def test_f1_thresholds_pick_the_separating_cut() -> None:
+    from medclip_core.train.report import f1_thresholds
+
+    probabilities = np.array([[0.9, 0.2], [0.7, 0.1], [0.3, 0.15], [0.1, 0.05]])
+    labels = np.array([[1, 0], [1, 0], [0, 0], [0, 0]], dtype=np.float32)
+    thresholds, micro_f1 = f1_thresholds(probabilities, labels)
+    assert 0.3 < thresholds[0] <= 0.7 and (probabilities[:, 1] < thresholds[1]).all() and micro_f1 == 1.0
+    # a finding whose calls cost more than they find is switched off
+    noisy = np.array([[0.9, 0.5], [0.8, 0.9], [0.2, 0.8], [0.1, 0.7]])
+    truth = np.array([[1, 1], [1, 0], [0, 0], [0, 0]], dtype=np.float32)
+    thresholds, micro_f1 = f1_thresholds(noisy, truth)
+    assert (noisy[:, 1] < thresholds[1]).all() and micro_f1 == pytest.approx(0.8)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -4,7 +4,18 @@ The image enters as 1 + 49 memory tokens: the pooled embedding and the 7x7 patch
 frozen model (:mod:`medclip_core.tasks.report_features`), each projected to the decoder width with
 a learned position embedding. A pre-norm Transformer decoder (causal self-attention over the words
 so far, cross-attention over the image tokens) predicts the next word; the output layer shares the
-word embedding. Words come from a closed vocabulary built from the training reports (lower-case
+word embedding.
+
+Diagnosis prompts (in the spirit of PromptMRG, Jin et al. 2024, and of the tag co-attention of
+Jing et al. 2018), when ``n_findings`` > 0: a small classifier head reads the same frozen features
+and predicts each finding of the label set; each finding then adds one memory token, a learned
+embedding of (finding, present or absent). Training feeds the true labels (with a little noise, and
+with the image tokens dropped for half of the rows so that the words must follow the prompts);
+generation feeds the classifier's decisions at thresholds tuned on the validation split. A plain
+captioner trained on reports collapses to the most common (normal) report; the prompts tell the
+decoder what to say, so the draft's clinical content is the classifier's. Beam search still
+prefers the stock normal wording, so :func:`sample_reports` draws candidates for the task layer
+to choose from (:func:`medclip_core.tasks.report.write_report_ids`). Words come from a closed vocabulary built from the training reports (lower-case
 words, numbers and ``. , ; :``), with ``<imp>`` separating FINDINGS from IMPRESSION.
 
 Stored as a folder: ``report_decoder.json`` (architecture, vocabulary, the base model it was
@@ -92,6 +103,7 @@ class DecoderConfig:
     mlp: int = 1024
     max_len: int = 112
     dropout: float = 0.1
+    n_findings: int = 0      # > 0: diagnosis prompts (classifier head + one memory token per finding)
 
 
 class ReportDecoder(nn.Module):
@@ -108,14 +120,32 @@ class ReportDecoder(nn.Module):
                                            norm_first=True, activation="gelu")
         self.blocks = nn.TransformerDecoder(layer, cfg.layers)
         self.norm = nn.LayerNorm(cfg.width)
+        if cfg.n_findings:
+            self.classifier = nn.Sequential(nn.LayerNorm(2 * cfg.feature_dim), nn.Linear(2 * cfg.feature_dim, cfg.width),
+                                            nn.GELU(), nn.Linear(cfg.width, cfg.n_findings))
+            self.finding_tokens = nn.Parameter(torch.randn(cfg.n_findings, 2, cfg.width) * 0.02)
+            self.prompt_norm = nn.LayerNorm(cfg.width)  # memory is not normalised by the decoder: match the image tokens' scale
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos, std=0.01)
         nn.init.normal_(self.image_pos, std=0.01)
 
-    def memory(self, pooled: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """(B, D) + (B, N, D) frozen features -> (B, 1 + N, width) image tokens."""
+    def classify(self, pooled: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """(B, D) + (B, N, D) frozen features -> (B, n_findings) finding logits (diagnosis prompts only)."""
+        return self.classifier(torch.cat([pooled, patches.mean(dim=1)], dim=-1))
+
+    def memory(self, pooled: torch.Tensor, patches: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) + (B, N, D) frozen features -> (B, 1 + N [+ F], width) memory tokens.
+
+        A decoder with diagnosis prompts needs ``present``, (B, F) booleans: which findings to state.
+        """
         tokens = torch.cat([pooled[:, None], patches], dim=1)
-        return self.image_proj(tokens) + self.image_pos[: tokens.shape[1]]
+        memory = self.image_proj(tokens) + self.image_pos[: tokens.shape[1]]
+        if not self.cfg.n_findings:
+            return memory
+        if present is None or present.shape != (len(pooled), self.cfg.n_findings):
+            raise ValueError(f"this decoder needs (B, {self.cfg.n_findings}) finding decisions")
+        rows = torch.arange(self.cfg.n_findings, device=pooled.device)
+        return torch.cat([memory, self.prompt_norm(self.finding_tokens[rows, present.long()])], dim=1)
 
     def forward(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and (B, M, width) memory -> (B, T, vocab) next-word logits."""
@@ -136,6 +166,17 @@ class LoadedDecoder:
     base_fingerprint: str       # model_fingerprint(model, buffers=False) of the CLIP model it reads
     path: Path
     info: dict[str, Any]
+    findings: tuple[str, ...] = ()     # the label set of the diagnosis prompts (empty: none)
+    thresholds: tuple[float, ...] = ()  # probability above which a finding is prompted as present
+
+    @torch.inference_mode()
+    def diagnose(self, pooled: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F) finding probabilities and present decisions; both empty (B, 0) without diagnosis prompts."""
+        if not self.findings:
+            empty = pooled.new_zeros(len(pooled), 0)
+            return empty, empty.bool()
+        probabilities = torch.sigmoid(self.module.classify(pooled, patches).float())
+        return probabilities, probabilities >= torch.tensor(self.thresholds, device=pooled.device)
 
 
 def save_decoder(module: ReportDecoder, vocab: Vocabulary, out_dir: Path, base_model: str, base_fingerprint: str,
@@ -169,9 +210,14 @@ def load_decoder(folder: Path, device: str | torch.device = "cpu") -> LoadedDeco
     module = ReportDecoder(DecoderConfig(**config["decoder"]))
     module.load_state_dict(load_file(str(folder / DECODER_WEIGHTS)))
     module.to(device).eval()
+    findings = tuple(config.get("findings", ()))
+    thresholds = tuple(float(t) for t in config.get("thresholds", [0.5] * len(findings)))
+    if len(findings) != module.cfg.n_findings or len(thresholds) != len(findings):
+        raise ModelUnavailableError(f"Report decoder {folder}: {module.cfg.n_findings} diagnosis prompts but "
+                                    f"{len(findings)} finding names and {len(thresholds)} thresholds.")
     info = {k: v for k, v in config.items() if k not in ("vocab", "decoder")}
     return LoadedDecoder(module, Vocabulary(config["vocab"]), config["base_model"], config["base_fingerprint"],
-                         folder, info)
+                         folder, info, findings, thresholds)
 
 
 def _blocked(sequence: list[int], n: int = 3) -> set[int]:
@@ -215,3 +261,46 @@ def beam_search(decoder: ReportDecoder, memory: torch.Tensor, beam: int = 3, max
             break
     pool = finished or beams
     return max(pool, key=lambda c: c[1] / len(c[0]) ** length_penalty)[0]
+
+
+@torch.inference_mode()
+def sample_reports(decoder: ReportDecoder, memory: torch.Tensor, n: int, top_p: float = 0.9, max_len: int | None = None,
+                   no_repeat: int = 3, seed: int = 0) -> list[tuple[list[int], float]]:
+    """``n`` nucleus samples (top-p) for one image (``memory`` (1, M, width)), drawn together, seeded.
+
+    Returns (ids ``<bos>`` .. ``<eos>``, mean log-probability per word) for each sample; n-grams do not
+    repeat and ``<imp>`` occurs at most once, as in :func:`beam_search`.
+    """
+    max_len = min(max_len or decoder.cfg.max_len, decoder.cfg.max_len)
+    generator = torch.Generator(device=memory.device).manual_seed(seed)
+    sequences = [[BOS] for _ in range(n)]
+    log_probs = [0.0] * n
+    done = [False] * n
+    batch_memory = memory.expand(n, -1, -1)
+    for _ in range(max_len - 1):
+        ids = torch.tensor(sequences, device=memory.device)
+        logits = decoder(ids, batch_memory)[:, -1].float()
+        logits[:, [PAD, BOS, UNK]] = -float("inf")
+        for row, sequence in enumerate(sequences):
+            for word in _blocked(sequence, no_repeat) if no_repeat else ():
+                logits[row, word] = -float("inf")
+            if IMP in sequence:
+                logits[row, IMP] = -float("inf")
+        logp = F.log_softmax(logits, dim=-1)
+        probs, order = logp.exp().sort(dim=-1, descending=True)
+        outside = probs.cumsum(dim=-1) - probs > top_p      # keep the smallest set reaching top_p
+        probs[outside] = 0.0
+        choice = order.gather(1, torch.multinomial(probs, 1, generator=generator)).squeeze(1)
+        for row in range(n):
+            word = EOS if done[row] else int(choice[row])
+            if not done[row]:
+                log_probs[row] += float(logp[row, word])
+            sequences[row].append(word)
+            done[row] = done[row] or word == EOS
+        if all(done):
+            break
+    out = []
+    for sequence, total in zip(sequences, log_probs):
+        kept = sequence[: sequence.index(EOS) + 1] if EOS in sequence else sequence
+        out.append((kept, total / max(1, len(kept) - 1)))
+    return out

@@ -15,7 +15,11 @@ ordered as a report: findings, then impression.
 **Generation.** A small decoder (:mod:`medclip_core.models.report_decoder`), trained with
 ``python -m medclip_core train --task report`` on phantom image–report pairs over the frozen
 model's pooled embedding and patch tokens, writes the report by beam search with a length limit.
-It exists for the model it was trained on (the embedded default ships one in
+Its classifier head first decides which findings are present; those decisions are the decoder's
+diagnosis prompts and are returned with the draft (``prompted``). Beam search alone writes the stock
+normal report whatever the prompts say, so the draft is the one, among the beam result and 16
+seeded nucleus samples, whose findings (read by the labeller) agree best with the prompts
+(:func:`write_report_ids`). It exists for the model it was trained on (the embedded default ships one in
 ``assets/medclip-phantom/report/``).
 
 Every draft lists its sentences with their similarity to the image and the findings the labeller
@@ -41,7 +45,7 @@ from medclip_core.data.reports import load_reports, report_splits
 from medclip_core.errors import ModelUnavailableError, TaskInputError
 from medclip_core.io import MedicalImage, image_from_array
 from medclip_core.models.base import ClipModel, ImageLike
-from medclip_core.models.report_decoder import LoadedDecoder, beam_search, load_decoder
+from medclip_core.models.report_decoder import LoadedDecoder, beam_search, load_decoder, sample_reports
 from medclip_core.tasks.report_features import encode_for_report, phantom_features
 
 METHODS: tuple[str, ...] = ("retrieval", "generative")
@@ -117,6 +121,7 @@ class ReportDraft:
     caution: str | None
     seconds: float
     notes: list[str] = field(default_factory=list)
+    prompted: dict[str, float] | None = None  # decoder with diagnosis prompts: findings prompted present -> probability
 
     def section_text(self, section: str) -> str:
         return " ".join(s.text for s in self.sentences if s.section == section)
@@ -130,7 +135,8 @@ class ReportDraft:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "model": self.model, "text": self.text,
                 "sentences": [s.to_dict() for s in self.sentences], "findings": self.findings,
-                "caution": self.caution, "seconds": round(self.seconds, 3), "notes": self.notes}
+                "caution": self.caution, "seconds": round(self.seconds, 3), "notes": self.notes,
+                "prompted_findings": self.prompted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,12 +335,41 @@ def generate_report(model: ClipModel, image: ImageLike, decoder: LoadedDecoder, 
     return draft
 
 
+def _agreement(text: str, prompted: frozenset[str]) -> float:
+    """F1 between the findings the labeller reads in ``text`` and the prompted findings (none = normal)."""
+    found, wanted = label_text(text).present(), prompted or frozenset({"normal"})
+    return 2 * len(found & wanted) / (len(found) + len(wanted))
+
+
+@torch.inference_mode()
+def write_report_ids(decoder: LoadedDecoder, pooled: torch.Tensor, patches: torch.Tensor,
+                     present: torch.Tensor | None = None, beam: int = 3, max_len: int | None = None,
+                     candidates: int = 16) -> list[int]:
+    """Word ids the decoder writes for one image's features ((1, D), (1, N, D)) and diagnosis prompts
+    ``present`` ((1, F) booleans; required when the decoder has prompts).
+
+    Beam search alone writes the stock normal wording whatever the prompts say; with prompts, the
+    result is the one among the beam result and ``candidates`` seeded nucleus samples whose findings
+    (read by the labeller) agree best with the prompts, then the beam result, then the likeliest.
+    """
+    memory = decoder.module.memory(pooled, patches, present if decoder.findings else None)
+    ids = beam_search(decoder.module, memory, beam=beam, max_len=max_len)
+    if not decoder.findings or not candidates:
+        return ids
+    prompted = frozenset(name for name, on in zip(decoder.findings, present[0]) if on)
+    options = [(ids, 1, 0.0)] + [(sample, 0, logp) for sample, logp in
+                                 sample_reports(decoder.module, memory, candidates, max_len=max_len)]
+    return max(options, key=lambda o: (_agreement(" ".join(decoder.vocab.decode(o[0])), prompted), o[1], o[2]))[0]
+
+
 @torch.inference_mode()
 def _generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray, patches: np.ndarray,
-                     beam: int = 3, max_words: int | None = None) -> ReportDraft:
+                     beam: int = 3, max_words: int | None = None, candidates: int = 16) -> ReportDraft:
     device = next(decoder.module.parameters()).device
-    memory = decoder.module.memory(torch.from_numpy(pooled[None]).to(device), torch.from_numpy(patches[None]).to(device))
-    ids = beam_search(decoder.module, memory, beam=beam, max_len=max_words + 2 if max_words else None)
+    pooled_t, patches_t = torch.from_numpy(pooled[None]).to(device), torch.from_numpy(patches[None]).to(device)
+    probabilities, present = decoder.diagnose(pooled_t, patches_t)
+    ids = write_report_ids(decoder, pooled_t, patches_t, present, beam, max_words + 2 if max_words else None,
+                           candidates)
     findings, impression = decoder.vocab.decode(ids)
     pieces = [(s, "findings") for s in _split_sentences(findings)] + \
              [(s, "impression") for s in _split_sentences(impression)]
@@ -342,7 +377,9 @@ def _generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarra
     sentences = [DraftSentence(text, section, float(s), _labels_dict(label_text(text)))
                  for (text, section), s in zip(pieces, similarity)]
     draft = ReportDraft("generative", model.card.name, sentences, {}, None, 0.0,
-                        [] if pieces else ["The decoder produced no sentence for this image."])
+                        [] if pieces else ["The decoder produced no sentence for this image."],
+                        {name: round(float(p), 3) for name, p, on in zip(decoder.findings, probabilities[0], present[0])
+                         if on} if decoder.findings else None)
     draft.findings = _labels_dict(label_text(draft.text))
     return draft
 

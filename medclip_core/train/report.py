@@ -7,6 +7,14 @@ smoothing, AdamW, warm-up + cosine decay, gradient clipping, dropout on the imag
 batches derived from (seed, step) so that a resumed run sees the same batches, ``metrics.jsonl``
 (train loss, validation loss), a checkpoint (``report_decoder.json`` + safetensors) and an
 optimizer state every ``checkpoint_every`` steps. Start the same command again to resume.
+
+With diagnosis prompts (the default) the decoder's classifier head learns the report's finding
+labels (binary cross-entropy, weight ``classifier_weight``) while the words are learned from the
+true labels as prompts, each flipped with probability ``prompt_noise`` so that the decoder also
+sees the classifier's kind of mistakes; for a share ``prompt_only_fraction`` of the rows all image
+tokens are dropped, so that the words must follow the prompts (otherwise the decoder learns to
+read the image features and all but ignores the prompts). Every checkpoint stores per-finding thresholds that
+maximise the classifier's micro F1 on the validation split; generation prompts with those.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medclip_core.data.reports import Report, load_reports, report_splits
+from medclip_core.data.reports import FINDINGS, Report, load_reports, report_splits
 from medclip_core.errors import MedclipError
 from medclip_core.models import load_model
 from medclip_core.models.report_decoder import (
@@ -62,6 +70,10 @@ class ReportTrainConfig:
     log_every: int = 10
     checkpoint_every: int = 40
     val_reports: int = 393
+    diagnosis_prompts: bool = True     # classifier head + one memory token per finding (PromptMRG style)
+    classifier_weight: float = 1.0
+    prompt_noise: float = 0.05         # probability of flipping each true label fed as a prompt in training
+    prompt_only_fraction: float = 0.5  # share of training rows whose image tokens are all dropped
     feature_dir: str | None = None     # default: <out_dir>/features
     device: str | None = None
 
@@ -85,6 +97,34 @@ def target_sections(report: Report) -> tuple[str, str]:
         return " ".join(kept or sentences)
 
     return clean(report.findings_text), clean(report.impression_text)
+
+
+def finding_matrix(reports: list[Report]) -> np.ndarray:
+    """(R, F) float32: 1 where the report's MeSH labels name the finding of :data:`FINDINGS`."""
+    return np.array([[float(name in r.labels) for name in FINDINGS] for r in reports], dtype=np.float32).reshape(
+        len(reports), len(FINDINGS))
+
+
+def f1_thresholds(probabilities: np.ndarray, labels: np.ndarray, passes: int = 2,
+                  grid: np.ndarray = np.append(np.linspace(0.05, 0.95, 19), 1.01)) -> tuple[np.ndarray, float]:
+    """Per-finding thresholds that maximise the *micro* F1 over all findings (coordinate ascent, starting
+    at 0.5), and that micro F1. A threshold above 1 switches off a finding whose every positive
+    call costs more false positives than it finds: per-finding F1 optima would call rare, poorly
+    separated findings on almost every image."""
+    truth = labels > 0.5
+    thresholds = np.full(labels.shape[1], 0.5)
+
+    def micro_f1(predicted: np.ndarray) -> float:
+        return float(2 * (predicted & truth).sum() / max(1, predicted.sum() + truth.sum()))
+
+    for _ in range(passes):
+        for f in range(labels.shape[1]):
+            scores = []
+            for t in grid:
+                thresholds[f] = t
+                scores.append(micro_f1(probabilities >= thresholds))
+            thresholds[f] = grid[int(np.argmax(scores))]
+    return thresholds, micro_f1(probabilities >= thresholds)
 
 
 def encode_targets(reports: list[Report], vocab: Vocabulary, max_len: int) -> np.ndarray:
@@ -119,7 +159,11 @@ class ReportTrainer:
                                           config.min_word_count)
         self.module = ReportDecoder(DecoderConfig(
             vocab_size=len(self.vocab), feature_dim=self.clip.card.embed_dim, width=config.width,
-            layers=config.layers, heads=config.heads, mlp=4 * config.width, max_len=config.max_len)).to(self.device)
+            layers=config.layers, heads=config.heads, mlp=4 * config.width, max_len=config.max_len,
+            n_findings=len(FINDINGS) if config.diagnosis_prompts else 0)).to(self.device)
+        self.train_labels = finding_matrix(self.train_reports)
+        self.val_labels = finding_matrix(self.val_reports)
+        self.val: ImageFeatures | None = None
 
     def features(self, split: str, variants: int, limit: int | None) -> ImageFeatures:
         folder = Path(self.config.feature_dir) if self.config.feature_dir else self.out_dir / "features"
@@ -128,7 +172,7 @@ class ReportTrainer:
                                 progress=lambda done, total: self.log(f"{split} features {done}/{total}")
                                 if done % 640 == 0 or done == total else None)
 
-    def batch_loss(self, features: ImageFeatures, targets: np.ndarray, rows: np.ndarray,
+    def batch_loss(self, features: ImageFeatures, targets: np.ndarray, labels: np.ndarray, rows: np.ndarray,
                    train: bool) -> torch.Tensor:
         cfg = self.config
         pooled = torch.from_numpy(features.pooled[rows]).to(self.device)
@@ -136,28 +180,58 @@ class ReportTrainer:
         ids = torch.from_numpy(targets[features.report_index[rows]]).to(self.device)
         length = int((ids != PAD).sum(dim=1).max())
         ids = ids[:, :length]
-        memory = self.module.memory(pooled, patches)
-        if train and cfg.image_token_dropout > 0:  # drop whole image tokens (never all of them)
-            keep = torch.rand(memory.shape[:2], device=self.device) >= cfg.image_token_dropout
-            keep[:, 0] = True
+        classifier_loss = torch.zeros((), device=self.device)
+        present = None
+        if self.module.cfg.n_findings:
+            truth = torch.from_numpy(labels[features.report_index[rows]]).to(self.device)
+            classifier_loss = F.binary_cross_entropy_with_logits(self.module.classify(pooled, patches), truth)
+            present = truth > 0.5
+            if train and cfg.prompt_noise > 0:
+                present ^= torch.rand(present.shape, device=self.device) < cfg.prompt_noise
+        memory = self.module.memory(pooled, patches, present)
+        if train:
+            n_image = self.module.cfg.n_image_tokens
+            keep = torch.ones(memory.shape[:2], dtype=torch.bool, device=self.device)
+            keep[:, 1:n_image] = torch.rand(len(keep), n_image - 1, device=self.device) >= cfg.image_token_dropout
+            if present is not None and cfg.prompt_only_fraction > 0:  # these rows must write from the prompts
+                keep[torch.rand(len(keep), device=self.device) < cfg.prompt_only_fraction, :n_image] = False
             memory = memory * keep[..., None]
         logits = self.module(ids[:, :-1], memory)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
-                               ignore_index=PAD, label_smoothing=cfg.label_smoothing if train else 0.0)
+        words = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
+                                ignore_index=PAD, label_smoothing=cfg.label_smoothing if train else 0.0)
+        return words + cfg.classifier_weight * classifier_loss
 
     @torch.no_grad()
     def validation_loss(self, features: ImageFeatures | None, targets: np.ndarray | None) -> float | None:
         if features is None or not len(features):
             return None
         self.module.eval()
-        losses = [float(self.batch_loss(features, targets, rows, train=False))
+        losses = [float(self.batch_loss(features, targets, self.val_labels, rows, train=False))
                   for rows in np.array_split(np.arange(len(features)), max(1, len(features) // 128))]
         self.module.train()
         return float(np.mean(losses))
 
+    @torch.no_grad()
+    def tune_thresholds(self, features: ImageFeatures | None) -> dict[str, Any]:
+        """Per-finding thresholds of the classifier head that maximise micro F1 on the validation features
+        (0.5 without)."""
+        if not self.module.cfg.n_findings:
+            return {}
+        thresholds, f1 = np.full(len(FINDINGS), 0.5), None
+        if features is not None and len(features):
+            self.module.eval()
+            logits = self.module.classify(torch.from_numpy(features.pooled).to(self.device),
+                                          torch.from_numpy(features.patches).to(self.device))
+            self.module.train()
+            thresholds, f1 = f1_thresholds(torch.sigmoid(logits).cpu().numpy(),
+                                           self.val_labels[features.report_index])
+        return {"findings": list(FINDINGS), "thresholds": [round(float(t), 2) for t in thresholds],
+                "val_classifier_micro_f1": f1}
+
     def _save(self, step: int, optimizer: torch.optim.Optimizer, final: bool) -> None:
         save_decoder(self.module, self.vocab, self.out_dir, self.config.model, self.fingerprint,
-                     extra={"train_config": asdict(self.config), "step": step, "final": final})
+                     extra={"train_config": asdict(self.config), "step": step, "final": final,
+                            **self.tune_thresholds(self.val)})
         tmp = self.out_dir / (STATE_NAME + ".tmp")
         torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp)
         tmp.replace(self.out_dir / STATE_NAME)
@@ -170,7 +244,7 @@ class ReportTrainer:
         if len(train) < 2:
             raise MedclipError("Report training needs at least two image-report pairs.")
         train_targets = encode_targets(self.train_reports, self.vocab, cfg.max_len)
-        val = self.features("val", 1, len(self.val_reports)) if self.val_reports else None
+        val = self.val = self.features("val", 1, len(self.val_reports)) if self.val_reports else None
         val_targets = encode_targets(self.val_reports, self.vocab, cfg.max_len) if self.val_reports else None
         decay = [p for p in self.module.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.module.parameters() if p.ndim < 2]
@@ -201,7 +275,7 @@ class ReportTrainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks reproducible on resume
-                loss = self.batch_loss(train, train_targets, rows, train=True)
+                loss = self.batch_loss(train, train_targets, self.train_labels, rows, train=True)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
