@@ -84,7 +84,8 @@ def card_section(result: dict) -> str:
         "retrieval|generative`, the app's Report tab):", "",
         "- **retrieval** (CXR-RePaiR style): the sentences of the Open-i training reports, scored by similarity to "
         "the image minus their mean similarity to 64 phantom validation images, taken greedily without "
-        "near-duplicates or contradictions (4 findings sentences + 1 impression sentence);",
+        "near-duplicates, contradictions or abnormal findings whose zero-shot probability is below "
+        f"{result['settings'].get('support', 0):.1f} (4 findings sentences + 1 impression sentence);",
         f"- **generative**: a {train['layers']}-layer Transformer decoder (width {train['width']}, "
         f"{len(config['vocab'])} words) with cross-attention over this model's frozen pooled embedding and 7×7 "
         f"patch tokens{prompts_text(config)}, trained {config['step']} steps of {train['batch_size']} on the "

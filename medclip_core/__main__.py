@@ -189,8 +189,8 @@ def cmd_report(args: argparse.Namespace) -> Any:
 
     image = load_image(args.image, frame=args.frame)
     methods = METHODS if args.method == "both" else (args.method,)
-    drafts = {m: draft_report(image, m, args.model, k=args.k, impression_k=args.impression_k, beam=args.beam).to_dict()
-              for m in methods}
+    drafts = {m: draft_report(image, m, args.model, k=args.k, impression_k=args.impression_k, beam=args.beam,
+                              support=args.support).to_dict() for m in methods}
     return drafts[args.method] if args.method != "both" else drafts
 
 
@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("retrieval", "generative", "both"), default="retrieval")
     p.add_argument("--k", type=int, default=4, help="retrieval: findings sentences")
     p.add_argument("--impression-k", type=int, default=1, help="retrieval: impression sentences")
+    p.add_argument("--support", type=float, default=0.6,
+                   help="retrieval: zero-shot probability a stated abnormal finding needs (0: no check)")
     p.add_argument("--beam", type=int, default=3, help="generative: beam width")
     p.add_argument("--frame", type=int)
     p.set_defaults(func=cmd_report)

@@ -58,6 +58,19 @@ def test_retrieval_finds_the_effusion_of_the_effusion_example(phantom_model) -> 
     assert "pleural effusion" in draft.findings["positive"] + draft.findings["uncertain"]
 
 
+def test_retrieval_states_only_findings_the_image_supports(phantom_model) -> None:
+    from medclip_core.errors import TaskInputError
+    from medclip_core.tasks.zero_shot import zero_shot
+
+    image = load_image(EXAMPLES / "phantom" / "002.png")
+    draft = draft_report(image, "retrieval", phantom_model, k=5)
+    stated = set(draft.findings["positive"] + draft.findings["uncertain"]) - {"normal"}
+    scores = dict(zip(FINDINGS, zero_shot(phantom_model, image, FINDINGS).probabilities))
+    assert "pleural effusion" in stated and all(scores[f] >= 0.6 for f in stated), (stated, scores)
+    with pytest.raises(TaskInputError, match="support"):
+        draft_report(image, "retrieval", phantom_model, support=1.5)
+
+
 def test_non_radiograph_gets_an_answer_and_a_caution(phantom_model, colour_photo) -> None:
     draft = draft_report(load_image(colour_photo), "retrieval", phantom_model)
     assert draft.sentences and draft.caution and "colour image" in draft.caution

@@ -32,7 +32,7 @@ from medclip_core.errors import MedclipError
 from medclip_core.eval.report_metrics import corpus_bleu, finding_f1, mean_rouge_l, words
 from medclip_core.models.base import ClipModel
 from medclip_core.models.report_decoder import LoadedDecoder
-from medclip_core.tasks.report import METHODS, _generated_draft, _retrieval_draft
+from medclip_core.tasks.report import METHODS, SUPPORT, _generated_draft, _retrieval_draft
 from medclip_core.tasks.report_features import phantom_features
 
 BASELINES: tuple[str, ...] = ("random report", "most common report", "nearest whole report")
@@ -93,7 +93,8 @@ def baseline_texts(model: ClipModel, pooled: np.ndarray, n: int, seed: int = 0) 
 
 
 def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str = "test", n: int | None = None,
-                     k: int = 4, impression_k: int = 1, calibration: float = 1.0, beam: int = 3, seed: int = 0,
+                     k: int = 4, impression_k: int = 1, calibration: float = 1.0, support: float = SUPPORT,
+                     beam: int = 3, seed: int = 0,
                      cache_dir: Path | None = None, progress: Progress | None = None) -> ReportEvalResult:
     """Both methods (generative only with a ``decoder``) and the baselines on the phantom ``split``."""
     from medclip_core.tasks.retrieval import default_cache_dir
@@ -116,7 +117,8 @@ def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str
         start, drafts = time.perf_counter(), []
         for i in range(len(reports)):
             if method == "retrieval":
-                drafts.append(_retrieval_draft(model, features.pooled[i], k, impression_k, calibration, 0.9).text)
+                drafts.append(_retrieval_draft(model, features.pooled[i], k, impression_k, calibration, 0.9,
+                                                 support).text)
             else:
                 drafts.append(_generated_draft(model, decoder, features.pooled[i], features.patches[i], beam).text)
             if i % 50 == 0:
@@ -130,7 +132,8 @@ def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str
                for method in methods}
     examples = [{"id": reports[i].report_id, "reference": reports[i].text,
                  **{name: texts[name][i] for name in (*methods, "nearest whole report")}} for i in range(min(5, len(reports)))]
-    settings = {"k": k, "impression_k": impression_k, "calibration": calibration, "beam": beam, "seed": seed,
+    settings = {"k": k, "impression_k": impression_k, "calibration": calibration, "support": support,
+                "beam": beam, "seed": seed,
                 "decoder": _shown_path(decoder.path) if decoder is not None else None,
                 "uncertain_counts_as_present": True}
     return ReportEvalResult(model.card.name, split, len(reports), systems, margins,

@@ -9,8 +9,11 @@ weight), so that sentences which are close to every image (the stock normal phra
 out those specific to this one. Sentences are then taken greedily by that score, skipping
 near-duplicates (text-embedding cosine above ``duplicate_threshold``) and contradictions (a finding
 the labeller reads as present in one and negated in the other, :mod:`medclip_core.data.labeller`),
-until ``k`` findings sentences and ``impression_k`` impression sentences are chosen; they are
-ordered as a report: findings, then impression.
+and sentences that state (or suspect) an abnormal finding the image does not support: one whose
+zero-shot probability (CheXzero-style pairwise prompts, :mod:`~medclip_core.tasks.zero_shot`) is
+below ``support`` (0.6, chosen on the validation split; 0 turns the check off), until ``k``
+findings sentences and ``impression_k`` impression sentences are chosen; they are ordered as a
+report: findings, then impression.
 
 **Generation.** A small decoder (:mod:`medclip_core.models.report_decoder`), trained with
 ``python -m medclip_core train --task report`` on phantom image–report pairs over the frozen
@@ -41,17 +44,19 @@ import numpy as np
 import torch
 
 from medclip_core.data.labeller import TextLabels, label_text
-from medclip_core.data.reports import load_reports, report_splits
+from medclip_core.data.reports import FINDINGS, load_reports, report_splits
 from medclip_core.errors import ModelUnavailableError, TaskInputError
 from medclip_core.io import MedicalImage, image_from_array
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.models.report_decoder import LoadedDecoder, beam_search, load_decoder, sample_reports
 from medclip_core.tasks.report_features import encode_for_report, phantom_features
+from medclip_core.tasks.zero_shot import score_images
 
 METHODS: tuple[str, ...] = ("retrieval", "generative")
 DECODER_FOLDER = "report"
 ANONYMISED = "xxxx"
 REFERENCE_IMAGES = 64           # phantom validation images for calibration and the chest check
+SUPPORT = 0.6                   # zero-shot probability a stated finding needs (chosen on the validation split)
 CHEST_MARGIN = 0.05             # below the least typical reference image by this much -> caution
 MAX_K = 12
 
@@ -219,10 +224,12 @@ def _labels_dict(labels: TextLabels) -> dict[str, list[str]]:
 
 
 def select_sentences(scores: np.ndarray, k: int = 4, impression_k: int = 1, duplicate_threshold: float = 0.9,
-                     vectors: np.ndarray | None = None, corpus: Sequence[CorpusSentence] | None = None) -> list[int]:
+                     vectors: np.ndarray | None = None, corpus: Sequence[CorpusSentence] | None = None,
+                     unsupported: frozenset[str] = frozenset()) -> list[int]:
     """Corpus rows chosen for one image from its per-sentence ``scores``: greedy by score, no near-duplicate
-    (cosine of ``vectors`` above ``duplicate_threshold``), no contradiction; ``k`` findings then
-    ``impression_k`` impression sentences, in report order."""
+    (cosine of ``vectors`` above ``duplicate_threshold``), no contradiction, no sentence stating (or
+    suspecting) a finding in ``unsupported``; ``k`` findings then ``impression_k`` impression sentences,
+    in report order."""
     corpus = corpus if corpus is not None else sentence_corpus()
     wanted = {"findings": k, "impression": impression_k}
     chosen: dict[str, list[int]] = {"findings": [], "impression": []}
@@ -230,6 +237,8 @@ def select_sentences(scores: np.ndarray, k: int = 4, impression_k: int = 1, dupl
     for row in np.argsort(-scores, kind="stable"):
         sentence = corpus[row]
         if len(chosen[sentence.section]) >= wanted[sentence.section]:
+            continue
+        if unsupported & (sentence.labels.positive | sentence.labels.uncertain):
             continue
         if any(contradicts(sentence.labels, corpus[t].labels) for t in taken):
             continue
@@ -255,25 +264,36 @@ def _check_k(k: int, name: str) -> int:
 
 
 def retrieve_report(model: ClipModel, image: ImageLike, k: int = 4, impression_k: int = 1,
-                    calibration: float = 1.0, duplicate_threshold: float = 0.9) -> ReportDraft:
+                    calibration: float = 1.0, duplicate_threshold: float = 0.9, support: float = SUPPORT) -> ReportDraft:
     """A draft made of corpus sentences retrieved for ``image`` (see the module docstring)."""
     k, impression_k = _check_k(k, "k"), _check_k(impression_k, "impression_k")
     if k + impression_k == 0:
         raise TaskInputError("Ask for at least one sentence (k or impression_k above 0).")
     start = time.perf_counter()
     pooled = encode_for_report(model, [image])[0][0]
-    draft = _retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold)
+    if not 0 <= support <= 1:
+        raise TaskInputError(f"support must be a probability from 0 to 1, got {support!r}.")
+    draft = _retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold, support)
     draft.caution = chest_caution(model, pooled, _as_image(image))
     draft.seconds = time.perf_counter() - start
     return draft
 
 
+def unsupported_findings(model: ClipModel, pooled: np.ndarray, support: float = SUPPORT) -> frozenset[str]:
+    """Abnormal findings whose zero-shot probability (pairwise prompts) for the image is below ``support``."""
+    if support <= 0:
+        return frozenset()
+    abnormal = [name for name in FINDINGS if name != "normal"]
+    probabilities = score_images(model, torch.from_numpy(np.asarray(pooled, dtype=np.float32)[None]), abnormal)[0]
+    return frozenset(name for name, p in zip(abnormal, probabilities) if p < support)
+
+
 def _retrieval_draft(model: ClipModel, pooled: np.ndarray, k: int, impression_k: int, calibration: float,
-                     duplicate_threshold: float) -> ReportDraft:
+                     duplicate_threshold: float, support: float = SUPPORT) -> ReportDraft:
     corpus = sentence_corpus()
     vectors = REFERENCE_CACHE.get(model).sentence_vectors
     rows = select_sentences(retrieval_scores(model, pooled, calibration), k, impression_k, duplicate_threshold,
-                            vectors, corpus)
+                            vectors, corpus, unsupported_findings(model, pooled, support))
     similarity = vectors[rows] @ pooled
     sentences = [DraftSentence(corpus[r].text, corpus[r].section, float(s), _labels_dict(corpus[r].labels),
                                corpus[r].count) for r, s in zip(rows, similarity)]
@@ -385,7 +405,7 @@ def _generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarra
 
 
 def draft_report(image: ImageLike, method: str = "retrieval", model: str | ClipModel | None = None,
-                 k: int = 4, impression_k: int = 1, beam: int = 3) -> ReportDraft:
+                 k: int = 4, impression_k: int = 1, beam: int = 3, support: float = SUPPORT) -> ReportDraft:
     """One entry point for the CLI and the app: a draft by ``method`` with the model named ``model``."""
     from medclip_core.models import default_model_name, load_model
 
@@ -394,6 +414,6 @@ def draft_report(image: ImageLike, method: str = "retrieval", model: str | ClipM
     name = model if isinstance(model, str) and model else default_model_name()
     clip = model if isinstance(model, ClipModel) else load_model(name)
     if method == "retrieval":
-        return retrieve_report(clip, image, k=k, impression_k=impression_k)
+        return retrieve_report(clip, image, k=k, impression_k=impression_k, support=support)
     return generate_report(clip, image, decoder_for(clip, name if not isinstance(model, ClipModel) else
                                                     clip.card.name), beam=beam)
