@@ -191,6 +191,10 @@ def test_report_endpoint(client, colour_photo) -> None:
     _, caution, draft, _, result = client.predict(handle_file(str(colour_photo)), "retrieval", 4, "medclip-phantom",
                                                   api_name="/report")
     assert draft and "may not be a frontal chest radiograph" in caution
+    _, caution, draft, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "001.png")), "generative", 4,
+                                                  "medclip-phantom", api_name="/report")
+    assert result["method"] == "generative" and "cardiomegaly" in result["prompted_findings"]
+    assert "prompted to report:" in caution and "cardiomegaly (" in caution and draft.startswith("FINDINGS:")
     with pytest.raises(Exception, match="upload an image"):
         client.predict(None, "retrieval", 4, "medclip-phantom", api_name="/report")
 
