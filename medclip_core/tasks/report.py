@@ -269,10 +269,10 @@ def retrieve_report(model: ClipModel, image: ImageLike, k: int = 4, impression_k
     k, impression_k = _check_k(k, "k"), _check_k(impression_k, "impression_k")
     if k + impression_k == 0:
         raise TaskInputError("Ask for at least one sentence (k or impression_k above 0).")
+    if isinstance(support, bool) or not isinstance(support, (int, float)) or not 0 <= support <= 1:
+        raise TaskInputError(f"support must be a probability from 0 to 1, got {support!r}.")
     start = time.perf_counter()
     pooled = encode_for_report(model, [image])[0][0]
-    if not 0 <= support <= 1:
-        raise TaskInputError(f"support must be a probability from 0 to 1, got {support!r}.")
     draft = _retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold, support)
     draft.caution = chest_caution(model, pooled, _as_image(image))
     draft.seconds = time.perf_counter() - start
