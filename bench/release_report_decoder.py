@@ -91,8 +91,9 @@ def card_section(result: dict) -> str:
         f"patch tokens{prompts_text(config)}, trained {config['step']} steps of {train['batch_size']} on the "
         f"phantom train split ({train['phantom_variants']} renderings per report) with `python -m medclip_core "
         f"train --task report --out runs/report-decoder --max-steps {config['step']}` (weights in `report/`); "
-        + ("the draft is the candidate, among the beam-search result (width 3) and 16 seeded nucleus samples, whose "
-           "findings (read by the labeller) agree best with the prompts." if config.get("findings") else
+        + ("the draft is the candidate, among the beam-search result (width 3) and 16 seeded nucleus samples, that "
+           "does not contradict itself and whose findings (read by the labeller) agree best with the prompts."
+           if config.get("findings") else
            "beam search of width 3."), "",
         f"Protocol: `python -m medclip_core eval --task report` — phantom {result['split']} split, "
         f"{result['n_images']} images, each scored against the real report it was rendered from. *Finding F1*: the "

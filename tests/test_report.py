@@ -84,6 +84,12 @@ def test_shipped_decoder_writes_a_report(phantom_model, colour_photo) -> None:
     assert sum(len(s.text.split()) for s in draft.sentences) <= 110  # the length limit
     odd = draft_report(load_image(colour_photo), "generative", phantom_model)
     assert odd.caution and odd.sentences
+    from medclip_core.data.labeller import label_text
+
+    for name in ("001.png", "005.png", "008.png"):  # the pneumothorax example used to say "no pneumothorax" too
+        readings = [label_text(s.text) for s in draft_report(load_image(EXAMPLES / "phantom" / name), "generative",
+                                                             phantom_model).sentences]
+        assert not any(contradicts(a, b) for i, a in enumerate(readings) for b in readings[i + 1:]), name
 
 
 @pytest.mark.skipif(not (DECODER_DIR / "report_decoder.safetensors").is_file(), reason="no shipped decoder")

@@ -21,8 +21,8 @@ model's pooled embedding and patch tokens, writes the report by beam search with
 Its classifier head first decides which findings are present; those decisions are the decoder's
 diagnosis prompts and are returned with the draft (``prompted``). Beam search alone writes the stock
 normal report whatever the prompts say, so the draft is the one, among the beam result and 16
-seeded nucleus samples, whose findings (read by the labeller) agree best with the prompts
-(:func:`write_report_ids`). It exists for the model it was trained on (the embedded default ships one in
+seeded nucleus samples, that does not contradict itself and whose findings (read by the labeller)
+agree best with the prompts (:func:`write_report_ids`). It exists for the model it was trained on (the embedded default ships one in
 ``assets/medclip-phantom/report/``).
 
 Every draft lists its sentences with their similarity to the image and the findings the labeller
@@ -355,10 +355,13 @@ def generate_report(model: ClipModel, image: ImageLike, decoder: LoadedDecoder, 
     return draft
 
 
-def _agreement(text: str, prompted: frozenset[str]) -> float:
-    """F1 between the findings the labeller reads in ``text`` and the prompted findings (none = normal)."""
+def _candidate_rank(text: str, prompted: frozenset[str]) -> tuple[bool, float]:
+    """(no two sentences contradict each other, F1 between the findings the labeller reads in ``text``
+    and the prompted findings (none prompted = normal)): how a generated candidate is judged."""
+    readings = [label_text(sentence) for sentence in _split_sentences(text)]
+    coherent = not any(contradicts(a, b) for i, a in enumerate(readings) for b in readings[i + 1:])
     found, wanted = label_text(text).present(), prompted or frozenset({"normal"})
-    return 2 * len(found & wanted) / (len(found) + len(wanted))
+    return coherent, 2 * len(found & wanted) / (len(found) + len(wanted))
 
 
 @torch.inference_mode()
@@ -369,8 +372,9 @@ def write_report_ids(decoder: LoadedDecoder, pooled: torch.Tensor, patches: torc
     ``present`` ((1, F) booleans; required when the decoder has prompts).
 
     Beam search alone writes the stock normal wording whatever the prompts say; with prompts, the
-    result is the one among the beam result and ``candidates`` seeded nucleus samples whose findings
-    (read by the labeller) agree best with the prompts, then the beam result, then the likeliest.
+    result is the one among the beam result and ``candidates`` seeded nucleus samples that does not
+    contradict itself and whose findings (read by the labeller) agree best with the prompts, then
+    the beam result, then the likeliest.
     """
     memory = decoder.module.memory(pooled, patches, present if decoder.findings else None)
     ids = beam_search(decoder.module, memory, beam=beam, max_len=max_len)
@@ -379,7 +383,7 @@ def write_report_ids(decoder: LoadedDecoder, pooled: torch.Tensor, patches: torc
     prompted = frozenset(name for name, on in zip(decoder.findings, present[0]) if on)
     options = [(ids, 1, 0.0)] + [(sample, 0, logp) for sample, logp in
                                  sample_reports(decoder.module, memory, candidates, max_len=max_len)]
-    return max(options, key=lambda o: (_agreement(" ".join(decoder.vocab.decode(o[0])), prompted), o[1], o[2]))[0]
+    return max(options, key=lambda o: (*_candidate_rank(" ".join(decoder.vocab.decode(o[0])), prompted), o[1], o[2]))[0]
 
 
 @torch.inference_mode()
