@@ -29,6 +29,7 @@ def release(run: Path) -> None:
     for name in FILES:
         shutil.copy2(run / name, TARGET / name)
     stamp_base_fingerprint(TARGET / "report_decoder.json")
+    name_run_as_documented(TARGET / "report_decoder.json")
     size = sum((TARGET / name).stat().st_size for name in FILES)
     if size > MAX_BYTES:
         sys.exit(f"The decoder is {size / 2**20:.1f} MB, above the 30 MB budget.")
@@ -45,6 +46,13 @@ def stamp_base_fingerprint(config_path: Path) -> None:
     if config["base_model"] != "medclip-phantom":
         sys.exit(f"The run was trained on {config['base_model']}, not the embedded default.")
     config["base_fingerprint"] = model_fingerprint(load_model("medclip-phantom"), buffers=False)
+    config_path.write_text(json.dumps(config, indent=1))
+
+
+def name_run_as_documented(config_path: Path) -> None:
+    """The shipped config names its run folder as the README's command does, whatever it was called here."""
+    config = json.loads(config_path.read_text())
+    config["train_config"] = {**config["train_config"], "out_dir": "runs/report-decoder", "feature_dir": None}
     config_path.write_text(json.dumps(config, indent=1))
 
 
