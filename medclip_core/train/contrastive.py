@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -167,6 +167,38 @@ def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
         return base_lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def adamw(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW that decays matrices only (biases, norm scales and other vectors are left alone)."""
+    parameters = list(parameters)
+    return torch.optim.AdamW([{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=betas)
+
+
+def save_train_state(out_dir: Path, step: int, optimizer: torch.optim.Optimizer, **extra: Any) -> None:
+    """Write the optimiser state beside a run's checkpoint (staged, then renamed), for resuming."""
+    tmp = out_dir / (STATE_NAME + ".tmp")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), **extra}, tmp)
+    tmp.replace(out_dir / STATE_NAME)
+
+
+def restore_train_state(out_dir: Path, config: str, weights: str, module: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, device: torch.device,
+                        strict: bool = True) -> dict[str, Any] | None:
+    """Resume a run folder written by its trainer: when ``config`` and the saved state are there, load
+    ``weights`` into ``module`` and the optimiser state; the saved state (``step`` ...), or None."""
+    from safetensors.torch import load_file
+
+    state_path = out_dir / STATE_NAME
+    if not (state_path.is_file() and (out_dir / config).is_file()):
+        return None
+    module.load_state_dict(load_file(str(out_dir / weights)), strict=strict)
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    return state
 
 
 @dataclass(frozen=True)
@@ -434,12 +466,10 @@ class ContrastiveTrainer:
         checkpoint.save_checkpoint(self._plain_module(), self.out_dir, self.arch["model_cfg"], card,
                                    self.arch.get("preprocess_cfg", {}), self.arch.get("text_tower_package"),
                                    extra={"train_config": asdict(self.config), "step": step, "final": final})
-        state: dict[str, Any] = {"step": step, "optimizer": optimizer.state_dict()}
+        extra: dict[str, Any] = {}
         if self.config.lora_rank > 0:  # adapters are merged in the checkpoint; keep them apart to resume
-            state["trainable"] = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
-        tmp = self.out_dir / (STATE_NAME + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / STATE_NAME)
+            extra["trainable"] = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
+        save_train_state(self.out_dir, step, optimizer, **extra)
 
     @torch.no_grad()
     def validation_loss(self, data: PairSet | None) -> float | None:
@@ -457,16 +487,12 @@ class ContrastiveTrainer:
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> int:
         """Load the last checkpoint and optimiser state of ``out_dir``; the step to continue from (0: fresh)."""
-        state_path = self.out_dir / STATE_NAME
-        if not (state_path.is_file() and checkpoint.is_checkpoint_dir(self.out_dir)):
+        state = restore_train_state(self.out_dir, checkpoint.CONFIG_NAME, checkpoint.WEIGHTS_NAME, self.module,
+                                    optimizer, self.device, strict=False)
+        if state is None:
             return 0
-        from safetensors.torch import load_file
-
-        self.module.load_state_dict(load_file(str(self.out_dir / checkpoint.WEIGHTS_NAME)), strict=False)
-        state = torch.load(state_path, map_location=self.device, weights_only=True)
         if "trainable" in state:
             self.module.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
         return int(state["step"])
 
     def run(self) -> TrainResult:
@@ -501,10 +527,7 @@ class ContrastiveTrainer:
         steps_per_epoch = max(1, len(train) // batch)
         total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
         params = [p for p in self.module.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+        optimizer = adamw(params, cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
         start = self._resume(optimizer)
         if start:
             self.log(f"resuming at step {start}/{total}")

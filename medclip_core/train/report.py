@@ -33,6 +33,7 @@ from medclip_core.errors import MedclipError
 from medclip_core.models import load_model
 from medclip_core.models.report_decoder import (
     DECODER_CONFIG,
+    DECODER_WEIGHTS,
     PAD,
     DecoderConfig,
     ReportDecoder,
@@ -40,7 +41,7 @@ from medclip_core.models.report_decoder import (
     save_decoder,
 )
 from medclip_core.tasks.report_features import ImageFeatures, phantom_features
-from medclip_core.train.contrastive import METRICS_NAME, STATE_NAME, _lr_at
+from medclip_core.train.contrastive import METRICS_NAME, _lr_at, adamw, restore_train_state, save_train_state
 
 ANONYMISED = "xxxx"  # the Open-i de-identification token
 
@@ -232,9 +233,7 @@ class ReportTrainer:
         save_decoder(self.module, self.vocab, self.out_dir, self.config.model, self.fingerprint,
                      extra={"train_config": asdict(self.config), "step": step, "final": final,
                             **self.tune_thresholds(self.val)})
-        tmp = self.out_dir / (STATE_NAME + ".tmp")
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp)
-        tmp.replace(self.out_dir / STATE_NAME)
+        save_train_state(self.out_dir, step, optimizer)
 
     def run(self) -> ReportTrainResult:
         cfg = self.config
@@ -246,21 +245,10 @@ class ReportTrainer:
         train_targets = encode_targets(self.train_reports, self.vocab, cfg.max_len)
         val = self.val = self.features("val", 1, len(self.val_reports)) if self.val_reports else None
         val_targets = encode_targets(self.val_reports, self.vocab, cfg.max_len) if self.val_reports else None
-        decay = [p for p in self.module.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.module.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-        start = 0
-        state_path = self.out_dir / STATE_NAME
-        if state_path.is_file() and (self.out_dir / DECODER_CONFIG).is_file():
-            from safetensors.torch import load_file
-
-            from medclip_core.models.report_decoder import DECODER_WEIGHTS
-
-            self.module.load_state_dict(load_file(str(self.out_dir / DECODER_WEIGHTS)))
-            state = torch.load(state_path, map_location=self.device, weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            start = int(state["step"])
+        optimizer = adamw(self.module.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
+        state = restore_train_state(self.out_dir, DECODER_CONFIG, DECODER_WEIGHTS, self.module, optimizer, self.device)
+        start = int(state["step"]) if state else 0
+        if state:
             self.log(f"resuming at step {start}/{cfg.max_steps}")
         batch = min(cfg.batch_size, len(train))
         steps_per_epoch = max(1, len(train) // batch)

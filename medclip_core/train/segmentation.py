@@ -33,15 +33,15 @@ from medclip_core.models import load_model
 from medclip_core.models.base import ClipModel
 from medclip_core.models.segmentation_decoder import (
     CONFIG_NAME,
+    WEIGHTS_NAME,
     DecoderConfig,
     SegmentationDecoder,
     TextConditionedDecoder,
     frozen_features,
 )
 from medclip_core.tasks.zero_shot import LABEL_SYNONYMS
-from medclip_core.train.contrastive import _lr_at
+from medclip_core.train.contrastive import _lr_at, adamw, restore_train_state, save_train_state
 
-STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
 TARGET_SCALE = 2  # targets are kept at half the input size
 
@@ -351,9 +351,7 @@ class SegmentationTrainer:
         SegmentationDecoder(module).save(self.out_dir, extra={
             "train_config": asdict(self.config), "step": step, "final": final, "val": val,
             "phrases": "finding names, LABEL_SYNONYMS and short forms, with left/right/bilateral for sided findings"})
-        tmp = self.out_dir / (STATE_NAME + ".tmp")
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp)
-        tmp.replace(self.out_dir / STATE_NAME)
+        save_train_state(self.out_dir, step, optimizer)
 
     def run(self) -> SegTrainResult:
         cfg = self.config
@@ -367,21 +365,10 @@ class SegmentationTrainer:
         self.log("encoding the phrase vocabulary with the frozen text tower ...")
         self.bank = bank = PhraseBank(self.model)
         module = TextConditionedDecoder(self._decoder_config(train_data)).to(self.device)
-        decay = [p for p in module.parameters() if p.ndim >= 2]
-        no_decay = [p for p in module.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-        start = 0
-        state_path = self.out_dir / STATE_NAME
-        if state_path.is_file() and (self.out_dir / CONFIG_NAME).is_file():
-            from safetensors.torch import load_file
-
-            from medclip_core.models.segmentation_decoder import WEIGHTS_NAME
-
-            module.load_state_dict(load_file(str(self.out_dir / WEIGHTS_NAME)))
-            state = torch.load(state_path, map_location=self.device, weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            start = int(state["step"])
+        optimizer = adamw(module.parameters(), cfg.lr, cfg.weight_decay)
+        state = restore_train_state(self.out_dir, CONFIG_NAME, WEIGHTS_NAME, module, optimizer, self.device)
+        start = int(state["step"]) if state else 0
+        if state:
             self.log(f"resuming at step {start}/{cfg.max_steps}")
         # images with a mask are drawn three times as often as those without
         weights = 1.0 + 2.0 * np.isin(np.arange(len(train_data)), train_data.mask_owner)
