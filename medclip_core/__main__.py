@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float),
                        ("weight-decay", float), ("warmup-steps", int), ("seed", int), ("phantom-variants", int),
                        ("limit-reports", int), ("local-loss-weight", float), ("checkpoint-every", int),
-                       ("log-every", int), ("val-reports", int), ("lora-rank", int),
+                       ("log-every", int), ("val-reports", int), ("lora-rank", int), ("render-workers", int),
                        # segmentation
                        ("variants", int), ("focal-extra-variants", int), ("phrases-per-image", int),
                        ("dice-weight", float), ("nonfocal-fraction", float)):

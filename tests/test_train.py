@@ -18,7 +18,7 @@ from medclip_core.train.contrastive import (
     contrastive_loss,
     local_alignment_logits,
 )
-from medclip_core.train.data import csv_pairs, text_variants
+from medclip_core.train.data import csv_pairs, phantom_pairs, text_variants
 
 
 def tiny_config(out: Path, **overrides) -> TrainConfig:
@@ -58,6 +58,28 @@ def test_a_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert any("resuming at step 2/3" in line for line in lines)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_parallel_rendering_gives_the_same_pairs_as_one_process() -> None:
+    one = phantom_pairs("train", 64, variants_per_report=2, limit=5)
+    three = phantom_pairs("train", 64, variants_per_report=2, limit=5, workers=3)
+    assert one.images.shape == (10, 64, 64) and np.array_equal(one.images, three.images)
+    assert not np.array_equal(one.images[0], one.images[1])  # two renderings of one report differ
+    assert list(three.report_index) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] and one.texts == three.texts
+
+
+def test_a_saved_text_cache_reproduces_the_frozen_tower_outputs(tmp_path: Path) -> None:
+    texts = ["No pleural effusion.", "Mild cardiomegaly. Clear lungs.", "Left basilar opacity."]
+    trainer = ContrastiveTrainer(TrainConfig(out_dir=str(tmp_path / "run"), device="cpu"), log=lambda _: None)
+    with torch.no_grad():
+        expected = trainer.text_cache.project(texts)
+    trainer.text_cache.save(tmp_path / "cache.pt")
+    fresh = ContrastiveTrainer(TrainConfig(out_dir=str(tmp_path / "run"), device="cpu"), log=lambda _: None)
+    fresh.module.load_state_dict(trainer.module.state_dict())
+    assert fresh.text_cache.load(tmp_path / "cache.pt") == 3
+    fresh.text_cache.tower.transformer = None  # a loaded text must not need the transformer again
+    with torch.no_grad():
+        assert torch.equal(fresh.text_cache.project(texts), expected)
 
 
 def test_semantic_matching_targets_share_weight_between_identical_label_sets() -> None:

@@ -23,6 +23,7 @@ the loss is scaled by the world size so that DDP's gradient average equals the o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -59,6 +60,7 @@ class TrainConfig:
     architecture: str = "phantom-cnn-minilm"    # JSON in train/architectures/, or local-dir:PATH of a checkpoint
     data: str = "phantom"                        # "phantom" or a CSV path
     phantom_variants: int = 3                    # rendered images per training report
+    render_workers: int = 1                      # processes rendering the phantom images
     limit_reports: int | None = None
     epochs: float = 10.0
     max_steps: int | None = None
@@ -124,6 +126,17 @@ class FrozenTextCache:
             mask = (ids != self.tower.config.pad_token_id).long()
             pooled = self.tower.pooler(self.tower.transformer(input_ids=ids, attention_mask=mask), mask)
             self._pooled.update(zip(chunk, pooled.float().cpu()))
+
+    def save(self, path: Path) -> None:
+        """Write the cached outputs, so that a run on another machine can skip the text tower."""
+        texts = sorted(self._pooled)
+        torch.save({"texts": texts, "pooled": torch.stack([self._pooled[t] for t in texts])}, path)
+
+    def load(self, path: Path) -> int:
+        """Add the outputs a :meth:`save` wrote; returns how many texts the cache now holds."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self._pooled.update(zip(saved["texts"], saved["pooled"]))
+        return len(self._pooled)
 
     def project(self, texts: list[str]) -> torch.Tensor:
         self.fill(texts)
@@ -389,14 +402,25 @@ class ContrastiveTrainer:
         if cfg.data == "phantom":
             variants = cfg.phantom_variants if split == "train" else 1
             return phantom_pairs(split, self.image_size, seed=cfg.seed, variants_per_report=variants, limit=limit,
-                                 progress=lambda done, total: self.log(f"rendered {done}/{total} {split} images"))
+                                 progress=lambda done, total: self.log(f"rendered {done}/{total} {split} images"),
+                                 workers=cfg.render_workers)
         if split != "train":
             return None
         return csv_pairs(Path(cfg.data), self.image_size, seed=cfg.seed)
 
+    def _on_device(self, data: PairSet) -> PairSet:
+        """On a GPU the 8-bit images move to its memory once, so a step copies no pixels from the host."""
+        if self.device.type != "cuda":
+            return data
+        return dataclasses.replace(data, images=torch.from_numpy(data.images).to(self.device))
+
     # -- forward ----------------------------------------------------------------------------
-    def _pixels(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(images).to(self.device, torch.float32).div_(255.0)[:, None].expand(-1, 3, -1, -1)
+    def _pixels(self, images: np.ndarray | torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        if torch.is_tensor(images):  # already on the device (see _on_device)
+            batch = images[torch.from_numpy(rows).to(images.device)]
+        else:
+            batch = torch.from_numpy(images[rows])
+        x = batch.to(self.device, torch.float32).div_(255.0)[:, None].expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -422,7 +446,7 @@ class ContrastiveTrainer:
         towers = self.step_towers if distributed else self.towers
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         with amp:
-            pixels = self._pixels(data.images[rows[part]])
+            pixels = self._pixels(data.images, rows[part])
             own_sentences = sentences[part.start * width:part.stop * width] if distributed and local else sentences
             pooled, tokens, text, sentence_embeddings, scale = towers(pixels, texts[part],
                                                                       own_sentences if local else None)
@@ -515,6 +539,7 @@ class ContrastiveTrainer:
                if main and cfg.data == "phantom" and cfg.val_reports else None)
         if len(train) < 2:
             raise MedclipError("Training needs at least two image-report pairs.")
+        train = self._on_device(train)
         if self.text_cache is not None:
             self.log("encoding report texts with the frozen text tower ...")
             for pairs in (train, val):

@@ -25,7 +25,7 @@ MAX_SENTENCES = 6
 class PairSet:
     """``images[i]`` shows report ``report_index[i]``; per-report texts, sentences and labels."""
 
-    images: np.ndarray               # uint8 (M, S, S)
+    images: np.ndarray               # uint8 (M, S, S); a torch tensor once moved to a GPU for training
     report_index: np.ndarray         # int64 (M,)
     texts: list[list[str]]           # per report: text variants (first = full report)
     sentences: list[list[str]]       # per report: up to MAX_SENTENCES sentences
@@ -64,25 +64,44 @@ def _to_square_uint8(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
 
 
-def phantom_pairs(split: str, size: int, seed: int = 0, variants_per_report: int = 1, limit: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> PairSet:
-    """Render the phantom split: ``variants_per_report`` images (different seeds) per report."""
+def _render_uint8(job: tuple) -> np.ndarray:
     from medclip_core.data.phantom import render
+
+    report, seed, size = job
+    return np.clip(render(report, seed=seed, size=size).image * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def phantom_pairs(split: str, size: int, seed: int = 0, variants_per_report: int = 1, limit: int | None = None,
+                  progress: Callable[[int, int], None] | None = None, workers: int = 1) -> PairSet:
+    """Render the phantom split: ``variants_per_report`` images (different seeds) per report.
+
+    ``workers > 1`` renders in that many processes; every image depends only on (report, seed,
+    size), so the set is the same whatever the number of workers."""
     from medclip_core.data.reports import FINDINGS, load_reports, report_splits
 
     reports = report_splits(load_reports(), seed=seed)[split]
     if limit is not None:
         reports = reports[:limit]
-    rng = np.random.default_rng(seed)
-    images, index = [], []
-    total = len(reports) * variants_per_report
-    for r, report in enumerate(reports):
-        for v in range(variants_per_report):
-            images.append(np.clip(render(report, seed=seed * 1000 + v, size=size).image * 255 + 0.5, 0, 255)
-                          .astype(np.uint8))
-            index.append(r)
+    jobs = [(report, seed * 1000 + v, size) for report in reports for v in range(variants_per_report)]
+    index = [r for r in range(len(reports)) for _ in range(variants_per_report)]
+    images: list[np.ndarray] = []
+    pool = None
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        images.append(_render_uint8(jobs[0]))  # fills the mask and texture caches the forked workers inherit
+        pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        rest = jobs[len(images):]
+        rendered = pool.imap(_render_uint8, rest, chunksize=64) if pool else map(_render_uint8, rest)
+        for image in rendered:
+            images.append(image)
             if progress and len(images) % 500 == 0:
-                progress(len(images), total)
+                progress(len(images), len(jobs))
+    finally:
+        if pool:
+            pool.terminate()
+    rng = np.random.default_rng(seed)
     texts = [text_variants(rep.findings_text, rep.impression_text, rng) for rep in reports]
     labels = np.array([[1.0 if name in rep.labels else 0.0 for name in FINDINGS] for rep in reports], np.float32)
     return PairSet(np.stack(images), np.array(index), texts, [split_sentences(t[0])[:MAX_SENTENCES] for t in texts],
