@@ -6,7 +6,6 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from medclip_core.errors import ImageLoadError
 from medclip_core.io import MedicalImage, load_image
 from pages.common import image_examples, image_upload, ui_errors
 
@@ -25,9 +24,11 @@ def _window_sliders(image: MedicalImage) -> tuple[dict[str, Any], dict[str, Any]
 
 @ui_errors
 def inspect_image(path: str | None, frame: float | None) -> tuple[Any, dict, Any, Any, MedicalImage]:
-    """Load an uploaded file; returns preview, metadata, the two window sliders and the image state."""
+    """Load an uploaded file; returns preview, metadata, the two window sliders and the image state.
+    A cleared upload clears the outputs (no error: clearing is what the user asked for)."""
     if not path:
-        raise ImageLoadError("Please upload an image first (PNG, JPEG, TIFF or DICOM).")
+        idle = gr.update(interactive=False)
+        return None, None, idle, idle, None
     image = load_image(path, frame=None if frame is None or frame < 0 else int(frame))
     center, width = _window_sliders(image)
     return image.to_pil(), image.metadata, center, width, image
