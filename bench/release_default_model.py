@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -52,7 +53,34 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def card_markdown(config: dict, evaluation: dict) -> str:
+def training_run(config: dict, gpu_run: dict | None) -> str:
+    """The card's line on how the weights were trained: the CLI command, or the GPU driver around it."""
+    train = config.get("train_config", {})
+    options = (f"--preset phantom --architecture {train.get('architecture')} --out {train.get('out_dir')} "
+               f"--max-steps {train.get('max_steps')} --batch-size {train.get('batch_size')} --lr {train.get('lr')} "
+               f"--warmup-steps {train.get('warmup_steps')} --phantom-variants {train.get('phantom_variants')} "
+               f"--render-workers {train.get('render_workers', 1)} --checkpoint-every {train.get('checkpoint_every')} "
+               f"--local-loss-weight {train.get('local_loss_weight')} --seed {train.get('seed')}")
+    if gpu_run is None:
+        return (f"- **Training run:** `python -m medclip_core train {options}` on 2 CPU cores with bf16 autocast; "
+                f"{config.get('step')} steps.\n  Its loss curve is `metrics.jsonl` beside this card.")
+    return (f"- **Training run:** on one {gpu_run['device']} (torch {gpu_run['torch']}, bf16 autocast), with "
+            f"`python bench/train_default_gpu.py train --text-cache .gpu/text_cache.pt --out {train.get('out_dir')} "
+            f"--budget-s 360`, which runs the trainer of `python -m medclip_core train {options}` with the frozen text "
+            f"tower's outputs computed beforehand on CPU (the GPU machine had no copy of MiniLM) and the step count "
+            f"fitted to a 6-minute budget: {gpu_run['steps']} steps of {train.get('batch_size')} in "
+            f"{gpu_run['train_seconds']:.0f} s ({gpu_run['images_per_second']:.0f} images/s). Its loss curve is "
+            f"`metrics.jsonl` and the run's summary `gpu_run.json` beside this card.")
+
+
+def carried_sections(card: str) -> str:
+    """The marked sections (``<!-- NAME:start -->`` … ``<!-- NAME:end -->``) of a card, which other scripts
+    write (report generation) or which hold figures measured after the release; kept on re-release."""
+    return "".join("\n" + match.group(0) + "\n"
+                   for match in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", card, flags=re.S))
+
+
+def card_markdown(config: dict, evaluation: dict, gpu_run: dict | None = None) -> str:
     train = config.get("train_config", {})
     zero_shot, retrieval, grounding = evaluation["zero_shot"], evaluation["retrieval"], evaluation["grounding"]
     auc_rows = "\n".join(f"| {label} | {_fmt(auc)} | {zero_shot['positives'].get(label, 0)} |"
@@ -76,12 +104,7 @@ and so that methods can be measured against ground truth. It has never seen a re
 - **Objective:** CLIP InfoNCE with learnable temperature and MedCLIP-style semantic-matching
   targets (label temperature {train.get('label_temperature')}), plus a GLoRIA-style sentence–region
   loss (weight {train.get('local_loss_weight')}); the MiniLM text encoder is frozen, its MLP projection trains.
-- **Training run:** `python -m medclip_core train --preset phantom --architecture {train.get('architecture')}
-  --out runs/medclip-phantom-cnn --max-steps {train.get('max_steps')} --batch-size {train.get('batch_size')}
-  --lr {train.get('lr')} --warmup-steps {train.get('warmup_steps')} --phantom-variants {train.get('phantom_variants')}
-  --checkpoint-every {train.get('checkpoint_every')} --local-loss-weight {train.get('local_loss_weight')}
-  --seed {train.get('seed')}` on 2 CPU cores with bf16 autocast; {config.get('step')} steps.
-  Its loss curve is `metrics.jsonl` beside this card.
+{training_run(config, gpu_run)}
 - **Licence:** {CARD['licence']}.
 
 ## Measured on the phantom test split
@@ -120,18 +143,21 @@ def main() -> None:
     args = parser.parse_args()
     config = checkpoint.read_config(args.run)
     evaluation = json.loads((args.run / "eval_phantom.json").read_text())
+    gpu_run_path = args.run / "gpu_run.json"
+    gpu_run = json.loads(gpu_run_path.read_text()) if gpu_run_path.is_file() else None
     args.dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(args.run / checkpoint.WEIGHTS_NAME, args.dest / checkpoint.WEIGHTS_NAME)
-    for name in ("metrics.jsonl", "eval_phantom.json"):
-        shutil.copy(args.run / name, args.dest / name)
+    for name in ("metrics.jsonl", "eval_phantom.json", "gpu_run.json"):
+        if (args.run / name).is_file():
+            shutil.copy(args.run / name, args.dest / name)
     config["card"] = {**config["card"], **CARD, "metrics": metrics_summary(evaluation)}
-    train = dict(config.get("train_config", {}))
-    train["out_dir"] = "runs/medclip-phantom-cnn"
-    config["train_config"] = train
+    config["train_config"] = {**config.get("train_config", {}), "out_dir": f"runs/{args.run.name}", "device": None}
     (args.dest / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     variants = ROOT / "bench" / "results" / "default_model_variants.md"
     notes = "\n" + variants.read_text() if variants.is_file() else ""
-    (args.dest / "MODEL_CARD.md").write_text(card_markdown(config, evaluation) + notes)
+    card_path = args.dest / "MODEL_CARD.md"
+    kept = carried_sections(card_path.read_text()) if card_path.is_file() else ""
+    card_path.write_text(card_markdown(config, evaluation, gpu_run) + notes + kept)
     print(json.dumps({"released": str(args.dest), **config["card"]["metrics"]}, indent=2))
 
 

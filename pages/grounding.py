@@ -56,7 +56,9 @@ def reblend(results: list[GroundingResult] | None, opacity: float) -> list:
 def build(model_picker: gr.Dropdown) -> None:
     with gr.Tab("Grounding"):
         gr.Markdown("Type phrases (one per line) and see where the model finds each of them. Several methods "
-                    "side by side; maps lie on the original image (for DICOM: the windowed original).")
+                    "side by side; maps lie on the original image (for DICOM: the windowed original). "
+                    "Of the shipped models, **medclip-phantom-grounding** localises best; the default "
+                    "medclip-phantom classifies better but its maps often peak beside the finding.")
         with gr.Row():
             with gr.Column():
                 upload = image_upload("grounding-upload")

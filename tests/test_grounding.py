@@ -41,6 +41,12 @@ def default_model():
 
 
 @pytest.fixture(scope="module")
+def grounding_model():
+    """The shipped model whose heatmaps point (the default's do not: README, grounding section)."""
+    return load_model("medclip-phantom-grounding")
+
+
+@pytest.fixture(scope="module")
 def vit_model(open_clip_dir):
     return load_model(f"local-dir:{open_clip_dir}")
 
@@ -105,17 +111,17 @@ def test_transformers_clip_allows_the_map_methods_but_says_why_not_relevance(cli
         ground(chest_like_image, ["nodule"], model=model, method="relevance")
 
 
-def test_default_model_points_at_known_findings_of_committed_examples(default_model):
+def test_grounding_model_points_at_known_findings_of_committed_examples(grounding_model):
     for name, finding in (("002", "pleural effusion"), ("003", "opacity"), ("005", "pneumothorax")):
         image, meta = _example(name)
-        result = ground(image, [finding], model=default_model, method="similarity")
+        result = ground(image, [finding], model=grounding_model, method="similarity")
         assert pointing_game(result.maps[0], meta["boxes"][finding]), (name, finding)
 
 
-def test_best_method_peaks_inside_a_known_nodule(default_model):
+def test_best_method_peaks_inside_a_known_nodule(grounding_model):
     image, meta = _example("008")          # a 17 px nodule; the model's nodule pointing rate is low (README)
     assert "nodule" in meta["labels"]
-    result = ground(image, ["nodule"], model=default_model, method="similarity")
+    result = ground(image, ["nodule"], model=grounding_model, method="similarity")
     assert pointing_game(result.maps[0], meta["boxes"]["nodule"])
 
 
@@ -126,11 +132,11 @@ def test_dicom_maps_lie_on_the_windowed_original_at_its_resolution(default_model
     assert np.array_equal(np.asarray(result.image), np.asarray(image.to_pil()))
 
 
-def test_zero_shot_mask_covers_the_effusion(default_model):
+def test_zero_shot_mask_covers_the_effusion(grounding_model):
     report = next(r for r in load_reports() if r.labels == {"pleural effusion"}
                   and any(f.severity in ("large", "moderate") for f in r.findings))
     sample = render(report, seed=0)
-    result = segment(sample.image, ["pleural effusion"], model=default_model)
+    result = segment(sample.image, ["pleural effusion"], model=grounding_model)
     assert result.masks.shape == (1, 224, 224)
     assert dice(result.masks[0], sample.masks["pleural effusion"]) > 0.3
 
