@@ -65,16 +65,18 @@ def test_examples_score_their_finding_above_the_normal_example(model) -> None:
     assert len(misses) <= 1, misses
 
 
-def test_examples_rank_one_of_their_findings_first(model) -> None:
-    """Known answers on the nine committed examples: at least seven rank one of their findings
-    first (the README names the two that do not, and the model card gives every finding's AUC)."""
+@pytest.mark.parametrize("mode,most_misses", [("pairwise", 2), ("softmax", 1)])
+def test_examples_rank_one_of_their_findings_first(model, mode, most_misses) -> None:
+    """Known answers on the nine committed examples: with pairwise scores at least seven rank one of
+    their findings first, with a softmax across the labels at least eight (the README names the
+    misses; the model card gives every finding's AUC)."""
     misses = []
     for path in sorted(EXAMPLES.glob("[0-9][0-9][0-9].png")):
         image, labels = example(path.stem)
-        top_label = zero_shot(model, image, PHANTOM_LABELS).ranked()[0][0]
+        top_label = zero_shot(model, image, PHANTOM_LABELS, mode=mode).ranked()[0][0]
         if top_label not in labels:
             misses.append((path.stem, top_label))
-    assert len(misses) <= 2, misses
+    assert len(misses) <= most_misses, misses
 
 
 def test_text_query_pleural_effusion_finds_effusions_on_the_phantom_gallery(model, tmp_path) -> None:
