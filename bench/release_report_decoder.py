@@ -80,6 +80,12 @@ def train_share(config: dict, key: str) -> str:
     return f"{config['train_config'].get(key, 0):.0%}"
 
 
+def support_text(support: float) -> str:
+    if support <= 0:
+        return " (no zero-shot support check: on the validation split it cost this model F1)"
+    return f", nor abnormal findings whose zero-shot probability is below {support:.1f}"
+
+
 def card_section(result: dict) -> str:
     config = json.loads((TARGET / "report_decoder.json").read_text())
     train = config["train_config"]
@@ -92,8 +98,8 @@ def card_section(result: dict) -> str:
         "retrieval|generative`, the app's Report tab):", "",
         "- **retrieval** (CXR-RePaiR style): the sentences of the Open-i training reports, scored by similarity to "
         "the image minus their mean similarity to 64 phantom validation images, taken greedily without "
-        "near-duplicates, contradictions or abnormal findings whose zero-shot probability is below "
-        f"{result['settings'].get('support', 0):.1f} (4 findings sentences + 1 impression sentence);",
+        f"near-duplicates or contradictions{support_text(result['settings'].get('support', 0))} "
+        "(4 findings sentences + 1 impression sentence);",
         f"- **generative**: a {train['layers']}-layer Transformer decoder (width {train['width']}, "
         f"{len(config['vocab'])} words) with cross-attention over this model's frozen pooled embedding and 7×7 "
         f"patch tokens{prompts_text(config)}, trained {config['step']} steps of {train['batch_size']} on the "

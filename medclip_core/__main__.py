@@ -396,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("retrieval", "generative", "both"), default="retrieval")
     p.add_argument("--k", type=int, default=4, help="retrieval: findings sentences")
     p.add_argument("--impression-k", type=int, default=1, help="retrieval: impression sentences")
-    p.add_argument("--support", type=float, default=0.6,
-                   help="retrieval: zero-shot probability a stated abnormal finding needs (0: no check)")
+    p.add_argument("--support", type=float, default=0.0,
+                   help="retrieval: zero-shot probability a stated abnormal finding needs (default 0: no check; "
+                        "0.6 suits medclip-phantom-grounding)")
     p.add_argument("--beam", type=int, default=3, help="generative: beam width")
     p.add_argument("--frame", type=int)
     p.set_defaults(func=cmd_report)

@@ -63,7 +63,7 @@ def test_retrieval_states_only_findings_the_image_supports(phantom_model) -> Non
     from medclip_core.tasks.zero_shot import zero_shot
 
     image = load_image(EXAMPLES / "phantom" / "002.png")
-    draft = draft_report(image, "retrieval", phantom_model, k=5)
+    draft = draft_report(image, "retrieval", phantom_model, k=5, support=0.6)
     stated = set(draft.findings["positive"] + draft.findings["uncertain"]) - {"normal"}
     scores = dict(zip(FINDINGS, zero_shot(phantom_model, image, FINDINGS).probabilities))
     assert "pleural effusion" in stated and all(scores[f] >= 0.6 for f in stated), (stated, scores)
