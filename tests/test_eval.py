@@ -57,6 +57,9 @@ def test_pointing_game_hit_and_miss() -> None:
     assert pointing_game(heatmap, [(0, 0, 2, 2), (12, 5, 13, 6)])  # the one-pixel box at (12, 5)
     assert not pointing_game(heatmap, [(13, 0, 30, 20)])
     assert not pointing_game(heatmap, [])
+    assert not pointing_game(heatmap, [(10, 15, 15, 20)])             # 9.5 px above the box
+    assert pointing_game(heatmap, [(10, 15, 15, 20)], tolerance=15)   # within Zhang et al.'s 15 px
+    assert not pointing_game(heatmap, [(25, 17, 30, 20)], tolerance=15)  # 12.5 px right, 11.5 px up: 17 px away
 
 
 def test_heatmap_from_patches_follows_the_centre_crop() -> None:
@@ -85,6 +88,7 @@ def test_iou_dice_and_box_area() -> None:
     assert iou(a, ~a) == dice(a, ~a) == 0.0
     assert iou(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
     assert box_area_fraction([(0, 0, 5, 10), (0, 0, 5, 5)], 10, 10) == pytest.approx(0.5)
+    assert box_area_fraction([(4, 4, 6, 6)], 10, 10, tolerance=1) == pytest.approx(0.16)  # 4x4 centres, corners in
 
 
 # -- zero-shot ----------------------------------------------------------------------------------

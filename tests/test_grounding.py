@@ -183,3 +183,14 @@ def test_trained_masks_cover_the_effusion_better_than_zero_shot(default_model):
     zero_shot = segment(sample.image, ["pleural effusion"], model=default_model)
     truth = sample.masks["pleural effusion"]
     assert dice(trained.masks[0], truth) > max(0.5, dice(zero_shot.masks[0], truth))
+
+
+def test_grounding_eval_counts_the_tolerant_pointing_game_and_its_chance(grounding_model):
+    from medclip_core.eval.grounding_eval import evaluate_grounding
+
+    result = evaluate_grounding(grounding_model, n=6, methods=["similarity"])
+    scores = result.methods["similarity"]
+    assert set(scores) >= {"pointing", "pointing_15px", "iou", "dice", "seconds_per_map"}
+    for finding, strict in scores["pointing"].items():
+        assert 0 <= strict <= scores["pointing_15px"][finding] <= 1
+    assert result.chance and all(result.chance[f] < result.chance_15px[f] < 1 for f in result.chance)

@@ -3,7 +3,9 @@
 For every rendered image and every focal finding it shows (``FOCAL_FINDINGS``), each heatmap
 method draws the map of the finding's name as a phrase. Per method and finding:
 
-* pointing game: the map's maximum lies in one of the finding's boxes;
+* pointing game: the map's maximum lies in one of the finding's boxes; also counted with the
+  15-px tolerance of Zhang et al. 2016 (``pointing_15px``; at 224 px about one 16-px patch), which
+  tells a map that peaks beside the finding from one that peaks elsewhere;
 * IoU and Dice of the zero-shot mask (``segmentation.mask_from_heatmap``) with the rendered mask.
 
 Surgery removes what the phrases of a set share, so every image is grounded with the same set
@@ -23,6 +25,7 @@ from medclip_core.tasks.grounding import METHODS, ground, method_support
 from medclip_core.tasks.segmentation import mask_from_heatmap
 
 SET_METHODS = ("similarity", "surgery")   # one pass grounds the whole phrase set
+POINTING_TOLERANCE = 15.0                  # pixels, as in Zhang et al. 2016
 
 
 @dataclass
@@ -30,11 +33,13 @@ class GroundingEvalResult:
     model: str
     split: str
     n_images: int
-    methods: dict[str, Any]       # method -> {"pointing", "iou", "dice": {finding: mean, "mean": ...}, "seconds_per_map"}
+    methods: dict[str, Any]       # method -> {"pointing", "pointing_15px", "iou", "dice": {finding: mean, "mean": ...},
+                                  #            "seconds_per_map"}
     chance: dict[str, float]      # finding -> mean box area fraction (pointing by chance)
     n_targets: dict[str, int]
     skipped: dict[str, str]       # method -> why not run
     ranking: list[str]            # methods by mean pointing game, best first
+    chance_15px: dict[str, float]  # finding -> mean area fraction of the boxes grown by 15 px
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,9 +62,11 @@ def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] =
     variants = math.ceil(n / n_reports)
     dataset = phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE, variants_per_report=variants)
     order = _report_major_order(n_reports, variants)[:min(n, len(dataset))]
-    scores = {m: {k: {f: [] for f in FOCAL_FINDINGS} for k in ("pointing", "iou", "dice")} for m in runnable}
+    scores = {m: {k: {f: [] for f in FOCAL_FINDINGS} for k in ("pointing", "pointing_15px", "iou", "dice")}
+              for m in runnable}
     seconds = {m: [0.0, 0] for m in runnable}
     chance: dict[str, list[float]] = {f: [] for f in FOCAL_FINDINGS}
+    chance_15px: dict[str, list[float]] = {f: [] for f in FOCAL_FINDINGS}
     with _eval_mode(model):
         for done, index in enumerate(order, start=1):
             sample = dataset[index]
@@ -67,6 +74,8 @@ def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] =
             if present:
                 for f in present:
                     chance[f].append(box_area_fraction(sample.boxes[f], IMAGE_SIZE, IMAGE_SIZE))
+                    chance_15px[f].append(box_area_fraction(sample.boxes[f], IMAGE_SIZE, IMAGE_SIZE,
+                                                            POINTING_TOLERANCE))
                 for method in runnable:
                     phrases = list(FOCAL_FINDINGS) if method in SET_METHODS else present
                     result = ground(sample.image, phrases, model=model, method=method)
@@ -76,7 +85,10 @@ def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] =
                         heatmap = result.maps[phrases.index(finding)]
                         truth = sample.masks[finding]
                         mask = mask_from_heatmap(heatmap)
-                        scores[method]["pointing"][finding].append(float(pointing_game(heatmap, sample.boxes[finding])))
+                        boxes = sample.boxes[finding]
+                        scores[method]["pointing"][finding].append(float(pointing_game(heatmap, boxes)))
+                        scores[method]["pointing_15px"][finding].append(
+                            float(pointing_game(heatmap, boxes, POINTING_TOLERANCE)))
                         scores[method]["iou"][finding].append(iou(mask, truth))
                         scores[method]["dice"][finding].append(dice(mask, truth))
             if progress is not None and done % 50 == 0:
@@ -86,4 +98,5 @@ def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] =
     ranking = sorted(runnable, key=lambda m: -summary[m]["pointing"]["mean"])
     return GroundingEvalResult(model.card.name, split, len(order), summary,
                                {f: _mean(v) for f, v in chance.items() if v},
-                               {f: len(v) for f, v in chance.items()}, skipped, ranking)
+                               {f: len(v) for f, v in chance.items()}, skipped, ranking,
+                               {f: _mean(v) for f, v in chance_15px.items() if v})

@@ -79,20 +79,23 @@ def precision_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Iterable[in
     return {k: float(_top_k_relevance(similarity, relevant, k).mean()) for k in ks}
 
 
-def point_in_boxes(x: float, y: float, boxes: Iterable[Box]) -> bool:
-    """Whether the point (x, y), in pixel coordinates, lies in any ``(x0, y0, x1, y1)`` box (edges included)."""
-    return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in boxes)
+def point_in_boxes(x: float, y: float, boxes: Iterable[Box], tolerance: float = 0.0) -> bool:
+    """Whether the point (x, y), in pixel coordinates, lies in any ``(x0, y0, x1, y1)`` box (edges
+    included) or within ``tolerance`` pixels (Euclidean) of one."""
+    return any(np.hypot(max(x0 - x, 0.0, x - x1), max(y0 - y, 0.0, y - y1)) <= tolerance
+               for x0, y0, x1, y1 in boxes)
 
 
-def pointing_game(heatmap: np.ndarray, boxes: Iterable[Box]) -> bool:
-    """Hit when the heatmap's maximum (first one if tied) falls in any box.
+def pointing_game(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: float = 0.0) -> bool:
+    """Hit when the heatmap's maximum (first one if tied) falls in any box, or within ``tolerance``
+    pixels of one (Zhang et al. 2016, who introduced the game, allow 15 px).
 
     The maximum is the pixel at column x, row y, taken at its centre (x + 0.5, y + 0.5); boxes are
     ``(x0, y0, x1, y1)`` in the same pixel coordinates, so pixel i spans [i, i + 1).
     """
     heatmap = np.asarray(heatmap)
     row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    return point_in_boxes(col + 0.5, row + 0.5, boxes)
+    return point_in_boxes(col + 0.5, row + 0.5, boxes, tolerance)
 
 
 def _bilinear_weights(n_out: int, start: float, stop: float, n_in: int) -> np.ndarray:
@@ -134,12 +137,14 @@ def heatmap_from_patches(patch_sims: np.ndarray, geometry: CropGeometry, width: 
     return np.clip(rows @ grid @ cols.T, 0.0, 1.0).astype(np.float32)
 
 
-def box_area_fraction(boxes: Iterable[Box], width: int, height: int) -> float:
-    """Fraction of a width x height image covered by the union of ``boxes`` (pixel centres inside)."""
+def box_area_fraction(boxes: Iterable[Box], width: int, height: int, tolerance: float = 0.0) -> float:
+    """Fraction of a width x height image covered by the union of ``boxes`` (pixel centres inside),
+    each grown by ``tolerance`` pixels: the chance rate of :func:`pointing_game` with that tolerance."""
     covered = np.zeros((height, width), dtype=bool)
     ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
     for x0, y0, x1, y1 in boxes:
-        covered |= ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
+        dy, dx = np.maximum(np.maximum(y0 - ys, ys - y1), 0), np.maximum(np.maximum(x0 - xs, xs - x1), 0)
+        covered |= np.hypot(dy[:, None], dx[None, :]) <= tolerance
     return float(covered.mean())
 
 
