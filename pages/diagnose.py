@@ -54,7 +54,7 @@ def build(model_picker: gr.Dropdown) -> None:
                 shots = gr.Slider(0, 32, value=0, step=1, label="Few-shot adaptation: phantom examples per label",
                                   info="0 = zero-shot only; > 0 adds Tip-Adapter and a linear probe (phantom labels)")
                 button = gr.Button("Diagnose", variant="primary")
-        plot = gr.Plot(label="Probabilities")
+        plot = gr.Plot(label="Probabilities", elem_id="diagnose-chart")
         table = gr.Dataframe(label="Table", interactive=False)
         details = gr.JSON(label="Result (with the prompts used)")
         button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots],

@@ -12,7 +12,9 @@ from pydicom.data import get_testdata_file
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                 reason="Debian's chromium is not installed (bash .ci/run installs it)")
-SCREENSHOT = os.environ.get("MEDCLIP_SCREENSHOT")  # set to a path to refresh the README screenshot
+SCREENSHOT = os.environ.get("MEDCLIP_SCREENSHOT")  # set to a path to refresh the README's Inspect screenshot
+DIAGNOSE_SCREENSHOT = os.environ.get("MEDCLIP_DIAGNOSE_SCREENSHOT")  # likewise for docs/screenshot-diagnose.png
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phantom"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,7 @@ def test_upload_dicom_shows_windowed_image_and_safe_metadata(page, tmp_path: Pat
 def test_bad_upload_shows_an_error_and_the_app_keeps_working(page, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
+    page.get_by_role("tab", name="Inspect image").click()
     bad = tmp_path / "report.png"
     bad.write_text("not an image at all")
     upload_block(page).get_by_label("Clear").click()
@@ -83,3 +86,20 @@ def test_embedding_map_shows_the_hovered_points_thumbnail(page) -> None:
     point.hover(force=True)
     expect(page.locator("#embedding-hover img")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"),
                                                                     timeout=10_000)
+
+
+def test_diagnose_tab_draws_the_chart_of_an_uploaded_image(page, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Diagnose").click()
+    page.locator("#diagnose-upload input[type=file]").set_input_files(str(EXAMPLES / "002.png"))
+    page.get_by_role("button", name="Diagnose", exact=True).click()
+    bars = page.locator("#diagnose-chart .barlayer .point")
+    expect(bars.first).to_be_visible(timeout=60_000)
+    assert bars.count() == 12                                  # one bar per label of the phantom preset
+    expect(page.locator("#diagnose-chart").get_by_text("pleural effusion").first).to_be_visible()
+    shot = tmp_path / "diagnose.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 50_000
+    if DIAGNOSE_SCREENSHOT:
+        shutil.copy(shot, DIAGNOSE_SCREENSHOT)
