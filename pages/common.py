@@ -9,12 +9,12 @@ from typing import Any, Callable
 import gradio as gr
 
 from medclip_core.errors import MedclipError
-from medclip_core.models import DEFAULT_MODEL, default_model_name, describe_models
+from medclip_core.models import default_model_name, describe_models, get_spec
 
 log = logging.getLogger("medclip_explorer")
 
 SYNTHETIC_BANNER = (
-    "⚠️ **`{name}` is the embedded demo model, trained on synthetic phantom radiographs rendered from real "
+    "⚠️ **`{name}` is an embedded demo model, trained on synthetic phantom radiographs rendered from real "
     "report text. It is not for diagnosis.** Pick a hub model (e.g. BiomedCLIP) for real images."
 )
 RESEARCH_BANNER = "Model **`{name}`**: research use only, not a medical device."
@@ -45,9 +45,13 @@ def model_choices() -> list[tuple[str, str]]:
 
 
 def banner_for(name: str | None) -> str:
+    """The warning under the model picker: the embedded models (trained on synthetic images) get the strong one."""
     name = name or default_model_name()
-    template = SYNTHETIC_BANNER if name == DEFAULT_MODEL else RESEARCH_BANNER
-    return template.format(name=name)
+    try:
+        synthetic = "synthetic" in get_spec(name).modality
+    except MedclipError:  # a local folder or hub id typed in
+        synthetic = False
+    return (SYNTHETIC_BANNER if synthetic else RESEARCH_BANNER).format(name=name)
 
 
 def model_picker() -> tuple[gr.Dropdown, gr.Markdown]:

@@ -150,3 +150,12 @@ def test_segment_endpoint_gives_masks_and_a_dicom_seg_for_a_dicom(client) -> Non
     with pytest.raises(Exception, match="at least one phrase"):
         client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), " ", "trained", "medclip-phantom",
                        api_name="/segment")
+
+
+def test_both_embedded_models_get_the_synthetic_data_banner() -> None:
+    from pages.common import banner_for
+
+    for name in ("medclip-phantom", "medclip-phantom-grounding"):
+        assert "not for diagnosis" in banner_for(name) and name in banner_for(name)
+    for name in ("biomedclip", "local-dir:/no/such/folder"):
+        assert "research use only" in banner_for(name)
