@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medclip_core.train.contrastive import ContrastiveTrainer, FrozenTextCache, TrainConfig  # noqa: E402
+from medclip_core.train.contrastive import ContrastiveTrainer, TrainConfig  # noqa: E402
 from medclip_core.train.data import phantom_pairs  # noqa: E402
 
 
@@ -41,23 +41,9 @@ def export_text_cache(out: Path, seed: int, val_reports: int) -> int:
     return len(set(texts))
 
 
-def _cache_only(cache: FrozenTextCache) -> None:
-    """Make ``cache`` refuse to run the text tower (whose weights are not on this machine)."""
-    fill = cache.fill
-
-    def checked_fill(texts: list[str], batch_size: int = 128) -> None:
-        missing = {t for t in texts if t not in cache._pooled}
-        if missing:
-            raise RuntimeError(f"{len(missing)} texts are not in the text cache, e.g. {sorted(missing)[0]!r}")
-        fill(texts, batch_size)
-
-    cache.fill = checked_fill
-
-
 def run(config: TrainConfig, text_cache: Path, deadline: float | None = None) -> dict:
     trainer = ContrastiveTrainer(config, should_stop=lambda: deadline is not None and time.time() > deadline)
-    print(f"text cache: {trainer.text_cache.load(text_cache)} texts", flush=True)
-    _cache_only(trainer.text_cache)
+    print(f"text cache: {trainer.text_cache.load(text_cache, closed=True)} texts", flush=True)
     return asdict(trainer.run())
 
 

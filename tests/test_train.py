@@ -80,6 +80,9 @@ def test_a_saved_text_cache_reproduces_the_frozen_tower_outputs(tmp_path: Path) 
     fresh.text_cache.tower.transformer = None  # a loaded text must not need the transformer again
     with torch.no_grad():
         assert torch.equal(fresh.text_cache.project(texts), expected)
+    fresh.text_cache.load(tmp_path / "cache.pt", closed=True)
+    with pytest.raises(MedclipError, match="not in the loaded text cache"):
+        fresh.text_cache.fill(["A text nobody saved."])
 
 
 def test_semantic_matching_targets_share_weight_between_identical_label_sets() -> None:

@@ -79,11 +79,16 @@ def precision_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Iterable[in
     return {k: float(_top_k_relevance(similarity, relevant, k).mean()) for k in ks}
 
 
+def _distance_to_box(x: float | np.ndarray, y: float | np.ndarray, box: Box) -> float | np.ndarray:
+    """Euclidean distance from (x, y) to an ``(x0, y0, x1, y1)`` box, 0 inside it (arrays broadcast)."""
+    x0, y0, x1, y1 = box
+    return np.hypot(np.maximum(np.maximum(x0 - x, x - x1), 0.0), np.maximum(np.maximum(y0 - y, y - y1), 0.0))
+
+
 def point_in_boxes(x: float, y: float, boxes: Iterable[Box], tolerance: float = 0.0) -> bool:
     """Whether the point (x, y), in pixel coordinates, lies in any ``(x0, y0, x1, y1)`` box (edges
     included) or within ``tolerance`` pixels (Euclidean) of one."""
-    return any(np.hypot(max(x0 - x, 0.0, x - x1), max(y0 - y, 0.0, y - y1)) <= tolerance
-               for x0, y0, x1, y1 in boxes)
+    return any(_distance_to_box(x, y, box) <= tolerance for box in boxes)
 
 
 def pointing_game(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: float = 0.0) -> bool:
@@ -142,9 +147,8 @@ def box_area_fraction(boxes: Iterable[Box], width: int, height: int, tolerance: 
     each grown by ``tolerance`` pixels: the chance rate of :func:`pointing_game` with that tolerance."""
     covered = np.zeros((height, width), dtype=bool)
     ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
-    for x0, y0, x1, y1 in boxes:
-        dy, dx = np.maximum(np.maximum(y0 - ys, ys - y1), 0), np.maximum(np.maximum(x0 - xs, xs - x1), 0)
-        covered |= np.hypot(dy[:, None], dx[None, :]) <= tolerance
+    for box in boxes:
+        covered |= _distance_to_box(xs[None, :], ys[:, None], box) <= tolerance
     return float(covered.mean())
 
 

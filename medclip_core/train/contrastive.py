@@ -115,11 +115,14 @@ class FrozenTextCache:
     def __init__(self, text_tower: torch.nn.Module, tokenizer: Any, device: torch.device) -> None:
         self.tower, self.tokenizer, self.device = text_tower, tokenizer, device
         self._pooled: dict[str, torch.Tensor] = {}
+        self.closed = False  # True: every text must be cached already (the tower's weights may be absent)
 
     @torch.no_grad()
     def fill(self, texts: list[str], batch_size: int = 128) -> None:
         """Encode unseen texts, batched by length and padded per batch (the mean pooler ignores padding)."""
         todo = sorted({t for t in texts if t not in self._pooled}, key=len)
+        if todo and self.closed:
+            raise MedclipError(f"{len(todo)} texts are not in the loaded text cache, e.g. {todo[0]!r}.")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             ids = trim_padding(self.tokenizer(chunk), self.tower.config.pad_token_id).to(self.device)
@@ -132,10 +135,12 @@ class FrozenTextCache:
         texts = sorted(self._pooled)
         torch.save({"texts": texts, "pooled": torch.stack([self._pooled[t] for t in texts])}, path)
 
-    def load(self, path: Path) -> int:
-        """Add the outputs a :meth:`save` wrote; returns how many texts the cache now holds."""
+    def load(self, path: Path, closed: bool = False) -> int:
+        """Add the outputs a :meth:`save` wrote; returns how many texts the cache now holds. ``closed``:
+        never run the tower from now on (a text missing from the cache is an error)."""
         saved = torch.load(path, map_location="cpu", weights_only=True)
         self._pooled.update(zip(saved["texts"], saved["pooled"]))
+        self.closed = closed
         return len(self._pooled)
 
     def project(self, texts: list[str]) -> torch.Tensor:
