@@ -40,7 +40,7 @@ def bare_open_clip(trainer: ContrastiveTrainer, data, steps: int, batch: int) ->
         start = time.perf_counter()
         texts = [data.texts[r][0] for r in data.report_index[rows]]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            image_features, text_features, logit_scale = module(trainer._pixels(data.images[rows]),
+            image_features, text_features, logit_scale = module(trainer._pixels(data.images, rows),
                                                                 trainer.tokenizer(texts))[:3]
             loss = loss_fn(image_features.float(), text_features.float(), logit_scale)
         optimizer.zero_grad()
@@ -56,10 +56,7 @@ def ours(local_weight: float, steps: int, batch: int) -> float:
         config = TrainConfig(out_dir=out, limit_reports=batch * 2, phantom_variants=1, max_steps=steps + 1,
                              batch_size=batch, log_every=1, checkpoint_every=10_000, local_loss_weight=local_weight,
                              val_reports=0)
-        result = ContrastiveTrainer(config, log=lambda _: None).run()
-        warm = result.metrics[0]
-        last = result.metrics[-1]
-        return (last["step"] - warm["step"]) * batch / (last["elapsed_s"] - warm["elapsed_s"])
+        return batch / ContrastiveTrainer(config, log=lambda _: None).run().steady_seconds_per_step()
 
 
 def main() -> None:

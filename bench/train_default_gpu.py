@@ -18,13 +18,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medclip_core.train.contrastive import ContrastiveTrainer, TrainConfig  # noqa: E402
+from medclip_core.train.contrastive import ContrastiveTrainer, TrainConfig, TrainResult  # noqa: E402
 from medclip_core.train.data import phantom_pairs  # noqa: E402
 
 
@@ -41,16 +40,10 @@ def export_text_cache(out: Path, seed: int, val_reports: int) -> int:
     return len(set(texts))
 
 
-def run(config: TrainConfig, text_cache: Path, deadline: float | None = None) -> dict:
+def run(config: TrainConfig, text_cache: Path, deadline: float | None = None) -> TrainResult:
     trainer = ContrastiveTrainer(config, should_stop=lambda: deadline is not None and time.time() > deadline)
     print(f"text cache: {trainer.text_cache.load(text_cache, closed=True)} texts", flush=True)
-    return asdict(trainer.run())
-
-
-def seconds_per_step(metrics: list[dict]) -> float:
-    """Steady-state step time from the logged rows (the first logged interval holds the warm-up)."""
-    first, last = metrics[0], metrics[-1]
-    return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
+    return trainer.run()
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -63,17 +56,17 @@ def train(args: argparse.Namespace) -> dict:
     calibration = TrainConfig(out_dir=str(args.out) + "-calibration", phantom_variants=1, limit_reports=512,
                               max_steps=args.calibrate_steps, warmup_steps=1, val_reports=0,
                               checkpoint_every=args.calibrate_steps, **common)
-    step_s = seconds_per_step(run(calibration, args.text_cache)["metrics"])
+    step_s = run(calibration, args.text_cache).steady_seconds_per_step()
     steps = max(args.calibrate_steps, int(args.budget_s / step_s))
     print(json.dumps({"calibration_s_per_step": step_s, "steps": steps}), flush=True)
     config = TrainConfig(out_dir=str(args.out), phantom_variants=args.variants, max_steps=steps,
                          warmup_steps=args.warmup_steps, checkpoint_every=max(1, steps // 4),
                          val_reports=args.val_reports, **common)
     result = run(config, args.text_cache, deadline=started + args.deadline_s)
-    summary = {"calibration_s_per_step": step_s, "planned_steps": steps, "steps": result["steps"],
-               "stopped_early": result["stopped"], "train_seconds": result["seconds"],
-               "images_per_second": result["images_per_second"], "final_loss": result["final_loss"],
-               "val_loss": result["val_loss"], "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+    summary = {"calibration_s_per_step": step_s, "planned_steps": steps, "steps": result.steps,
+               "stopped_early": result.stopped, "train_seconds": result.seconds,
+               "images_per_second": result.images_per_second, "final_loss": result.final_loss,
+               "val_loss": result.val_loss, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                else "cpu", "torch": torch.__version__, "wall_seconds": time.time() - started}
     (Path(args.out) / "gpu_run.json").write_text(json.dumps(summary, indent=2))
     return summary

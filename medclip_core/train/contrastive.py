@@ -94,6 +94,11 @@ class TrainResult:
     images_per_second: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
+    def steady_seconds_per_step(self) -> float:
+        """Seconds per step between the first and the last logged row (the first interval holds the warm-up)."""
+        first, last = self.metrics[0], self.metrics[-1]
+        return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
+
 
 def read_architecture(name: str) -> dict[str, Any]:
     """An architecture JSON by name, or the config of an existing checkpoint (``local-dir:PATH``)."""
