@@ -149,7 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> Any:
         result = evaluate_grounding(model, n=args.n, methods=methods, split=args.split, seed=args.seed,
                                     progress=progress)
     else:
-        result = evaluate_phantom(model, n=args.n, split=args.split, seed=args.seed, progress=progress)
+        result = evaluate_phantom(model, n=args.n, split=args.split, seed=args.seed, progress=progress,
+                                  negatives=args.negatives)
     payload = result.to_dict()
     out = args.out or _eval_path_next_to(args.model, f"eval_{args.task}.json")
     if out is not None:
@@ -185,12 +186,13 @@ def _eval_report(args: argparse.Namespace) -> Any:
 
 def cmd_report(args: argparse.Namespace) -> Any:
     from medclip_core.io import load_image
-    from medclip_core.tasks.report import METHODS, draft_report
+    from medclip_core.tasks.report import METHODS, SUPPORT, draft_report
 
     image = load_image(args.image, frame=args.frame)
     methods = METHODS if args.method == "both" else (args.method,)
+    support = SUPPORT if args.support is None else args.support
     drafts = {m: draft_report(image, m, args.model, k=args.k, impression_k=args.impression_k, beam=args.beam,
-                              support=args.support).to_dict() for m in methods}
+                              support=support).to_dict() for m in methods}
     return drafts[args.method] if args.method != "both" else drafts
 
 
@@ -218,7 +220,8 @@ def cmd_zero_shot(args: argparse.Namespace) -> Any:
     else:
         labels = list(LABEL_PRESETS[args.preset])
     result = diagnose(load_image(args.image, frame=args.frame), labels, mode=args.mode, model=args.model,
-                      compare_with=args.compare_with, shots=args.shots, support_csv=args.support_csv)
+                      compare_with=args.compare_with, shots=args.shots, support_csv=args.support_csv,
+                      negatives=args.negatives)
     return result.to_dict()
 
 
@@ -362,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", help="labels to score (default: the --preset label set)")
     p.add_argument("--preset", choices=("Phantom findings", "CheXpert findings"), default="Phantom findings")
     p.add_argument("--mode", choices=("pairwise", "softmax"), default="pairwise")
+    p.add_argument("--negatives", choices=("negated", "normal"),
+                   help="pairwise negative prompts: 'No {finding}.' (negated) or a normal study's sentences "
+                        "(normal); default: the model's own (its card's zero_shot_negatives)")
     p.add_argument("--compare-with", help="a second model scored on the same image and labels")
     p.add_argument("--shots", type=int, default=0, help="phantom examples per label for Tip-Adapter / linear probe")
     p.add_argument("--support-csv", type=Path, help="few-shot support set: CSV with columns image,labels")
@@ -396,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("retrieval", "generative", "both"), default="retrieval")
     p.add_argument("--k", type=int, default=4, help="retrieval: findings sentences")
     p.add_argument("--impression-k", type=int, default=1, help="retrieval: impression sentences")
-    p.add_argument("--support", type=float, default=0.0,
-                   help="retrieval: zero-shot probability a stated abnormal finding needs (default 0: no check; "
-                        "0.6 suits medclip-phantom-grounding)")
+    p.add_argument("--support", type=float,
+                   help="retrieval: calibrated zero-shot probability a stated abnormal finding needs "
+                        "(default 0.1, best on the validation split; 0: no check)")
     p.add_argument("--beam", type=int, default=3, help="generative: beam width")
     p.add_argument("--frame", type=int)
     p.set_defaults(func=cmd_report)
@@ -463,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "against baselines (--task report)")
     p.add_argument("--task", choices=("phantom", "grounding", "report"), default="phantom")
     p.add_argument("--methods", nargs="+", help="heatmap methods for --task grounding (default: all)")
+    p.add_argument("--negatives", choices=("negated", "normal"),
+                   help="--task phantom: pairwise negative prompts (default: the model's own)")
     p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
     p.add_argument("--data", default="phantom")
     p.add_argument("--n", type=int, default=1000)

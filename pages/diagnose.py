@@ -12,11 +12,14 @@ from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
 from pages.common import image_examples, image_upload, model_choices, ui_errors
 
 NO_COMPARISON = "(none)"
+MODEL_NEGATIVES = "the model's own"
+NEGATIVE_CHOICES = [(MODEL_NEGATIVES, MODEL_NEGATIVES), ('"No {finding}." (CheXzero)', "negated"),
+                    ("a normal study's sentences", "normal")]
 
 
 @ui_errors
 def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, model: str, compare_with: str,
-                  shots: float) -> tuple[Any, Any, Any, dict]:
+                  shots: float, negatives: str = MODEL_NEGATIVES) -> tuple[Any, Any, Any, dict]:
     """Image file + labels -> (preview, bar chart, table, full JSON result)."""
     if not path:
         raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
@@ -29,7 +32,7 @@ def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, 
         raise TaskInputError(f"Unknown label preset '{preset}'.")
     result = diagnose(image, labels, mode=mode, model=model,
                       compare_with=None if compare_with in (None, "", NO_COMPARISON) else compare_with,
-                      shots=int(shots or 0))
+                      shots=int(shots or 0), negatives=None if negatives in (None, "", MODEL_NEGATIVES) else negatives)
     header, rows = result.table()
     return image.to_pil(), probability_figure(result), gr.update(value=rows, headers=header), result.to_dict()
 
@@ -37,7 +40,7 @@ def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, 
 def build(model_picker: gr.Dropdown) -> None:
     with gr.Tab("Diagnose"):
         gr.Markdown("Zero-shot findings: each label is written as report sentences (a prompt ensemble) and "
-                    "scored per label against its negation (CheXzero style), or as a softmax across labels.")
+                    "scored per label against negative sentences (CheXzero style), or as a softmax across labels.")
         with gr.Row():
             with gr.Column():
                 upload = image_upload("diagnose-upload")
@@ -48,7 +51,10 @@ def build(model_picker: gr.Dropdown) -> None:
                 custom = gr.Textbox(lines=4, label="Or your own labels, one per line",
                                     placeholder="pleural effusion\ncardiomegaly\npneumothorax")
                 mode = gr.Radio(["pairwise", "softmax"], value="pairwise", label="Scoring",
-                                info="pairwise: each finding vs its negation (multi-label); softmax: across labels")
+                                info="pairwise: each finding vs negative sentences (multi-label); softmax: across labels")
+                negatives = gr.Dropdown(NEGATIVE_CHOICES, value=MODEL_NEGATIVES, label="Negative sentences (pairwise)",
+                                        info="Which works better depends on the text encoder; the embedded models "
+                                             "use a normal study's sentences")
                 compare = gr.Dropdown([NO_COMPARISON, *(value for _, value in model_choices())], value=NO_COMPARISON,
                                       allow_custom_value=True, label="Compare with a second model")
                 shots = gr.Slider(0, 32, value=0, step=1, label="Few-shot adaptation: phantom examples per label",
@@ -57,5 +63,5 @@ def build(model_picker: gr.Dropdown) -> None:
         plot = gr.Plot(label="Probabilities", elem_id="diagnose-chart")
         table = gr.Dataframe(label="Table", interactive=False)
         details = gr.JSON(label="Result (with the prompts used)")
-        button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots],
+        button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots, negatives],
                      outputs=[preview, plot, table, details], api_name="zero_shot")

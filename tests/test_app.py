@@ -64,7 +64,11 @@ def test_zero_shot_endpoint_with_png_and_dicom(client, open_clip_dir) -> None:
         assert result["labels"][:3] == ["normal", "cardiomegaly", "pleural effusion"]
         probabilities = result["scores"][model]
         assert len(probabilities) == 12 and all(0 <= p <= 1 for p in probabilities)
-        assert result["prompts"]["pleural effusion"]["negative"]
+        assert result["prompts"]["pleural effusion"]["negative"] and result["negatives"] == "negated"
+    _, _, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "Phantom findings", "", "pairwise",
+                                     model, "(none)", 0, "normal", api_name="/zero_shot")
+    assert result["negatives"] == "normal" and "normal study" in result["notes"][0]
+    assert result["prompts"]["pleural effusion"]["negative"] == result["prompts"]["nodule"]["negative"]
     _, _, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "000.png")), "Phantom findings",
                                      "effusion\nnodule", "softmax", model, "(none)", 0, api_name="/zero_shot")
     assert result["labels"] == ["effusion", "nodule"] and abs(sum(result["scores"][model]) - 1) < 1e-4

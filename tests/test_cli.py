@@ -81,10 +81,14 @@ def test_phantom_writes_images_reports_and_contact_sheet(tmp_path: Path) -> None
 def test_zero_shot_and_retrieve_commands(open_clip_dir: Path) -> None:
     image = str(ROOT / "assets" / "examples" / "phantom_effusion.dcm")
     model = f"local-dir:{open_clip_dir}"
-    result = run_cli("zero-shot", image, "--model", model, "--labels", "pleural effusion", "nodule")
+    result = run_cli("zero-shot", image, "--model", model, "--labels", "pleural effusion", "nodule",
+                     "--negatives", "normal")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["labels"] == ["pleural effusion", "nodule"] and len(payload["scores"][model]) == 2
+    assert payload["negatives"] == "normal" and payload["prompts"]["nodule"]["negative"][0].startswith("No acute")
+    result = run_cli("zero-shot", image, "--model", model, "--negatives", "absent")
+    assert result.returncode == 2 and "invalid choice: 'absent'" in result.stderr
     result = run_cli("retrieve", "--model", model, "--gallery", "phantom:6", "--text", "pleural effusion", "--k", "3")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)

@@ -65,11 +65,10 @@ def test_examples_score_their_finding_above_the_normal_example(model) -> None:
     assert len(misses) <= 1, misses
 
 
-@pytest.mark.parametrize("mode,most_misses", [("pairwise", 2), ("softmax", 1)])
+@pytest.mark.parametrize("mode,most_misses", [("pairwise", 1), ("softmax", 1)])
 def test_examples_rank_one_of_their_findings_first(model, mode, most_misses) -> None:
-    """Known answers on the nine committed examples: with pairwise scores at least seven rank one of
-    their findings first, with a softmax across the labels at least eight (the README names the
-    misses; the model card gives every finding's AUC)."""
+    """Known answers on the nine committed examples: in both modes at least eight rank one of their
+    findings first (the README names the miss; the model card gives every finding's AUC)."""
     misses = []
     for path in sorted(EXAMPLES.glob("[0-9][0-9][0-9].png")):
         image, labels = example(path.stem)
@@ -77,6 +76,22 @@ def test_examples_rank_one_of_their_findings_first(model, mode, most_misses) -> 
         if top_label not in labels:
             misses.append((path.stem, top_label))
     assert len(misses) <= most_misses, misses
+
+
+def test_scoring_against_a_normal_study_ranks_findings_better_than_negation(model) -> None:
+    """The spec's negative style is the better one for this model: on 150 validation images the top
+    finding is one of the image's own far more often (bench/results/zero_shot_prompts.json: 1,000 images)."""
+    from medclip_core.data.reports import FINDINGS
+    from medclip_core.eval.phantom_eval import phantom_eval_samples, zero_shot_summary
+    from medclip_core.tasks.zero_shot import score_images
+
+    assert model.card.zero_shot_negatives == "normal"
+    samples = phantom_eval_samples(150, split="val")
+    embeddings = model.encode_image([s.image for s in samples])
+    label_sets = [frozenset(s.labels) for s in samples]
+    accuracy = {style: zero_shot_summary(score_images(model, embeddings, FINDINGS, negatives=style), label_sets)[
+        "top_finding_accuracy"] for style in ("negated", "normal")}
+    assert accuracy["normal"] >= 0.8 and accuracy["normal"] >= accuracy["negated"] + 0.1, accuracy
 
 
 def test_text_query_pleural_effusion_finds_effusions_on_the_phantom_gallery(model, tmp_path) -> None:

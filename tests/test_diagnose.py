@@ -53,3 +53,15 @@ def test_label_parsing_rejects_empty_and_too_many() -> None:
         parse_labels("\n".join(f"finding {i}" for i in range(100)))
     with pytest.raises(TaskInputError, match="at most 200 characters"):
         parse_labels("x" * 500)
+
+
+def test_diagnose_says_which_negative_sentences_it_scored_against(open_clip_dir, chest_like_image) -> None:
+    model = f"local-dir:{open_clip_dir}"
+    default = diagnose(chest_like_image, ["nodule", "edema"], model=model)
+    assert default.negatives == "negated" and '"No {finding}."' in default.notes[0]
+    normal = diagnose(chest_like_image, ["nodule", "edema"], model=model, negatives="normal", shots=2)
+    assert normal.to_dict()["negatives"] == "normal" and "normal study" in normal.notes[0]
+    assert normal.scores[model] != default.scores[model]
+    assert diagnose(chest_like_image, ["nodule"], mode="softmax", model=model).negatives is None
+    with pytest.raises(TaskInputError, match="Negative prompts must be one of"):
+        diagnose(chest_like_image, ["nodule"], model=model, negatives="absent")

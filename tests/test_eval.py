@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from medclip_core.data.reports import FINDINGS
+from medclip_core.errors import TaskInputError
 from medclip_core.eval.metrics import (
-    box_area_fraction, dice, heatmap_from_patches, iou, pointing_game, precision_at_k, recall_at_k, roc_auc,
+    box_area_fraction, dice, expected_calibration_error, heatmap_from_patches, iou, platt_scaling, pointing_game,
+    precision_at_k, recall_at_k, roc_auc,
 )
 from medclip_core.models import load_model
 from medclip_core.models.base import CropGeometry
 from medclip_core.tasks.zero_shot import (
-    LABEL_SYNONYMS, TEXT_EMBEDDING_CACHE, TextEmbeddingCache, label_prompts, label_text_embeddings, score_images,
-    zero_shot,
+    LABEL_SYNONYMS, NORMAL_PROMPTS, TEXT_EMBEDDING_CACHE, TextEmbeddingCache, label_prompts, label_text_embeddings,
+    score_images, zero_shot,
 )
 
 
@@ -139,6 +141,92 @@ def test_text_embedding_cache_counts_misses_then_hits(tiny_model) -> None:
     assert torch.allclose(first.positive.norm(dim=-1), torch.ones(1), atol=1e-5)
 
 
+def test_negative_styles_choose_what_a_finding_is_scored_against(tiny_model) -> None:
+    normal_style = label_prompts("pleural effusion", "normal")
+    assert normal_style["positive"] == label_prompts("pleural effusion")["positive"]
+    assert normal_style["negative"] == list(NORMAL_PROMPTS["positive"])
+    assert label_prompts("normal", "normal") == label_prompts("normal")  # "normal" keeps its own opposite
+
+    assert tiny_model.card.zero_shot_negatives == "negated"  # a model that names no style: CheXzero's
+    negated = label_text_embeddings(tiny_model, ["nodule", "edema", "normal"], cache=None)
+    assert negated.negatives == "negated" and not torch.allclose(negated.negative[0], negated.negative[1])
+    normal = label_text_embeddings(tiny_model, ["nodule", "edema", "normal"], cache=None, negatives="normal")
+    expected = torch.nn.functional.normalize(tiny_model.encode_text(list(NORMAL_PROMPTS["positive"])).mean(0), dim=-1)
+    assert torch.allclose(normal.negative[0], expected, atol=1e-5) and torch.allclose(normal.negative[1], expected,
+                                                                                        atol=1e-5)
+    assert torch.allclose(normal.negative[2], negated.negative[2], atol=1e-5)
+    assert label_text_embeddings(tiny_model, ["nodule"], "softmax", cache=None, negatives="normal").negatives is None
+    with pytest.raises(TaskInputError, match="Negative prompts must be one of"):
+        label_text_embeddings(tiny_model, ["nodule"], cache=None, negatives="absent")
+
+    cache = TextEmbeddingCache()
+    for style in ("negated", "normal", "normal"):
+        label_text_embeddings(tiny_model, ["nodule"], "pairwise", cache, negatives=style)
+    assert (cache.misses, cache.hits) == (2, 1)
+    result = zero_shot(tiny_model, np.full((64, 64), 0.5, np.float32), ["nodule"], negatives="normal")
+    assert result.negatives == "normal" and result.to_dict()["prompts"]["nodule"]["negative"] == list(
+        NORMAL_PROMPTS["positive"])
+
+
+def test_expected_calibration_error_known_values() -> None:
+    assert expected_calibration_error([0.9] * 10, [1] * 9 + [0]) == pytest.approx(0.0)
+    assert expected_calibration_error([1.0, 1.0, 0.0, 0.0], [1, 0, 0, 1]) == pytest.approx(0.5)
+    # two bins of two: |0.25 - 0| and |0.75 - 1|, each half of the items
+    assert expected_calibration_error([0.25, 0.25, 0.75, 0.75], [0, 0, 1, 1]) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        expected_calibration_error([0.5], [1, 0])
+
+
+def test_platt_scaling_recovers_the_slope_and_bias_that_made_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=20_000)
+    truth = rng.random(20_000) < 1.0 / (1.0 + np.exp(-(3.0 * scores - 1.0)))
+    a, b = platt_scaling(scores, truth)
+    assert a == pytest.approx(3.0, abs=0.15) and b == pytest.approx(-1.0, abs=0.08)
+    with pytest.raises(ValueError, match="both classes"):
+        platt_scaling([0.1, 0.2], [1, 1])
+
+
+def test_a_card_calibration_maps_pairwise_scores_without_changing_their_order(tiny_model, chest_like_image,
+                                                                               monkeypatch) -> None:
+    from dataclasses import replace
+
+    from medclip_core.tasks.zero_shot import logit_map
+
+    labels = ["nodule", "edema", "cardiomegaly", "normal"]
+    raw = zero_shot(tiny_model, chest_like_image, labels)
+    assert not raw.calibrated
+    calibration = {"negatives": "negated", "findings": {"scale": 5.0, "bias": -2.0},
+                   "normal": {"scale": 3.0, "bias": 1.0}, "fitted_on": "test"}
+    monkeypatch.setattr(tiny_model, "card", replace(tiny_model.card, zero_shot_calibration=calibration))
+    calibrated = zero_shot(tiny_model, chest_like_image, labels)
+    assert calibrated.calibrated and calibrated.to_dict()["calibrated"] is True
+    findings_order = [label for label, _ in calibrated.ranked() if label != "normal"]
+    assert findings_order == [label for label, _ in raw.ranked() if label != "normal"]
+    text = label_text_embeddings(tiny_model, labels)
+    cosine = (tiny_model.encode_image([chest_like_image]).float() @ (text.positive - text.negative).T)[0]
+    expected = torch.sigmoid(torch.tensor([5.0, 5.0, 5.0, 3.0]) * cosine + torch.tensor([-2.0, -2.0, -2.0, 1.0]))
+    assert np.allclose(calibrated.probabilities, expected.numpy(), atol=1e-5)
+    # only for the style it was fitted on, only in pairwise mode, and not when asked for raw scores
+    assert not zero_shot(tiny_model, chest_like_image, labels, negatives="normal").calibrated
+    assert not zero_shot(tiny_model, chest_like_image, labels, calibrated=False).calibrated
+    assert not logit_map(tiny_model, label_text_embeddings(tiny_model, labels, "softmax")).calibrated
+
+
+def test_zero_shot_summary_counts_images_whose_top_finding_is_their_own() -> None:
+    from medclip_core.eval.phantom_eval import zero_shot_summary
+
+    nodule, edema, normal = (FINDINGS.index(f) for f in ("nodule", "edema", "normal"))
+    probabilities = np.full((3, len(FINDINGS)), 0.1)
+    probabilities[0, nodule] = 0.9   # right
+    probabilities[1, nodule] = 0.9   # wrong: an edema image
+    probabilities[2, normal] = 0.8   # right
+    labels = [frozenset({"nodule"}), frozenset({"edema"}), frozenset({"normal"})]
+    summary = zero_shot_summary(probabilities, labels, "pairwise", "normal")
+    assert summary["top_finding_accuracy"] == pytest.approx(2 / 3) and summary["negatives"] == "normal"
+    assert 0.0 <= summary["calibration_error"] <= 1.0 and probabilities[1, edema] == 0.1
+
+
 # -- phantom benchmark --------------------------------------------------------------------------
 
 def test_evaluate_phantom_on_a_tiny_model(tiny_model, tmp_path) -> None:
@@ -154,7 +242,8 @@ def test_evaluate_phantom_on_a_tiny_model(tiny_model, tmp_path) -> None:
     assert calls and calls[-1] == 1.0
 
     zs = data["zero_shot"]
-    assert zs["mode"] == "pairwise" and set(zs["positives"]) == set(FINDINGS)
+    assert zs["mode"] == "pairwise" and zs["negatives"] == "negated" and set(zs["positives"]) == set(FINDINGS)
+    assert 0.0 <= zs["top_finding_accuracy"] <= 1.0 and 0.0 <= zs["calibration_error"] <= 1.0
     assert sum(zs["positives"].values()) >= 12
     assert all(0.0 <= v <= 1.0 for v in zs["auc"].values())
     assert set(zs["auc"]) | set(zs["skipped"]) == set(FINDINGS)

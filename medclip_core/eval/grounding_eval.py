@@ -13,13 +13,14 @@ Surgery removes what the phrases of a set share, so every image is grounded with
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 
 from medclip_core.eval.metrics import box_area_fraction, dice, iou, pointing_game
-from medclip_core.eval.phantom_eval import FOCAL_FINDINGS, IMAGE_SIZE, Progress, _eval_mode, _mean, _report_major_order
+from medclip_core.eval.phantom_eval import (
+    FOCAL_FINDINGS, IMAGE_SIZE, Progress, _eval_mode, _mean, phantom_eval_order,
+)
 from medclip_core.models.base import ClipModel
 from medclip_core.tasks.grounding import METHODS, ground, method_support
 from medclip_core.tasks.segmentation import mask_from_heatmap
@@ -53,15 +54,10 @@ def _summarise(per_finding: dict[str, list[float]]) -> dict[str, float]:
 def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] = METHODS, split: str = "test",
                        seed: int = 0, progress: Progress | None = None) -> GroundingEvalResult:
     """Pointing game, IoU and Dice per method and focal finding over ``n`` phantom samples."""
-    from medclip_core.data.phantom import phantom_dataset
-
     support = method_support(model)
     skipped = {m: support[m] for m in methods if support[m]}
     runnable = [m for m in methods if not support[m]]
-    n_reports = len(phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE))
-    variants = math.ceil(n / n_reports)
-    dataset = phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE, variants_per_report=variants)
-    order = _report_major_order(n_reports, variants)[:min(n, len(dataset))]
+    dataset, order = phantom_eval_order(n, split, seed)
     scores = {m: {k: {f: [] for f in FOCAL_FINDINGS} for k in ("pointing", "pointing_15px", "iou", "dice")}
               for m in runnable}
     seconds = {m: [0.0, 0] for m in runnable}

@@ -152,6 +152,41 @@ def box_area_fraction(boxes: Iterable[Box], width: int, height: int, tolerance: 
     return float(covered.mean())
 
 
+def expected_calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
+    """ECE (Guo et al. 2017) of binary probabilities: over ``bins`` equal-width probability bins, the
+    share of items in each bin times |mean probability - observed frequency| there, summed."""
+    probabilities = np.asarray(probabilities, dtype=float).ravel()
+    truth = np.asarray(truth, dtype=float).ravel()
+    if probabilities.shape != truth.shape or probabilities.size == 0:
+        raise ValueError("probabilities and truth need the same, non-zero number of items")
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        error += inside.mean() * abs(probabilities[inside].mean() - truth[inside].mean())
+    return float(error)
+
+
+def platt_scaling(scores: np.ndarray, truth: np.ndarray, iterations: int = 100) -> tuple[float, float]:
+    """Platt (1999) scaling: the ``(a, b)`` for which ``sigmoid(a * score + b)`` best predicts ``truth``
+    (maximum likelihood, Newton's method on the two parameters)."""
+    x = np.asarray(scores, dtype=float).ravel()
+    y = np.asarray(truth, dtype=float).ravel()
+    if x.shape != y.shape or y.min(initial=1) == y.max(initial=0):
+        raise ValueError("Platt scaling needs as many scores as labels, and both classes among the labels")
+    params = np.zeros(2)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(design @ params)))
+        gradient = design.T @ (p - y)
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        params -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(params[0]), float(params[1])
+
+
 def iou(pred: np.ndarray, target: np.ndarray) -> float:
     """Intersection over union of two boolean masks; 1.0 when both are empty."""
     pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)

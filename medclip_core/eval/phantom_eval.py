@@ -26,17 +26,21 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from medclip_core.data.reports import FINDINGS
 from medclip_core.eval.metrics import (
-    box_area_fraction, heatmap_from_patches, pointing_game, precision_at_k, recall_at_k, roc_auc,
+    box_area_fraction, expected_calibration_error, heatmap_from_patches, pointing_game, precision_at_k, recall_at_k,
+    roc_auc,
 )
 from medclip_core.models.base import ClipModel
-from medclip_core.tasks.zero_shot import label_text_embeddings, scores_from_embeddings
+from medclip_core.tasks.zero_shot import label_text_embeddings, logit_map, scores_from_embeddings
+
+if TYPE_CHECKING:
+    from medclip_core.data.phantom import PhantomDataset, PhantomSample
 
 # Findings drawn as a localised density, for which a box is a fair grounding target.
 FOCAL_FINDINGS: tuple[str, ...] = tuple(
@@ -99,7 +103,11 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _zero_shot_summary(probabilities: np.ndarray, label_sets: list[frozenset[str]]) -> dict[str, Any]:
+def zero_shot_summary(probabilities: np.ndarray, label_sets: list[frozenset[str]], mode: str = "pairwise",
+                      negatives: str | None = None) -> dict[str, Any]:
+    """Per-finding AUC over images; ``top_finding_accuracy`` across findings: how often an image's
+    highest-scoring finding of ``FINDINGS`` is one of its own (every image has one; "normal" counts);
+    ``calibration_error`` (pairwise mode only): the ECE over all (image, finding) pairs."""
     truth = np.array([[label in labels for label in FINDINGS] for labels in label_sets], dtype=bool)
     positives = {label: int(truth[:, j].sum()) for j, label in enumerate(FINDINGS)}
     auc, skipped = {}, []
@@ -108,7 +116,11 @@ def _zero_shot_summary(probabilities: np.ndarray, label_sets: list[frozenset[str
             auc[label] = roc_auc(truth[:, j], probabilities[:, j])
         else:
             skipped.append(label)
-    return {"mode": "pairwise", "auc": auc, "macro_auc": _mean(list(auc.values())),
+    top = truth[np.arange(len(truth)), probabilities.argmax(axis=1)]
+    return {"mode": mode, "negatives": negatives, "auc": auc, "macro_auc": _mean(list(auc.values())),
+            "top_finding_accuracy": float(top.mean()),
+            # softmax rows sum to 1, so their ECE mostly counts findings per image: left out
+            "calibration_error": expected_calibration_error(probabilities, truth) if mode == "pairwise" else None,
             "positives": positives, "skipped": skipped}
 
 
@@ -171,43 +183,56 @@ def _eval_mode(model: ClipModel) -> Iterator[None]:
         model.module.train(was_training)
 
 
-def _report_major_order(n_reports: int, variants: int) -> list[int]:
-    """Dataset indices that visit every report once before any report's second rendering."""
-    return [report * variants + variant for variant in range(variants) for report in range(n_reports)]
-
-
-def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed: int = 0,
-                     batch_size: int = 64, progress: Progress | None = None) -> PhantomEvalResult:
-    """Run the phantom benchmark on ``n`` rendered samples of ``phantom_dataset(split, seed)``.
+def phantom_eval_order(n: int = 1000, split: str = "test", seed: int = 0) -> tuple[PhantomDataset, list[int]]:
+    """The rendered set of ``split`` and the indices of its first ``n`` samples, covering it evenly.
 
     When the split has fewer than ``n`` reports (the test split has ~390), each report is rendered
-    in several seeded variants, and every report appears once before any appears again, so the
-    first ``n`` samples cover the split evenly. ``progress(fraction, message)``, when given, is
-    called as batches finish (``gr.Progress`` fits). See :class:`PhantomEvalResult` for the fields.
+    in several seeded variants, and every report appears once before any appears again.
     """
     from medclip_core.data.phantom import phantom_dataset
 
+    if n < 2:
+        raise ValueError(f"Need at least 2 phantom samples, got n={n}.")
+    n_reports = len(phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE))
+    variants = math.ceil(n / n_reports)
+    dataset = phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE, variants_per_report=variants)
+    order = [report * variants + variant for variant in range(variants) for report in range(n_reports)]
+    return dataset, order[:min(n, len(dataset))]
+
+
+def phantom_eval_samples(n: int = 1000, split: str = "test", seed: int = 0,
+                         progress: Progress | None = None) -> list[PhantomSample]:
+    """The samples of :func:`phantom_eval_order`, rendered; ``progress(fraction, message)`` every 64."""
+    dataset, order = phantom_eval_order(n, split, seed)
+    samples = []
+    for i, index in enumerate(order):
+        samples.append(dataset[index])
+        if progress is not None and (i + 1) % 64 == 0:
+            progress((i + 1) / len(order), f"rendered {i + 1}/{len(order)} images")
+    return samples
+
+
+def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed: int = 0,
+                     batch_size: int = 64, progress: Progress | None = None,
+                     negatives: str | None = None) -> PhantomEvalResult:
+    """Run the phantom benchmark on the :func:`phantom_eval_samples` (``n``, ``split``, ``seed``).
+
+    Zero-shot scores are pairwise, with the model's own negative prompts unless ``negatives`` names
+    a style (:data:`medclip_core.tasks.zero_shot.NEGATIVE_STYLES`). ``progress(fraction, message)``,
+    when given, is called as batches finish (``gr.Progress`` fits). See :class:`PhantomEvalResult`.
+    """
     def report(fraction: float, message: str) -> None:
         if progress is not None:
             progress(fraction, message)
 
-    if n < 2:
-        raise ValueError(f"Need at least 2 phantom samples, got n={n}.")
     start = time.perf_counter()
-    n_reports = len(phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE))
-    variants = math.ceil(n / n_reports)
-    dataset = phantom_dataset(split=split, seed=seed, size=IMAGE_SIZE, variants_per_report=variants)
-    count = min(n, len(dataset))
-    samples = []
-    for i, index in enumerate(_report_major_order(n_reports, variants)[:count]):
-        samples.append(dataset[index])
-        if (i + 1) % batch_size == 0:
-            report(0.4 * (i + 1) / count, f"rendered {i + 1}/{count} images")
+    samples = phantom_eval_samples(n, split, seed, lambda f, m: report(0.4 * f, m))
+    count = len(samples)
     seconds_render = time.perf_counter() - start
     label_sets = [frozenset(s.labels) for s in samples]
 
     with _eval_mode(model):
-        text = label_text_embeddings(model, FINDINGS, "pairwise", cache=None)
+        text = label_text_embeddings(model, FINDINGS, "pairwise", cache=None, negatives=negatives)
         positive = dict(zip(FINDINGS, text.positive))
         common = text.positive.mean(dim=0)
         directions = {"raw": {f: positive[f] for f in FOCAL_FINDINGS},
@@ -235,7 +260,8 @@ def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed:
             report(0.4 + 0.5 * done / count, f"encoded {done}/{count} images")
         image_embeddings = torch.cat(image_embeddings)
 
-        probabilities = scores_from_embeddings(image_embeddings, text, model.logit_scale)
+        logits = logit_map(model, text)
+        probabilities = scores_from_embeddings(image_embeddings, text, logits)
         report(0.9, "encoding reports")
         texts = [s.report.text for s in samples]
         text_embeddings = torch.cat([model.encode_text(texts[lo:lo + batch_size]).cpu()
@@ -247,7 +273,8 @@ def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed:
     return PhantomEvalResult(
         model=model.card.name, split=split, seed=seed, n_images=count,
         n_reports=len({s.report.report_id for s in samples}),
-        zero_shot=_zero_shot_summary(probabilities, label_sets),
+        zero_shot={**zero_shot_summary(probabilities, label_sets, "pairwise", text.negatives),
+                   "calibrated": logits.calibrated},
         retrieval=_retrieval_summary(similarity, label_sets),
         grounding=tally.summary(grounding_note),
         timing={"seconds_total": seconds_total, "seconds_render": seconds_render,

@@ -43,6 +43,8 @@ class ModelCard:
     gated: bool = False
     clinical_use: str = "research only, not for diagnosis"
     metrics: dict[str, Any] = field(default_factory=dict)
+    zero_shot_negatives: str = "negated"  # pairwise zero-shot negatives, see tasks.zero_shot.NEGATIVE_STYLES
+    zero_shot_calibration: dict[str, Any] | None = None  # Platt scaling of pairwise scores, see tasks.zero_shot.LogitMap
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

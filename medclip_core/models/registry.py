@@ -58,6 +58,7 @@ class ModelSpec:
     pretrained: str | None = None
     context_length: int | None = None
     gated: bool = False
+    zero_shot_negatives: str = "negated"
 
     def card(self) -> ModelCard:
         shared = {k: v for k, v in asdict(self).items() if k in ModelCard.__dataclass_fields__}
@@ -98,7 +99,8 @@ def _run_specs() -> dict[str, ModelSpec]:
         specs[name] = ModelSpec(name=name, backend="checkpoint", source=str(path),
                                 modality=card.get("modality", "custom"), image_size=int(card.get("image_size", 224)),
                                 embed_dim=int(card.get("embed_dim", 0)), licence=card.get("licence", ""),
-                                description=f"fine-tuned by the training run '{name}'")
+                                description=f"fine-tuned by the training run '{name}'",
+                                zero_shot_negatives=card.get("zero_shot_negatives", "negated"))
     return specs
 
 

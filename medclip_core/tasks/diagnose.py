@@ -26,6 +26,7 @@ class Diagnosis:
     scores: dict[str, list[float]]
     prompts: dict[str, dict[str, list[str]]]
     notes: list[str] = field(default_factory=list)
+    negatives: str | None = None  # the first model's pairwise negative style; None in softmax mode
 
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """Header and rows (one per label), probabilities rounded for display."""
@@ -34,36 +35,48 @@ class Diagnosis:
         return header, rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"labels": self.labels, "mode": self.mode, "scores": self.scores, "prompts": self.prompts,
-                "notes": self.notes}
+        return {"labels": self.labels, "mode": self.mode, "negatives": self.negatives, "scores": self.scores,
+                "prompts": self.prompts, "notes": self.notes}
+
+
+NEGATIVE_NOTES = {
+    "negated": 'each finding against its negation ("No {finding}.")',
+    "normal": "each finding against the sentences of a normal study",
+}
 
 
 def diagnose(image: ImageLike, labels: Sequence[str], mode: str = "pairwise", model: str | None = None,
-             compare_with: str | None = None, shots: int = 0, support_csv: str | Path | None = None) -> Diagnosis:
-    """Score ``image`` on ``labels``; ``shots`` > 0 (phantom) or ``support_csv`` adds few-shot series."""
+             compare_with: str | None = None, shots: int = 0, support_csv: str | Path | None = None,
+             negatives: str | None = None) -> Diagnosis:
+    """Score ``image`` on ``labels``; ``shots`` > 0 (phantom) or ``support_csv`` adds few-shot series.
+    ``negatives`` (pairwise mode) overrides each model's own negative prompts ("negated" or "normal")."""
     if mode not in SCORE_MODES:
         raise TaskInputError(f"Scoring mode must be one of {SCORE_MODES}.")
     name = model or default_model_name()
     primary = load_model(name)
-    result = zero_shot(primary, image, labels, mode)
+    result = zero_shot(primary, image, labels, mode, negatives)
     scores = {name: result.probabilities}
     notes: list[str] = []
     if mode == "softmax":
         notes.append("softmax mode: probabilities are shared across labels and sum to 1 (single-label reading).")
     else:
-        notes.append("pairwise mode: each label is scored on its own (positive vs negative prompts); "
-                     "probabilities do not sum to 1.")
+        calibrated = "; probabilities calibrated on labelled held-out images" if result.calibrated else ""
+        notes.append(f"pairwise mode: {NEGATIVE_NOTES[result.negatives]} ({name}{calibrated}); "
+                     "each label is scored on its own, so probabilities do not sum to 1.")
     if compare_with and compare_with != name:
-        scores[compare_with] = zero_shot(load_model(compare_with), image, labels, mode).probabilities
+        compared = zero_shot(load_model(compare_with), image, labels, mode, negatives)
+        scores[compare_with] = compared.probabilities
+        if compared.negatives != result.negatives:
+            notes.append(f"{compare_with} scores {NEGATIVE_NOTES[compared.negatives]}.")
     if shots or support_csv:
         support = (csv_support(primary, support_csv, labels) if support_csv
                    else SUPPORT_CACHE.phantom(primary, labels, shots))
-        adapted = few_shot_scores(primary, image, support, mode)
+        adapted = few_shot_scores(primary, image, support, mode, negatives=negatives)
         scores[f"{name} + Tip-Adapter"] = adapted.tip_adapter
         scores[f"{name} + linear probe"] = adapted.linear_probe
         notes.append(f"few-shot support: {adapted.support} ({adapted.support_size} images).")
         notes.extend(adapted.notes)
-    return Diagnosis(list(result.labels), mode, scores, result.prompts, notes)
+    return Diagnosis(list(result.labels), mode, scores, result.prompts, notes, result.negatives)
 
 
 def probability_figure(diagnosis: Diagnosis):

@@ -26,7 +26,7 @@ import torch
 from medclip_core.data.tables import image_path_in, read_csv_rows
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
-from medclip_core.tasks.zero_shot import NORMAL_LABELS, label_text_embeddings
+from medclip_core.tasks.zero_shot import NORMAL_LABELS, label_text_embeddings, logit_map, logits_from_embeddings
 
 DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 5.5
@@ -98,16 +98,6 @@ def csv_support(model: ClipModel, csv_path: str | Path, labels: Sequence[str]) -
                       f"CSV {Path(csv_path).name}, {len(rows)} images")
 
 
-def zero_shot_logits(model: ClipModel, image_embeddings: torch.Tensor, labels: Sequence[str],
-                     mode: str) -> np.ndarray:
-    """The logits behind zero-shot probabilities: pairwise s*(pos-neg), softmax s*pos."""
-    text = label_text_embeddings(model, labels, mode)
-    positive = model.logit_scale * image_embeddings.float() @ text.positive.T
-    if mode == "softmax":
-        return positive.cpu().numpy()
-    return (positive - model.logit_scale * image_embeddings.float() @ text.negative.T).cpu().numpy()
-
-
 def tip_adapter_logits(image_embeddings: torch.Tensor, support: SupportSet, beta: float = DEFAULT_BETA) -> np.ndarray:
     """Log-odds of each label from the affinity-weighted support labels (N, L)."""
     affinity = torch.exp(-beta * (1.0 - image_embeddings.float() @ support.embeddings.float().T)).cpu().numpy()
@@ -174,10 +164,13 @@ class FewShotResult:
 
 
 def few_shot_scores(model: ClipModel, image: ImageLike, support: SupportSet, mode: str = "pairwise",
-                    alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> FewShotResult:
-    """Score ``image`` on the support set's labels: zero-shot, Tip-Adapter and linear probe."""
+                    alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
+                    negatives: str | None = None) -> FewShotResult:
+    """Score ``image`` on the support set's labels: zero-shot, Tip-Adapter and linear probe
+    (``mode`` and ``negatives`` as in :func:`medclip_core.tasks.zero_shot.zero_shot`)."""
     embedding = model.encode_image([image])
-    base = zero_shot_logits(model, embedding, support.labels, mode)
+    text = label_text_embeddings(model, support.labels, mode, negatives=negatives)
+    base = logits_from_embeddings(embedding, text, logit_map(model, text)).cpu().numpy()
     adapted = base + alpha * tip_adapter_logits(embedding, support, beta)
     activate = _softmax if mode == "softmax" else _sigmoid
     probe = LinearProbe.fit(support)

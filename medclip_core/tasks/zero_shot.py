@@ -10,8 +10,20 @@ per label. Two scoring modes:
 * ``"softmax"``: softmax over labels of the scaled similarity to each positive embedding; rows sum
   to 1 (useful as "which of these is it?", wrong for multi-label images).
 
-"normal" breaks the "{finding}" / "no {finding}" pattern ("no normal" is not a sentence a report
-contains), so it has its own hand-written positive and negative sentences (``NORMAL_PROMPTS``).
+What the pairwise *negative* is (``NEGATIVE_STYLES``):
+
+* ``"negated"``: the finding's own negation, "No {finding}." (CheXzero). It needs a text encoder
+  that has learned what "no" means.
+* ``"normal"``: the sentences of a normal study (``NORMAL_PROMPTS["positive"]``), the same for every
+  label: "does this image read more like a report of {finding} or like a normal report?". A frozen
+  sentence encoder places "No pleural effusion." next to "Pleural effusion.", so a model trained on
+  top of it (the embedded models) scores far better this way
+  (``bench/results/zero_shot_prompts.json``).
+
+Each model's spec names its style (``zero_shot_negatives``, "negated" unless it says otherwise); a
+call can override it. A model card may also carry a calibration of the pairwise scores (see
+:class:`LogitMap`). "normal" breaks the "{finding}" / "no {finding}" pattern ("no normal" is
+not a sentence a report contains), so it has its own positive and negative sentences in both styles.
 """
 from __future__ import annotations
 
@@ -29,6 +41,8 @@ from medclip_core.tasks import check_text_items
 
 ScoreMode = Literal["pairwise", "softmax"]
 SCORE_MODES: tuple[str, ...] = ("pairwise", "softmax")
+NegativeStyle = Literal["negated", "normal"]
+NEGATIVE_STYLES: tuple[str, ...] = ("negated", "normal")
 
 # Report phrases for each finding label of medclip_core.data.reports.FINDINGS (1-3 each).
 LABEL_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -97,44 +111,57 @@ NORMAL_PROMPTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def label_prompts(label: str) -> dict[str, list[str]]:
+def label_prompts(label: str, negatives: NegativeStyle = "negated") -> dict[str, list[str]]:
     """The positive and negative sentences that stand for ``label`` (unknown labels used verbatim)."""
     if label.lower() in NORMAL_LABELS:
         return {kind: list(sentences) for kind, sentences in NORMAL_PROMPTS.items()}
     synonyms = LABEL_SYNONYMS.get(label, (label,))
-    return {kind: [template.format(finding=s) for s in synonyms for template in templates]
-            for kind, templates in PROMPT_TEMPLATES.items()}
+    positive = [template.format(finding=s) for s in synonyms for template in PROMPT_TEMPLATES["positive"]]
+    if negatives == "normal":
+        return {"positive": positive, "negative": list(NORMAL_PROMPTS["positive"])}
+    return {"positive": positive,
+            "negative": [template.format(finding=s) for s in synonyms for template in PROMPT_TEMPLATES["negative"]]}
 
 
 @dataclass(frozen=True)
 class LabelTextEmbeddings:
-    """Ensembled text embeddings for a label list: ``positive`` (L, D), ``negative`` (L, D) or None."""
+    """Ensembled text embeddings for a label list: ``positive`` (L, D); in pairwise mode ``negative``
+    (L, D) built in the ``negatives`` style, in softmax mode both None."""
 
     labels: tuple[str, ...]
     mode: str
     positive: torch.Tensor
     negative: torch.Tensor | None
     prompts: dict[str, dict[str, list[str]]]
+    negatives: str | None = None
 
 
 def _ensemble(model: ClipModel, sentences: Sequence[str]) -> torch.Tensor:
     return F.normalize(model.encode_text(list(sentences)).mean(dim=0), dim=-1)
 
 
-def _encode_labels(model: ClipModel, labels: tuple[str, ...], mode: str) -> LabelTextEmbeddings:
-    prompts = {label: label_prompts(label) for label in labels}
+def _encode_labels(model: ClipModel, labels: tuple[str, ...], mode: str,
+                   negatives: str | None) -> LabelTextEmbeddings:
+    prompts = {label: label_prompts(label, negatives or "negated") for label in labels}
     positive = torch.stack([_ensemble(model, prompts[label]["positive"]) for label in labels])
-    negative = None
-    if mode == "pairwise":
-        negative = torch.stack([_ensemble(model, prompts[label]["negative"]) for label in labels])
-    return LabelTextEmbeddings(labels, mode, positive, negative, prompts)
+    if mode != "pairwise":
+        prompts = {label: {"positive": p["positive"], "negative": []} for label, p in prompts.items()}
+        return LabelTextEmbeddings(labels, mode, positive, None, prompts)
+    # one ensemble per distinct negative sentence list ("normal" style shares one across labels)
+    ensembles: dict[tuple[str, ...], torch.Tensor] = {}
+    for label in labels:
+        key = tuple(prompts[label]["negative"])
+        if key not in ensembles:
+            ensembles[key] = _ensemble(model, key)
+    negative = torch.stack([ensembles[tuple(prompts[label]["negative"])] for label in labels])
+    return LabelTextEmbeddings(labels, mode, positive, negative, prompts, negatives)
 
 
 class TextEmbeddingCache:
     """Label text embeddings per model object, so repeated scoring does not re-encode prompts.
 
     Keyed weakly by the model object (an entry goes when the model does) and then by
-    (labels, mode). It assumes the model's weights are frozen: after changing them in place
+    (labels, mode, negatives). It assumes the model's weights are frozen: after changing them in place
     (training), call :meth:`clear` or pass ``cache=None``. ``hits`` / ``misses`` count look-ups.
     """
 
@@ -144,14 +171,15 @@ class TextEmbeddingCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, model: ClipModel, labels: tuple[str, ...], mode: str) -> LabelTextEmbeddings:
+    def get(self, model: ClipModel, labels: tuple[str, ...], mode: str,
+            negatives: str | None) -> LabelTextEmbeddings:
         per_model = self._entries.setdefault(model, {})
-        key = (labels, mode)
+        key = (labels, mode, negatives)
         if key in per_model:
             self.hits += 1
         else:
             self.misses += 1
-            per_model[key] = _encode_labels(model, labels, mode)
+            per_model[key] = _encode_labels(model, labels, mode, negatives)
         return per_model[key]
 
     def clear(self) -> None:
@@ -167,46 +195,96 @@ def _check_mode(mode: str) -> None:
         raise TaskInputError(f"Scoring mode must be one of {SCORE_MODES}, got {mode!r}.")
 
 
+def negative_style(model: ClipModel, mode: str, negatives: str | None = None) -> str | None:
+    """The pairwise negative style to use: ``negatives`` if given, else the model's; None in softmax mode."""
+    if mode != "pairwise":
+        return None
+    style = negatives or model.card.zero_shot_negatives
+    if style not in NEGATIVE_STYLES:
+        raise TaskInputError(f"Negative prompts must be one of {NEGATIVE_STYLES}, got {style!r}.")
+    return style
+
+
 def label_text_embeddings(model: ClipModel, labels: Sequence[str], mode: ScoreMode = "pairwise",
-                          cache: TextEmbeddingCache | None = TEXT_EMBEDDING_CACHE) -> LabelTextEmbeddings:
-    """Ensembled prompt embeddings for ``labels``; served from ``cache`` unless it is None."""
+                          cache: TextEmbeddingCache | None = TEXT_EMBEDDING_CACHE,
+                          negatives: NegativeStyle | None = None) -> LabelTextEmbeddings:
+    """Ensembled prompt embeddings for ``labels``; served from ``cache`` unless it is None.
+    ``negatives`` overrides the model's pairwise negative style (see the module docstring)."""
     _check_mode(mode)
+    style = negative_style(model, mode, negatives)
     labels = tuple(labels)
     if not labels:
         raise TaskInputError("At least one label is needed.")
     if cache is None:
-        return _encode_labels(model, labels, mode)
-    return cache.get(model, labels, mode)
+        return _encode_labels(model, labels, mode, style)
+    return cache.get(model, labels, mode, style)
+
+
+@dataclass(frozen=True)
+class LogitMap:
+    """How a cosine similarity (pairwise: a difference of two) becomes a logit: ``scale * x + bias``,
+    with one number for all labels or one per label.
+
+    Uncalibrated, ``scale`` is the model's own logit scale and ``bias`` 0. A model card may carry a
+    ``zero_shot_calibration``: Platt scaling of the pairwise scores for one negative style, fitted
+    on held-out labelled images (``bench/calibrate_zero_shot.py``), as ``{"negatives": STYLE,
+    "findings": {"scale", "bias"}, "normal": {"scale", "bias"}, "fitted_on": TEXT}``: one pair for
+    every finding (any label, free text included), one for "normal", which is scored against other
+    sentences. It changes no ranking within a group and no AUC, only what the probabilities mean.
+    """
+
+    scale: float | tuple[float, ...]
+    bias: float | tuple[float, ...] = 0.0
+    calibrated: bool = False
+
+
+def logit_map(model: ClipModel, text: LabelTextEmbeddings, calibrated: bool = True) -> LogitMap:
+    """The model's calibration when it has one for this pairwise style (and ``calibrated``), else its logit scale."""
+    calibration = model.card.zero_shot_calibration
+    if not (calibrated and calibration and text.mode == "pairwise" and calibration.get("negatives") == text.negatives):
+        return LogitMap(float(model.logit_scale))
+    groups = [calibration["normal" if label.lower() in NORMAL_LABELS else "findings"] for label in text.labels]
+    return LogitMap(tuple(float(g["scale"]) for g in groups), tuple(float(g["bias"]) for g in groups), True)
+
+
+def logits_from_embeddings(image_embeddings: torch.Tensor, text: LabelTextEmbeddings,
+                           logits: LogitMap) -> torch.Tensor:
+    """(N, D) normalised image embeddings -> (N, L) logits: softmax mode of cos(image, pos), pairwise
+    of cos(image, pos) - cos(image, neg), through ``logits``."""
+    image_embeddings = image_embeddings.float().to(text.positive.device)
+    direction = text.positive if text.mode == "softmax" else text.positive - text.negative
+    scale, bias = (torch.as_tensor(v, dtype=torch.float32, device=direction.device) for v in (logits.scale, logits.bias))
+    return scale * (image_embeddings @ direction.T) + bias
 
 
 def scores_from_embeddings(image_embeddings: torch.Tensor, text: LabelTextEmbeddings,
-                           logit_scale: float) -> np.ndarray:
+                           logits: LogitMap) -> np.ndarray:
     """(N, D) normalised image embeddings x label embeddings -> (N, L) probabilities (see module doc)."""
-    image_embeddings = image_embeddings.float().to(text.positive.device)
-    positive = logit_scale * image_embeddings @ text.positive.T
-    if text.mode == "softmax":
-        return positive.softmax(dim=-1).cpu().numpy()
-    negative = logit_scale * image_embeddings @ text.negative.T
-    # softmax over the (positive, negative) pair, first element
-    return torch.sigmoid(positive - negative).cpu().numpy()
+    values = logits_from_embeddings(image_embeddings, text, logits)
+    # pairwise: the sigmoid of the difference is the softmax over the (positive, negative) pair
+    probabilities = values.softmax(dim=-1) if text.mode == "softmax" else torch.sigmoid(values)
+    return probabilities.cpu().numpy()
 
 
 def score_images(model: ClipModel, image_embeddings: torch.Tensor, labels: Sequence[str],
-                 mode: ScoreMode = "pairwise",
-                 cache: TextEmbeddingCache | None = TEXT_EMBEDDING_CACHE) -> np.ndarray:
+                 mode: ScoreMode = "pairwise", cache: TextEmbeddingCache | None = TEXT_EMBEDDING_CACHE,
+                 negatives: NegativeStyle | None = None, calibrated: bool = True) -> np.ndarray:
     """Probabilities (N, L) for already encoded images; see the module docstring for the modes."""
-    text = label_text_embeddings(model, labels, mode, cache)
-    return scores_from_embeddings(image_embeddings, text, model.logit_scale)
+    text = label_text_embeddings(model, labels, mode, cache, negatives)
+    return scores_from_embeddings(image_embeddings, text, logit_map(model, text, calibrated))
 
 
 @dataclass
 class ZeroShotResult:
-    """Zero-shot scores of one image: ``probabilities[i]`` belongs to ``labels[i]``."""
+    """Zero-shot scores of one image: ``probabilities[i]`` belongs to ``labels[i]``; ``negatives`` is
+    the pairwise negative style (None in softmax mode)."""
 
     labels: list[str]
     probabilities: list[float]
     mode: str
     prompts: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    negatives: str | None = None
+    calibrated: bool = False
 
     def ranked(self) -> list[tuple[str, float]]:
         """(label, probability) from most to least likely."""
@@ -214,14 +292,15 @@ class ZeroShotResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": self.labels, "probabilities": self.probabilities, "mode": self.mode,
-                "prompts": self.prompts}
+                "negatives": self.negatives, "calibrated": self.calibrated, "prompts": self.prompts}
 
 
-def zero_shot(model: ClipModel, image: ImageLike, labels: Sequence[str],
-              mode: ScoreMode = "pairwise") -> ZeroShotResult:
-    """Score one image against ``labels`` with the prompt ensemble."""
-    text = label_text_embeddings(model, labels, mode)
-    probabilities = scores_from_embeddings(model.encode_image([image]), text, model.logit_scale)[0]
-    used = {label: (prompts if mode == "pairwise" else {"positive": prompts["positive"], "negative": []})
-            for label, prompts in text.prompts.items()}
-    return ZeroShotResult(list(text.labels), [float(p) for p in probabilities], mode, used)
+def zero_shot(model: ClipModel, image: ImageLike, labels: Sequence[str], mode: ScoreMode = "pairwise",
+              negatives: NegativeStyle | None = None, calibrated: bool = True) -> ZeroShotResult:
+    """Score one image against ``labels`` with the prompt ensemble (``negatives``: see the module doc;
+    ``calibrated``: use the model's calibration where it has one, see :class:`LogitMap`)."""
+    text = label_text_embeddings(model, labels, mode, negatives=negatives)
+    logits = logit_map(model, text, calibrated)
+    probabilities = scores_from_embeddings(model.encode_image([image]), text, logits)[0]
+    return ZeroShotResult(list(text.labels), [float(p) for p in probabilities], mode, text.prompts, text.negatives,
+                          logits.calibrated)

@@ -496,6 +496,9 @@ class ContrastiveTrainer:
             "modality": "chest X-ray (synthetic phantom images)" if self.config.data == "phantom" else "custom",
             "image_size": self.image_size, "embed_dim": int(self.arch["model_cfg"]["embed_dim"]),
             "licence": "see the training data licence", "description": self.arch.get("description", ""),
+            # a property of the text tower: an architecture declares it, a fine-tuned checkpoint passes it on
+            "zero_shot_negatives": self.arch.get("zero_shot_negatives",
+                                                 self.arch.get("card", {}).get("zero_shot_negatives", "negated")),
         }
         checkpoint.save_checkpoint(self._plain_module(), self.out_dir, self.arch["model_cfg"], card,
                                    self.arch.get("preprocess_cfg", {}), self.arch.get("text_tower_package"),
