@@ -6,6 +6,7 @@ of ``eval_phantom.json`` (run ``python -m medclip_core eval --model local-dir:RU
 hand-kept comparison of the variants tried, ``bench/results/default_model_variants.md``.
 
     python bench/release_default_model.py runs/medclip-phantom-cnn [--dest assets/medclip-phantom]
+    python bench/release_default_model.py --refresh assets/medclip-phantom   # measures only
 """
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def metrics_summary(evaluation: dict) -> dict:
     return {
         "protocol": f"phantom {evaluation['split']} split, {evaluation['n_images']} images "
                     f"({evaluation['n_reports']} reports), seed {evaluation['seed']}",
+        "zero_shot_negatives": zero_shot.get("negatives"),
         "zero_shot_macro_auc": zero_shot["macro_auc"],
+        "zero_shot_top_finding_accuracy": zero_shot.get("top_finding_accuracy"),
+        "zero_shot_calibration_error": zero_shot.get("calibration_error"),
         "zero_shot_auc": zero_shot["auc"],
         "image_to_text": retrieval["image_to_text"],
         "text_to_image": retrieval["text_to_image"],
@@ -80,11 +84,35 @@ def carried_sections(card: str) -> str:
                    for match in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", card, flags=re.S))
 
 
+NEGATIVE_WORDING = {"negated": "each finding against its negation, CheXzero style",
+                    "normal": "each finding against a normal study's sentences"}
+
+
+def zero_shot_section(zero_shot: dict) -> str:
+    """The card's zero-shot subsection: macro AUC, top-finding accuracy, calibration, AUC per finding."""
+    auc_rows = "\n".join(f"| {label} | {_fmt(auc)} | {zero_shot['positives'].get(label, 0)} |"
+                         for label, auc in sorted(zero_shot["auc"].items(), key=lambda kv: -(kv[1] or 0)))
+    ranking = ""
+    if zero_shot.get("top_finding_accuracy") is not None:
+        ranking = (f" The highest-scoring finding is one of the image's own for "
+                   f"**{_fmt(zero_shot['top_finding_accuracy'])}** of the images; calibration error (ECE over all "
+                   f"image–finding pairs) {_fmt(zero_shot['calibration_error'])}"
+                   f"{' after Platt scaling' if zero_shot.get('calibrated') else ''}. The negative sentences were "
+                   "chosen, and the probabilities calibrated, on the validation split "
+                   "(`bench/results/zero_shot_prompts.json`, `bench/results/zero_shot_calibration.json`).")
+    return f"""### Zero-shot AUC (pairwise prompts: {NEGATIVE_WORDING[zero_shot.get('negatives') or 'negated']})
+
+Macro mean: **{_fmt(zero_shot['macro_auc'])}** over {len(zero_shot['auc'])} findings with at least 5 positives and 5 negatives.{ranking}
+
+| finding | AUC | positives |
+|---|---|---|
+{auc_rows}
+"""
+
+
 def card_markdown(config: dict, evaluation: dict, gpu_run: dict | None = None) -> str:
     train = config.get("train_config", {})
     zero_shot, retrieval, grounding = evaluation["zero_shot"], evaluation["retrieval"], evaluation["grounding"]
-    auc_rows = "\n".join(f"| {label} | {_fmt(auc)} | {zero_shot['positives'].get(label, 0)} |"
-                         for label, auc in sorted(zero_shot["auc"].items(), key=lambda kv: -(kv[1] or 0)))
     point_rows = "\n".join(
         f"| {label} | {_fmt(grounding['raw']['per_finding'].get(label))} | "
         f"{_fmt(grounding['redundancy_removed']['per_finding'].get(label))} | "
@@ -112,14 +140,7 @@ and so that methods can be measured against ground truth. It has never seen a re
 Protocol: `python -m medclip_core eval --model medclip-phantom --data phantom` — {metrics_summary(evaluation)['protocol']}.
 Full output: `eval_phantom.json` beside this card.
 
-### Zero-shot AUC (pairwise prompts, CheXzero style)
-
-Macro mean: **{_fmt(zero_shot['macro_auc'])}** over {len(zero_shot['auc'])} findings with at least 5 positives and 5 negatives.
-
-| finding | AUC | positives |
-|---|---|---|
-{auc_rows}
-
+{zero_shot_section(zero_shot)}
 ### Retrieval (a hit is a report / image with the same finding set)
 
 | direction | R@1 | R@5 | R@10 | P@5 |
@@ -136,11 +157,32 @@ Macro mean: **{_fmt(zero_shot['macro_auc'])}** over {len(zero_shot['auc'])} find
 """
 
 
+def refresh_measures(folder: Path) -> dict:
+    """Rewrite a released model's card metrics and the zero-shot part of its MODEL_CARD.md from its
+    ``eval_phantom.json`` (after a change in how zero-shot is scored; weights and the rest stay)."""
+    config = checkpoint.read_config(folder)
+    evaluation = json.loads((folder / "eval_phantom.json").read_text())
+    config["card"]["metrics"] = metrics_summary(evaluation)
+    (folder / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    card_path = folder / "MODEL_CARD.md"
+    card, count = re.subn(r"### Zero-shot AUC.*?\n(?=### )", lambda _: zero_shot_section(evaluation["zero_shot"]) + "\n",
+                          card_path.read_text(), count=1, flags=re.S)
+    if count != 1:
+        raise SystemExit(f"{card_path} has no '### Zero-shot AUC' section to refresh")
+    card_path.write_text(card)
+    return config["card"]["metrics"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--dest", type=Path, default=ROOT / "assets" / "medclip-phantom")
+    parser.add_argument("--refresh", action="store_true",
+                        help="RUN is a released model folder: only refresh its measures from its eval_phantom.json")
     args = parser.parse_args()
+    if args.refresh:
+        print(json.dumps({"refreshed": str(args.run), **refresh_measures(args.run)}, indent=2))
+        return
     config = checkpoint.read_config(args.run)
     evaluation = json.loads((args.run / "eval_phantom.json").read_text())
     gpu_run_path = args.run / "gpu_run.json"

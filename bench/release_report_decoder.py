@@ -3,6 +3,7 @@
     python bench/release_report_decoder.py runs/report-decoder     # copy the decoder into assets/medclip-phantom/report
     python -m medclip_core eval --task report                        # -> assets/medclip-phantom/report/eval_report.json
     python bench/release_report_decoder.py --card                    # the "Report generation" section of MODEL_CARD.md
+    python bench/release_report_decoder.py --card --asset assets/medclip-phantom-grounding   # another shipped model's
 
 Only the decoder config, weights and loss curve are copied (no features, no optimizer state); the
 config gets the parameter fingerprint of the shipped default, which the app checks before use.
@@ -82,12 +83,13 @@ def train_share(config: dict, key: str) -> str:
 
 def support_text(support: float) -> str:
     if support <= 0:
-        return " (no zero-shot support check: on the validation split it cost this model F1)"
-    return f", nor abnormal findings whose zero-shot probability is below {support:.1f}"
+        return " (no zero-shot support check)"
+    return (f", nor abnormal findings whose calibrated zero-shot probability is below {support:g} (the threshold "
+            "chosen on the validation split with `bench/tune_report_retrieval.py`)")
 
 
-def card_section(result: dict) -> str:
-    config = json.loads((TARGET / "report_decoder.json").read_text())
+def card_section(result: dict, asset: Path = ASSET) -> str:
+    config = json.loads((asset / "report" / "report_decoder.json").read_text())
     train = config["train_config"]
     systems = result["systems"]
     methods = [m for m in ("retrieval", "generative") if m in systems]
@@ -134,28 +136,29 @@ def card_section(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card() -> None:
-    result = json.loads((TARGET / "eval_report.json").read_text())
-    card_path = ASSET / "MODEL_CARD.md"
+def write_card(asset: Path = ASSET) -> None:
+    result = json.loads((asset / "report" / "eval_report.json").read_text())
+    card_path = asset / "MODEL_CARD.md"
     card = card_path.read_text()
-    section = card_section(result)
+    section = card_section(result, asset)
     if START in card and END in card:
         card = card[:card.index(START)] + section + card[card.index(END) + len(END):]
     else:
         card = card.rstrip("\n") + "\n\n" + section + "\n"
     card_path.write_text(card)
-    print(f"wrote the report-generation section of {card_path.relative_to(ROOT)}")
+    print(f"wrote the report-generation section of {card_path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, nargs="?", help="a report-decoder run folder to ship")
     parser.add_argument("--card", action="store_true", help="write the model-card section from eval_report.json")
+    parser.add_argument("--asset", type=Path, default=ASSET, help="--card: the shipped model folder (default: the default's)")
     args = parser.parse_args()
     if args.run:
         release(args.run)
     if args.card:
-        write_card()
+        write_card(args.asset)
     if not args.run and not args.card:
         parser.error("give a run folder, --card, or both")
 
