@@ -12,23 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds  # noqa: E402
 
 
 def bench_model(model, repeats: int) -> dict:
@@ -38,13 +28,13 @@ def bench_model(model, repeats: int) -> dict:
 
     image = np.random.default_rng(0).random((512, 512), dtype=np.float32)
     pixels = model.as_pixels([image])
-    forward = _median_seconds(lambda: model.encode_image(pixels), repeats)
+    forward = median_seconds(lambda: model.encode_image(pixels), repeats)
     row = {"bare_forward_ms": round(1000 * forward, 2), "methods": {}}
     for method, reason in method_support(model).items():
         if reason:
             row["methods"][method] = {"unavailable": reason}
             continue
-        seconds = _median_seconds(lambda: ground(image, ["left pleural effusion"], model=model, method=method),
+        seconds = median_seconds(lambda: ground(image, ["left pleural effusion"], model=model, method=method),
                                   repeats)
         row["methods"][method] = {"ms": round(1000 * seconds, 1), "ratio_to_forward": round(seconds / forward, 1)}
         print(model.card.name, method, row["methods"][method], flush=True)

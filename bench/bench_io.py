@@ -14,12 +14,9 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import PIL
@@ -30,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medclip_core.io import load_image  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 SIDE = 2048
 RESULTS = Path(__file__).resolve().parent / "results" / "io.json"
@@ -56,15 +54,6 @@ def write_dicom(path: Path, values: np.ndarray) -> None:
     ds.WindowCenter, ds.WindowWidth = 1000, 3000
     ds.save_as(path, enforce_file_format=True)
 
-
-def median_seconds(function: Callable[[], object], repeats: int) -> float:
-    function()  # warm-up: imports, plugin discovery, file cache
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
