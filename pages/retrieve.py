@@ -79,13 +79,13 @@ def build(model_picker: gr.Dropdown) -> None:
                 upload = image_upload(label="Query image (stays in your session)")
                 image_examples(upload)
             with gr.Column():
-                gallery = gr.Textbox(value="phantom", label="Gallery",
+                gallery = gr.Textbox(value="phantom", label="Gallery", elem_id="retrieve-collection",
                                      info="phantom (test split, 392 images), phantom:N, or a folder / CSV inside "
                                           "MEDCLIP_GALLERY_ROOT when the host allows it")
                 k = gr.Slider(1, 50, value=8, step=1, label="Results (k)")
                 button = gr.Button("Search", variant="primary")
         summary = gr.Markdown()
-        results = gr.Gallery(label="Results", columns=4, height="auto")
+        results = gr.Gallery(label="Results", columns=4, height="auto", elem_id="retrieve-gallery")
         table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True)
         details = gr.JSON(label="Result")
         button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker],

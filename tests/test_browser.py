@@ -12,8 +12,7 @@ from pydicom.data import get_testdata_file
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                 reason="Debian's chromium is not installed (bash .ci/run installs it)")
-SCREENSHOT = os.environ.get("MEDCLIP_SCREENSHOT")  # set to a path to refresh the README's Inspect screenshot
-DIAGNOSE_SCREENSHOT = os.environ.get("MEDCLIP_DIAGNOSE_SCREENSHOT")  # likewise for docs/screenshot-diagnose.png
+SCREENSHOTS = os.environ.get("MEDCLIP_SCREENSHOTS")  # a folder (docs/) to refresh the README's screenshots in
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phantom"
 
 
@@ -31,6 +30,12 @@ def page(app_url):
         page.goto(app_url)
         yield page
         browser.close()
+
+
+def save_for_docs(page, tab: str) -> None:
+    """With MEDCLIP_SCREENSHOTS set, a full-page screenshot of the page as it is: screenshot-TAB.png there."""
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"screenshot-{tab}.png"), full_page=True)
 
 
 def upload_block(page):
@@ -53,8 +58,7 @@ def test_upload_dicom_shows_windowed_image_and_safe_metadata(page, tmp_path: Pat
     expect(page.get_by_text('"CT"').first).to_be_visible(timeout=30_000)
     expect(page.locator("img[alt]").or_(page.locator("img")).first).to_be_visible()
     assert "PatientName" not in page.content() and "CompressedSamples" not in page.content()
-    if SCREENSHOT:
-        page.screenshot(path=SCREENSHOT, full_page=True)
+    save_for_docs(page, "inspect")
 
 
 def test_bad_upload_shows_an_error_and_the_app_keeps_working(page, tmp_path: Path) -> None:
@@ -86,6 +90,21 @@ def test_embedding_map_shows_the_hovered_points_thumbnail(page) -> None:
     point.hover(force=True)
     expect(page.locator("#embedding-hover img")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"),
                                                                     timeout=10_000)
+    save_for_docs(page, "embeddings")
+
+
+def test_retrieve_tab_shows_what_a_text_query_finds(page) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Retrieve").click()
+    page.locator("#retrieve-collection textarea").fill("phantom:100")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("8 of 100 images", exact=False).first).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("Precision@8 against the labels", exact=False).first).to_be_visible()
+    thumbnails = page.locator("#retrieve-gallery img")
+    expect(thumbnails.first).to_be_visible(timeout=30_000)
+    assert thumbnails.count() == 8
+    save_for_docs(page, "retrieve")
 
 
 def test_diagnose_tab_draws_the_chart_of_an_uploaded_image(page, tmp_path: Path) -> None:
@@ -101,5 +120,4 @@ def test_diagnose_tab_draws_the_chart_of_an_uploaded_image(page, tmp_path: Path)
     shot = tmp_path / "diagnose.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 50_000
-    if DIAGNOSE_SCREENSHOT:
-        shutil.copy(shot, DIAGNOSE_SCREENSHOT)
+    save_for_docs(page, "diagnose")
