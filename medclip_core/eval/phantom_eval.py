@@ -3,8 +3,9 @@
 The phantom set gives, for every image, its report, its finding labels and a box per finding, so
 one pass measures what real public sets rarely allow together:
 
-* zero-shot: pairwise (CheXzero) prompt-ensemble probability per finding -> ROC AUC per finding
-  with at least ``MIN_CLASS_COUNT`` positives and negatives, and their macro mean;
+* zero-shot: pairwise prompt-ensemble probability per finding (the model's own negatives and
+  calibration) -> ROC AUC per finding with at least ``MIN_CLASS_COUNT`` positives and negatives,
+  their macro mean, how often an image's top finding is its own, and the calibration error;
 * retrieval between the n images and their n reports. Many reports say the same thing in other
   words, so "the exact report" is the wrong target: a retrieved item counts as relevant when its
   finding-label set equals the query's (recall@1/5/10, precision@5, both directions);
@@ -59,8 +60,10 @@ class PhantomEvalResult:
     """Everything :func:`evaluate_phantom` measured; ``to_dict()`` is the JSON written to disk.
 
     * ``n_images`` rendered images over ``n_reports`` distinct reports.
-    * ``zero_shot``: ``mode``, ``auc`` {finding: AUC}, ``macro_auc``, ``positives`` {finding: count
-      for every finding}, ``skipped`` (findings with too few positives or negatives).
+    * ``zero_shot``: ``mode``, ``negatives`` and ``calibrated`` (how it was scored), ``auc``
+      {finding: AUC}, ``macro_auc``, ``top_finding_accuracy``, ``calibration_error`` (see
+      :func:`zero_shot_summary`), ``positives`` {finding: count for every finding}, ``skipped``
+      (findings with too few positives or negatives).
     * ``retrieval``: ``image_to_text`` and ``text_to_image``, each {"recall@1", "recall@5",
       "recall@10", "precision@5"}, and ``relevance`` (how a hit is defined).
     * ``grounding``: ``raw`` and ``redundancy_removed``, each {"per_finding": {finding: hit rate},
