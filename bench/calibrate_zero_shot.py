@@ -26,27 +26,18 @@ sys.path.insert(0, str(ROOT))
 
 from medclip_core.data.reports import FINDINGS  # noqa: E402
 from medclip_core.eval.metrics import platt_scaling  # noqa: E402
-from medclip_core.eval.phantom_eval import phantom_eval_samples, zero_shot_summary  # noqa: E402
+from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary  # noqa: E402
 from medclip_core.models import checkpoint, get_spec, load_model  # noqa: E402
-from medclip_core.models.base import ClipModel  # noqa: E402
 from medclip_core.tasks.zero_shot import LogitMap, label_text_embeddings, logits_from_embeddings, scores_from_embeddings  # noqa: E402,E501
 
 KEYS = ("macro_auc", "top_finding_accuracy", "calibration_error")
-
-
-def split_embeddings(model: ClipModel, split: str, n: int) -> tuple[torch.Tensor, list[frozenset[str]]]:
-    samples = phantom_eval_samples(n, split)
-    with torch.no_grad():
-        embeddings = torch.cat([model.encode_image([s.image for s in samples[lo:lo + 64]]).cpu()
-                                for lo in range(0, len(samples), 64)])
-    return embeddings, [frozenset(s.labels) for s in samples]
 
 
 def calibrate(name: str, n: int) -> dict:
     model = load_model(name)
     with torch.no_grad():
         text = label_text_embeddings(model, FINDINGS, "pairwise", cache=None)
-    val, val_labels = split_embeddings(model, "val", n)
+    val, val_labels = phantom_eval_embeddings(model, n, "val")
     truth = np.array([[f in labels for f in FINDINGS] for labels in val_labels])
     cosines = logits_from_embeddings(val, text, LogitMap(1.0)).numpy()
     normal = np.array([f == "normal" for f in FINDINGS])
@@ -58,7 +49,7 @@ def calibrate(name: str, n: int) -> dict:
                    "fitted_on": f"phantom val split, {n} images x {len(FINDINGS)} findings (bench/calibrate_zero_shot.py)"}
     calibrated = LogitMap(tuple(groups["normal" if f == "normal" else "findings"]["scale"] for f in FINDINGS),
                           tuple(groups["normal" if f == "normal" else "findings"]["bias"] for f in FINDINGS), True)
-    test, test_labels = split_embeddings(model, "test", n)
+    test, test_labels = phantom_eval_embeddings(model, n, "test")
     measured = {}
     for split, (embeddings, labels) in {"val": (val, val_labels), "test": (test, test_labels)}.items():
         for kind, logits in (("uncalibrated", LogitMap(model.logit_scale)), ("calibrated", calibrated)):

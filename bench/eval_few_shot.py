@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from medclip_core.eval.metrics import roc_auc  # noqa: E402
-from medclip_core.eval.phantom_eval import MIN_CLASS_COUNT, phantom_eval_samples  # noqa: E402
+from medclip_core.eval.phantom_eval import MIN_CLASS_COUNT, phantom_eval_embeddings  # noqa: E402
 from medclip_core.models import load_model  # noqa: E402
 from medclip_core.tasks.few_shot import (  # noqa: E402
     DEFAULT_ALPHA, DEFAULT_BETA, LinearProbe, phantom_support, tip_adapter_logits,
@@ -50,15 +50,13 @@ def main() -> None:
     start = time.perf_counter()
     model = load_model(args.model, device="cpu")
     labels = list(LABEL_PRESETS["Phantom findings"])
-    samples = phantom_eval_samples(args.n, "test")
+    embeddings, label_sets = phantom_eval_embeddings(model, args.n, "test")
     with torch.no_grad():
-        embeddings = torch.cat([model.encode_image([s.image for s in samples[lo:lo + 64]])
-                                for lo in range(0, len(samples), 64)])
         text = label_text_embeddings(model, labels, cache=None)
         logits = logit_map(model, text)
         base = logits_from_embeddings(embeddings, text, logits).cpu().numpy()
-    truth = np.array([[label in s.labels for label in labels] for s in samples])
-    result = {"model": args.model, "labels": labels, "test_images": len(samples), "negatives": text.negatives,
+    truth = np.array([[label in found for label in labels] for found in label_sets])
+    result = {"model": args.model, "labels": labels, "test_images": len(label_sets), "negatives": text.negatives,
               "calibrated": logits.calibrated, "alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA,
               "zero_shot": summary(1 / (1 + np.exp(-base)), truth), "shots": {}}
     for shots in args.shots:

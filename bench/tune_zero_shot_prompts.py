@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from medclip_core.data.reports import FINDINGS  # noqa: E402
-from medclip_core.eval.phantom_eval import phantom_eval_samples, zero_shot_summary  # noqa: E402
+from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary  # noqa: E402
 from medclip_core.models import load_model  # noqa: E402
 from medclip_core.models.base import ClipModel  # noqa: E402
 from medclip_core.tasks import zero_shot as zs  # noqa: E402
@@ -45,11 +45,7 @@ class Split:
     """One model's image embeddings and label sets on one split."""
 
     def __init__(self, model: ClipModel, split: str, n: int) -> None:
-        samples = phantom_eval_samples(n, split)
-        with torch.no_grad():
-            self.embeddings = torch.cat([model.encode_image([s.image for s in samples[lo:lo + 64]]).cpu()
-                                         for lo in range(0, len(samples), 64)])
-        self.label_sets = [frozenset(s.labels) for s in samples]
+        self.embeddings, self.label_sets = phantom_eval_embeddings(model, n, split)
 
     def score(self, model: ClipModel, mode: str, negatives: str | None) -> dict[str, float]:
         with torch.no_grad():

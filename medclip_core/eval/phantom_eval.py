@@ -38,6 +38,7 @@ from medclip_core.eval.metrics import (
     roc_auc,
 )
 from medclip_core.models.base import ClipModel
+from medclip_core.tasks import embed_in_batches
 from medclip_core.tasks.zero_shot import label_text_embeddings, logit_map, scores_from_embeddings
 
 if TYPE_CHECKING:
@@ -213,6 +214,15 @@ def phantom_eval_samples(n: int = 1000, split: str = "test", seed: int = 0,
         if progress is not None and (i + 1) % 64 == 0:
             progress((i + 1) / len(order), f"rendered {i + 1}/{len(order)} images")
     return samples
+
+
+def phantom_eval_embeddings(model: ClipModel, n: int = 1000, split: str = "test", seed: int = 0,
+                            batch_size: int = 64) -> tuple[torch.Tensor, list[frozenset[str]]]:
+    """Image embeddings (N, D, on the CPU) and label sets of the :func:`phantom_eval_samples`."""
+    samples = phantom_eval_samples(n, split, seed)
+    with torch.no_grad():
+        vectors = embed_in_batches(model.encode_image, [s.image for s in samples], batch_size)
+    return torch.from_numpy(vectors), [frozenset(s.labels) for s in samples]
 
 
 def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed: int = 0,

@@ -4,9 +4,11 @@ Tasks take a :class:`~medclip_core.models.ClipModel` and plain arrays or strings
 dataclasses; they never read files or widgets, so the app, the CLI and the evaluation share them.
 """
 
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence
 
-from medclip_core.errors import TaskInputError
+import numpy as np
+
+from medclip_core.errors import MedclipError, TaskInputError
 
 
 def check_text_items(items: Iterable[str], *, noun: str, max_items: int, max_chars: int, example: str) -> list[str]:
@@ -26,3 +28,21 @@ def check_text_items(items: Iterable[str], *, noun: str, max_items: int, max_cha
         raise TaskInputError(f"Keep each {noun} to at most {max_chars} characters; "
                              f"'{too_long[:40]}…' has {len(too_long)}.")
     return cleaned
+
+
+def embed_in_batches(encode: Callable[[list], Any], inputs: Sequence, batch_size: int,
+                     progress: Callable[[int, int], Any] | None = None) -> np.ndarray:
+    """``encode`` (a model's ``encode_image`` or ``encode_text``) over ``inputs`` in batches -> (N, D) numpy.
+
+    ``inputs`` may hold callables (item loaders), called only for the batch being encoded, so a
+    large gallery is never held in memory at once. ``progress(done, total)`` follows each batch.
+    """
+    if batch_size < 1:
+        raise MedclipError("batch_size must be at least 1.")
+    chunks = []
+    for start in range(0, len(inputs), batch_size):
+        batch = [x() if callable(x) else x for x in inputs[start:start + batch_size]]
+        chunks.append(encode(batch).float().cpu().numpy())
+        if progress is not None:
+            progress(min(start + batch_size, len(inputs)), len(inputs))
+    return np.concatenate(chunks)

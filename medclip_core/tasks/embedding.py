@@ -32,8 +32,9 @@ from PIL import Image
 
 from medclip_core.errors import MedclipError
 from medclip_core.models.base import ClipModel, ImageLike, image_to_rgb_array
+from medclip_core.tasks import embed_in_batches
 from medclip_core.tasks.retrieval import (
-    Collection, Progress, build_index, embed_in_batches, model_fingerprint, sorted_labels,
+    Collection, Progress, build_index, model_fingerprint, sorted_labels,
 )
 
 METHODS: tuple[str, ...] = ("umap", "pca", "tsne")

@@ -26,6 +26,7 @@ import torch
 from medclip_core.data.tables import image_path_in, read_csv_rows
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.tasks import embed_in_batches
 from medclip_core.tasks.zero_shot import NORMAL_LABELS, label_text_embeddings, logit_map, logits_from_embeddings
 
 DEFAULT_ALPHA = 1.0
@@ -55,7 +56,7 @@ def _phantom_label(label: str) -> str | None:
 
 
 def _embed(model: ClipModel, images: Sequence[ImageLike], batch_size: int = 32) -> torch.Tensor:
-    return torch.cat([model.encode_image(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    return torch.from_numpy(embed_in_batches(model.encode_image, images, batch_size))
 
 
 def phantom_support(model: ClipModel, labels: Sequence[str], shots: int = 16, seed: int = 0) -> SupportSet:
@@ -100,7 +101,8 @@ def csv_support(model: ClipModel, csv_path: str | Path, labels: Sequence[str]) -
 
 def tip_adapter_logits(image_embeddings: torch.Tensor, support: SupportSet, beta: float = DEFAULT_BETA) -> np.ndarray:
     """Log-odds of each label from the affinity-weighted support labels (N, L)."""
-    affinity = torch.exp(-beta * (1.0 - image_embeddings.float() @ support.embeddings.float().T)).cpu().numpy()
+    keys = support.embeddings.float().to(image_embeddings.device)  # support sets are kept on the CPU
+    affinity = torch.exp(-beta * (1.0 - image_embeddings.float() @ keys.T)).cpu().numpy()
     positive = affinity @ support.targets
     frequency = (positive + 1.0) / (affinity.sum(axis=1, keepdims=True) + 2.0)
     return np.log(frequency) - np.log1p(-frequency)

@@ -48,6 +48,7 @@ from medclip_core.errors import ImageLoadError, MedclipError
 from medclip_core.eval.metrics import precision_at_k as precision_at_k_matrix
 from medclip_core.io import MedicalImage, image_from_array, load_image
 from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.tasks import embed_in_batches
 
 CACHE_DIR_ENV = "MEDCLIP_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/medclip-explorer/indexes")
@@ -411,24 +412,6 @@ def _cached_index(model: ClipModel, name: str, modality: str, items: list[Galler
     index = _faiss_index(vectors)
     saved = _save_entry(folder, fingerprint, vectors, index, items)
     return VectorIndex(name, modality, items, vectors, model_fp, source_fingerprint, saved, False, index)
-
-
-def embed_in_batches(encode: Callable[[list], Any], inputs: Sequence, batch_size: int,
-                     progress: Progress | None = None) -> np.ndarray:
-    """``encode`` (a model's ``encode_image`` or ``encode_text``) over ``inputs`` in batches -> (N, D) numpy.
-
-    ``inputs`` may hold callables (item loaders), called only for the batch being encoded, so a
-    large gallery is never held in memory at once. ``progress(done, total)`` follows each batch.
-    """
-    if batch_size < 1:
-        raise MedclipError("batch_size must be at least 1.")
-    chunks = []
-    for start in range(0, len(inputs), batch_size):
-        batch = [x() if callable(x) else x for x in inputs[start:start + batch_size]]
-        chunks.append(encode(batch).float().cpu().numpy())
-        if progress is not None:
-            progress(min(start + batch_size, len(inputs)), len(inputs))
-    return np.concatenate(chunks)
 
 
 def build_index(model: ClipModel, collection: Collection, cache_dir: str | os.PathLike | None = None,
