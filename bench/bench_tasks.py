@@ -35,15 +35,17 @@ sys.path.insert(0, str(ROOT))
 
 from timing import median_seconds  # noqa: E402
 
+from medclip_core.data.findings import LABEL_PRESETS  # noqa: E402
+from medclip_core.data.galleries import GalleryItem, folder_collection  # noqa: E402
 from medclip_core.data.phantom import write_examples  # noqa: E402
 from medclip_core.io import load_image  # noqa: E402
 from medclip_core.models import load_model  # noqa: E402
 from medclip_core.tasks.diagnose import diagnose  # noqa: E402
 from medclip_core.tasks.embedding import project  # noqa: E402
 from medclip_core.tasks.retrieval import (  # noqa: E402
-    EXACT_INDEX_MAX, HNSW_EF_SEARCH, GalleryItem, VectorIndex, _faiss_index, build_index, folder_collection,
+    EXACT_INDEX_MAX, HNSW_EF_SEARCH, VectorIndex, build_index, faiss_index_for,
 )
-from medclip_core.tasks.zero_shot import LABEL_PRESETS, zero_shot  # noqa: E402
+from medclip_core.tasks.zero_shot import zero_shot  # noqa: E402
 
 MODEL = "medclip-phantom"
 
@@ -120,7 +122,7 @@ def query_latency(sources: np.ndarray, sizes: list[int], repeats: int) -> list[d
         vectors = noisy_copies(sources, size, rng)
         items = [GalleryItem(str(i), None, None, None, lambda: None) for i in range(size)]
         start = time.perf_counter()
-        index = VectorIndex("noisy copies", "image", items, vectors, "", "", None, False, _faiss_index(vectors))
+        index = VectorIndex("noisy copies", "image", items, vectors, "", "", None, False, faiss_index_for(vectors))
         build = time.perf_counter() - start
         search = median_seconds(lambda: index.search(image_like[0], 10), repeats)
         text = median_seconds(lambda: index.search(model.encode_text(["left pleural effusion"]).numpy()[0], 10),

@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medclip_core.data.reports import FINDINGS  # noqa: E402
+from medclip_core.data.findings import FINDINGS  # noqa: E402
 from medclip_core.eval.metrics import platt_scaling  # noqa: E402
 from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary  # noqa: E402
 from medclip_core.models import checkpoint, get_spec, load_model  # noqa: E402

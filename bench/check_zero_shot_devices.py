@@ -22,10 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from medclip_core.data.findings import LABEL_PRESETS  # noqa: E402
 from medclip_core.io import load_image  # noqa: E402
 from medclip_core.models import load_model  # noqa: E402
 from medclip_core.tasks.few_shot import SUPPORT_CACHE, few_shot_scores  # noqa: E402
-from medclip_core.tasks.zero_shot import LABEL_PRESETS, score_images, zero_shot  # noqa: E402
+from medclip_core.tasks.zero_shot import score_images, zero_shot  # noqa: E402
 
 EXAMPLES = ROOT / "assets" / "examples" / "phantom"
 

@@ -23,13 +23,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from medclip_core.data.findings import LABEL_PRESETS  # noqa: E402,E501
 from medclip_core.eval.metrics import roc_auc  # noqa: E402
 from medclip_core.eval.phantom_eval import MIN_CLASS_COUNT, phantom_eval_embeddings  # noqa: E402
 from medclip_core.models import load_model  # noqa: E402
 from medclip_core.tasks.few_shot import (  # noqa: E402
     DEFAULT_ALPHA, DEFAULT_BETA, LinearProbe, phantom_support, tip_adapter_logits,
 )
-from medclip_core.tasks.zero_shot import LABEL_PRESETS, label_text_embeddings, logit_map, logits_from_embeddings  # noqa: E402,E501
+from medclip_core.tasks.zero_shot import label_text_embeddings, logit_map, logits_from_embeddings  # noqa: E402,E501
 
 
 def summary(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -41,7 +41,7 @@ def stamp_base_fingerprint(config_path: Path) -> None:
     """Record the shipped default's parameter fingerprint (what ``decoder_for`` checks) in the config."""
     sys.path.insert(0, str(ROOT))
     from medclip_core.models import load_model
-    from medclip_core.tasks.retrieval import model_fingerprint
+    from medclip_core.models.embedding_cache import model_fingerprint
 
     config = json.loads(config_path.read_text())
     if config["base_model"] != "medclip-phantom":

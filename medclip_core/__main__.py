@@ -211,9 +211,10 @@ def _eval_path_next_to(model_name: str | None, file_name: str) -> Path | None:
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> Any:
+    from medclip_core.data.findings import LABEL_PRESETS
     from medclip_core.io import load_image
     from medclip_core.tasks.diagnose import diagnose
-    from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
+    from medclip_core.tasks.zero_shot import parse_labels
 
     if args.labels:
         labels = parse_labels("\n".join(args.labels))
@@ -292,8 +293,9 @@ def _tqdm_progress(description: str):
 
 
 def cmd_index(args: argparse.Namespace) -> Any:
+    from medclip_core.data.galleries import collection_from_spec
     from medclip_core.models import load_model
-    from medclip_core.tasks.retrieval import build_index, collection_from_spec
+    from medclip_core.tasks.retrieval import build_index
 
     collection = collection_from_spec(args.gallery)
     index = build_index(load_model(args.model), collection, progress=_tqdm_progress("embedding gallery"))
@@ -301,11 +303,12 @@ def cmd_index(args: argparse.Namespace) -> Any:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> Any:
+    from medclip_core.data.galleries import collection_from_spec
     from medclip_core.io import load_image
     from medclip_core.models import load_model
     from medclip_core.tasks.retrieval import (
-        build_index, collection_from_spec, image_to_reports, labels_in_text, precision_at_k, search_image,
-        search_text)
+        build_index, image_to_reports, labels_in_text, precision_at_k, search_image, search_text,
+    )
 
     if (args.text is None) == (args.image is None):
         raise MedclipError("Give exactly one query: --text TEXT or --image PATH.")
@@ -328,9 +331,9 @@ def cmd_retrieve(args: argparse.Namespace) -> Any:
 
 
 def cmd_embed(args: argparse.Namespace) -> Any:
+    from medclip_core.data.galleries import collection_from_spec
     from medclip_core.models import load_model
     from medclip_core.tasks.embedding import embedding_map
-    from medclip_core.tasks.retrieval import collection_from_spec
 
     result = embedding_map(load_model(args.model), collection_from_spec(args.gallery), method=args.method,
                            color_by=args.color_by, seed=args.seed, progress=_tqdm_progress("embedding"))

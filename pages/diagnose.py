@@ -5,10 +5,11 @@ from typing import Any
 
 import gradio as gr
 
+from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.errors import ImageLoadError, TaskInputError
 from medclip_core.io import load_image
 from medclip_core.tasks.diagnose import diagnose, probability_figure
-from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
+from medclip_core.tasks.zero_shot import parse_labels
 from pages.common import image_examples, image_upload, model_choices, ui_errors
 
 NO_COMPARISON = "(none)"

@@ -11,17 +11,12 @@ from typing import Any
 
 import gradio as gr
 
+from medclip_core.data.galleries import collection_from_spec
 from medclip_core.errors import TaskInputError
 from medclip_core.io import load_image
 from medclip_core.models import load_model
 from medclip_core.tasks.retrieval import (
-    build_index,
-    collection_from_spec,
-    image_to_reports,
-    labels_in_text,
-    precision_at_k,
-    search_image,
-    search_text,
+    build_index, image_to_reports, labels_in_text, precision_at_k, search_image, search_text,
 )
 from pages.common import image_examples, image_upload, ui_errors
 

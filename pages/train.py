@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from medclip_core.models.trained_runs import finished_runs
 from medclip_core.train.datasets import register_upload, resolve_dataset
 from medclip_core.train.runs import (
     METHOD_LABELS,
@@ -21,7 +22,6 @@ from medclip_core.train.runs import (
     admin_token_required,
     base_model_choices,
     check_admin_token,
-    finished_runs,
     log_tail,
     metrics_figure,
     read_metrics,

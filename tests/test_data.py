@@ -8,6 +8,10 @@ import pytest
 from PIL import Image
 
 from medclip_core.data import FINDINGS, corpus_stats, load_reports, report_splits
+from medclip_core.data.findings import (
+    GROUNDING_FINDINGS, LABEL_PRESETS, NORMAL, SEGMENTATION_FOCUS_FINDINGS, SEGMENTED_FINDINGS, SHORT_FORMS,
+    SIDED_FINDINGS,
+)
 from medclip_core.data.phantom import PhantomSample, lung_mask_bank, phantom_dataset, render, write_examples
 from medclip_core.data.reports import parse_mesh, parse_report_xml
 
@@ -19,6 +23,15 @@ def reports():
 
 def by_id(reports, report_id):
     return next(r for r in reports if r.report_id == report_id)
+
+
+def test_every_named_finding_set_is_drawn_from_the_one_vocabulary(reports):
+    named = [GROUNDING_FINDINGS, SEGMENTATION_FOCUS_FINDINGS, SEGMENTED_FINDINGS, SIDED_FINDINGS, SHORT_FORMS,
+             LABEL_PRESETS["Phantom findings"]]
+    assert all(set(subset) <= set(FINDINGS) for subset in named)
+    assert NORMAL not in SEGMENTED_FINDINGS and set(SEGMENTED_FINDINGS) | {NORMAL} == set(FINDINGS)
+    assert set(SEGMENTATION_FOCUS_FINDINGS) <= set(GROUNDING_FINDINGS)
+    assert {label for r in reports for label in r.labels} == set(FINDINGS)  # every label occurs, no other does
 
 
 def test_corpus_size_and_ids(reports):

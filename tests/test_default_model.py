@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.io import load_image
 from medclip_core.models import load_model
-from medclip_core.tasks.zero_shot import LABEL_PRESETS, zero_shot
+from medclip_core.tasks.zero_shot import zero_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "assets" / "medclip-phantom"
@@ -98,7 +99,7 @@ def test_every_example_ranks_first_a_finding_its_labels_or_its_report_text_name(
 def test_scoring_against_a_normal_study_ranks_findings_better_than_negation(model) -> None:
     """The spec's negative style is the better one for this model: on 150 validation images the top
     finding is one of the image's own far more often (bench/results/zero_shot_prompts.json: 1,000 images)."""
-    from medclip_core.data.reports import FINDINGS
+    from medclip_core.data.findings import FINDINGS
     from medclip_core.eval.phantom_eval import phantom_eval_samples, zero_shot_summary
     from medclip_core.tasks.zero_shot import score_images
 
@@ -112,7 +113,8 @@ def test_scoring_against_a_normal_study_ranks_findings_better_than_negation(mode
 
 
 def test_text_query_pleural_effusion_finds_effusions_on_the_phantom_gallery(model, tmp_path) -> None:
-    from medclip_core.tasks.retrieval import build_index, phantom_collection, precision_at_k, search_text
+    from medclip_core.data.galleries import phantom_collection
+    from medclip_core.tasks.retrieval import build_index, precision_at_k, search_text
 
     index = build_index(model, phantom_collection(), cache_dir=tmp_path)
     result = search_text(model, index, "pleural effusion", k=5)

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.errors import TaskInputError
 from medclip_core.tasks.diagnose import diagnose, probability_figure
 from medclip_core.tasks.few_shot import LinearProbe, SupportSet, tip_adapter_logits
-from medclip_core.tasks.zero_shot import parse_labels
+from medclip_core.tasks.zero_shot import parse_labels, resolve_labels
 
 
 def test_diagnose_with_comparison_and_few_shot(open_clip_dir, clip_dir, chest_like_image) -> None:
@@ -53,6 +54,15 @@ def test_label_parsing_rejects_empty_and_too_many() -> None:
         parse_labels("\n".join(f"finding {i}" for i in range(100)))
     with pytest.raises(TaskInputError, match="at most 200 characters"):
         parse_labels("x" * 500)
+
+
+def test_resolve_labels_prefers_typed_labels_then_the_preset() -> None:
+    assert resolve_labels("Edema, nodule", "CheXpert findings") == ["edema", "nodule"]
+    assert resolve_labels(["Edema", "edema"], None) == ["edema"]  # the CLI's list of arguments
+    assert resolve_labels("  \n", "CheXpert findings") == list(LABEL_PRESETS["CheXpert findings"])
+    assert resolve_labels() == list(LABEL_PRESETS["Phantom findings"])
+    with pytest.raises(TaskInputError, match="Unknown label preset 'Brain findings'"):
+        resolve_labels(None, "Brain findings")
 
 
 def test_diagnose_says_which_negative_sentences_it_scored_against(open_clip_dir, chest_like_image) -> None:

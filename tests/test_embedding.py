@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from medclip_core.data.galleries import Collection, GalleryItem
 from medclip_core.errors import MedclipError
 from medclip_core.io import image_from_array
 from medclip_core.models.registry import load_local_dir
 from medclip_core.tasks.embedding import (
     CUSTOMDATA_FIELDS, EmbeddingMapCache, embedding_map, figure, modality_gap, project,
 )
-from medclip_core.tasks.retrieval import Collection, GalleryItem
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from medclip_core.data.reports import FINDINGS
+from medclip_core.data.findings import FINDINGS, GROUNDING_FINDINGS, LABEL_SYNONYMS
 from medclip_core.errors import TaskInputError
 from medclip_core.eval.metrics import (
-    box_area_fraction, dice, expected_calibration_error, heatmap_from_patches, iou, platt_scaling, pointing_game,
-    precision_at_k, recall_at_k, roc_auc,
+    box_area_fraction, dice, expected_calibration_error, iou, platt_scaling, pointing_game, precision_at_k,
+    recall_at_k, roc_auc,
 )
 from medclip_core.models import load_model
 from medclip_core.models.base import CropGeometry
+from medclip_core.models.geometry import heatmap_from_patches
 from medclip_core.tasks.zero_shot import (
-    LABEL_SYNONYMS, NORMAL_PROMPTS, TEXT_EMBEDDING_CACHE, TextEmbeddingCache, label_prompts, label_text_embeddings,
-    score_images, zero_shot,
+    NORMAL_PROMPTS, TEXT_EMBEDDING_CACHE, TextEmbeddingCache, label_prompts, label_text_embeddings, score_images,
+    zero_shot,
 )
 
 
@@ -230,7 +231,7 @@ def test_zero_shot_summary_counts_images_whose_top_finding_is_their_own() -> Non
 # -- phantom benchmark --------------------------------------------------------------------------
 
 def test_evaluate_phantom_on_a_tiny_model(tiny_model, tmp_path) -> None:
-    from medclip_core.eval.phantom_eval import FOCAL_FINDINGS, evaluate_phantom, write_eval
+    from medclip_core.eval.phantom_eval import evaluate_phantom, write_eval
 
     calls = []
     tiny_model.module.train()  # as during a training run: the evaluation must hand it back in that mode
@@ -257,7 +258,7 @@ def test_evaluate_phantom_on_a_tiny_model(tiny_model, tmp_path) -> None:
     grounding = data["grounding"]
     assert grounding["note"] is None
     assert set(grounding) >= {"raw", "redundancy_removed", "chance", "n_targets"}
-    assert set(grounding["n_targets"]) == set(FOCAL_FINDINGS)
+    assert set(grounding["n_targets"]) == set(GROUNDING_FINDINGS)
     for variant in ("raw", "redundancy_removed", "chance"):
         rates = grounding[variant]["per_finding"]
         assert set(rates) == {f for f, n in grounding["n_targets"].items() if n}

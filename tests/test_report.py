@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medclip_core.data.reports import FINDINGS
+from medclip_core.data.findings import FINDINGS
 from medclip_core.errors import ModelUnavailableError
 from medclip_core.io import load_image
 from medclip_core.models import load_model

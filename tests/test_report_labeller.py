@@ -5,8 +5,8 @@ import math
 
 import pytest
 
+from medclip_core.data.findings import FINDINGS
 from medclip_core.data.labeller import label_text
-from medclip_core.data.reports import FINDINGS
 from medclip_core.eval.report_metrics import corpus_bleu, finding_f1, rouge_l, words
 from medclip_core.tasks.report import CorpusSentence, contradicts, select_sentences
 from medclip_core.tasks.retrieval import labels_in_text

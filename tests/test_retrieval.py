@@ -13,14 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
+from medclip_core.data.galleries import Collection, GalleryItem, csv_collection, folder_collection, phantom_collection
 from medclip_core.errors import MedclipError
 from medclip_core.io import image_from_array
 from medclip_core.models.base import image_to_rgb_array
+from medclip_core.models.embedding_cache import model_fingerprint
 from medclip_core.models.registry import load_local_dir
 from medclip_core.tasks import retrieval
 from medclip_core.tasks.retrieval import (
-    Collection, GalleryItem, build_index, csv_collection, folder_collection, image_to_reports, labels_in_text,
-    model_fingerprint, phantom_collection, precision_at_k, search_image, search_text, text_exceeds_context,
+    build_index, image_to_reports, labels_in_text, precision_at_k, search_image, search_text, text_exceeds_context,
 )
 
 
@@ -330,7 +331,7 @@ def test_phantom_collection_is_the_labelled_default_gallery(model, tmp_path):
 
 
 def test_collection_spec_confines_server_paths(tmp_path) -> None:
-    from medclip_core.tasks.retrieval import collection_from_spec
+    from medclip_core.data.galleries import collection_from_spec
 
     assert len(collection_from_spec("phantom:3")) == 3
     with pytest.raises(MedclipError, match="must lie inside"):

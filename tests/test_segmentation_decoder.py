@@ -10,19 +10,20 @@ import pytest
 import torch
 from PIL import Image
 
+from medclip_core.data.findings import finding_phrases
 from medclip_core.data.phantom import render
 from medclip_core.data.reports import load_reports
-from medclip_core.errors import ModelUnavailableError, TaskInputError
+from medclip_core.errors import MedclipError, ModelUnavailableError, TaskInputError
 from medclip_core.eval.metrics import dice
 from medclip_core.io import load_image
 from medclip_core.models import load_model
 from medclip_core.models.segmentation_decoder import frozen_features, load_segmentation_decoder, read_decoder
+from medclip_core.tasks.segmentation import segment
 from medclip_core.train.segmentation import (
     FeatureSet,
     SegmentationTrainer,
     SegTrainConfig,
     _side_target,
-    finding_phrases,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -134,12 +135,13 @@ def test_predict_maps_back_through_the_crop_of_a_non_square_image(phantom_model)
 def test_clear_errors_for_models_without_a_decoder_and_bad_phrases(phantom_model) -> None:
     with pytest.raises(ModelUnavailableError, match="no trained segmentation decoder"):
         load_segmentation_decoder("biomedclip")
-    decoder = load_segmentation_decoder(phantom_model)
     image = np.zeros((64, 64), np.float32)
     with pytest.raises(TaskInputError, match="at least one phrase"):
-        decoder.predict(phantom_model, image, ["  "])
+        segment(image, ["  "], model=phantom_model, method="trained")
     with pytest.raises(TaskInputError, match="at most 16"):
-        decoder.predict(phantom_model, image, [f"finding {i}" for i in range(100)])
+        segment(image, [f"finding {i}" for i in range(100)], model=phantom_model, method="trained")
+    with pytest.raises(MedclipError, match="at least one phrase"):
+        load_segmentation_decoder(phantom_model).predict(phantom_model, image, [])
 
 
 def test_cli_segmentation_training_reports_an_unknown_model(tmp_path: Path, capsys) -> None:

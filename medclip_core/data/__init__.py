@@ -1,7 +1,8 @@
-"""Data for MedCLIP Explorer: the Open-i report corpus and the phantom chest X-ray set rendered from it."""
+"""Data for MedCLIP Explorer: the finding vocabulary, the Open-i report corpus and the phantom chest X-ray set
+rendered from it."""
+from medclip_core.data.findings import FINDINGS
 from medclip_core.data.phantom import PhantomDataset, PhantomSample, phantom_dataset, render, write_examples
 from medclip_core.data.reports import (
-    FINDINGS,
     MESH_TO_FINDING,
     Finding,
     Report,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from medclip_core.data.reports import FINDINGS, NORMAL_MESH
+from medclip_core.data.findings import FINDINGS, NORMAL
 
 _SIZE = r"(?:(?:mildly|moderately|markedly|severely|slightly|minimally|borderline|somewhat|massively)\s+)?"
 
@@ -126,7 +126,7 @@ class TextLabels:
     def present(self, uncertain_as_positive: bool = True) -> frozenset[str]:
         """Findings the text reports (``normal`` when there are none): the labels scoring compares."""
         found = self.positive | (self.uncertain if uncertain_as_positive else frozenset())
-        return found or frozenset({NORMAL_MESH})
+        return found or frozenset({NORMAL})
 
     def to_dict(self) -> dict:
         order = {label: i for i, label in enumerate(FINDINGS)}

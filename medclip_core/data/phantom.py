@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
+from medclip_core.data.findings import FINDINGS
 from medclip_core.data.reports import (
-    FINDINGS,
     Finding,
     Report,
     load_reports,

@@ -23,31 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-# The label set, in a fixed order (models and metrics index labels by this order).
-FINDINGS: tuple[str, ...] = (
-    "normal",
-    "cardiomegaly",
-    "pleural effusion",
-    "opacity",
-    "atelectasis",
-    "nodule",
-    "calcified granuloma",
-    "pneumothorax",
-    "edema",
-    "hyperinflation",
-    "devices",
-    "scoliosis",
-    "degenerative spine",
-    "tortuous aorta",
-    "aortic calcification",
-    "hilar prominence",
-    "fracture",
-    "low lung volumes",
-    "elevated diaphragm",
-    "scarring",
-    "interstitial markings",
-    "hiatal hernia",
-)
+from medclip_core.data.findings import FINDINGS, NORMAL
 
 # MeSH head term (lower case) -> finding label(s). Heads whose meaning depends on the qualifiers
 # (e.g. "Lung/hypoinflation" vs "Lung/hyperdistention") are in QUALIFIED_MESH below instead.
@@ -172,8 +148,7 @@ QUALIFIED_MESH: dict[str, tuple[tuple[str, str], ...]] = {
 # Quality of Image Unsatisfactory" (the renderer reads it to degrade exposure, it is no label),
 # osteopenia/"Bone Diseases, Metabolic", shoulder/abdominal terms, "Mediastinum/prominent",
 # "Lucency", "Hypoventilation", post-surgical terms without hardware. A report whose terms all
-# fall here gets the label "normal", as does the explicit MeSH "normal".
-NORMAL_MESH = "normal"
+# fall here gets the label NORMAL ("normal"), as does the explicit MeSH "normal".
 
 SIDES = {"left": "left", "right": "right", "bilateral": "bilateral"}
 ZONES = {
@@ -216,7 +191,7 @@ class Report:
 
     @property
     def labels(self) -> frozenset[str]:
-        return frozenset(f.label for f in self.findings) or frozenset({NORMAL_MESH})
+        return frozenset(f.label for f in self.findings) or frozenset({NORMAL})
 
     def sentences(self) -> list[str]:
         """The report's sentences (findings then impression), without list numbering."""
@@ -328,7 +303,7 @@ def corpus_stats(reports: list[Report], seed: int = 0) -> dict:
 
     splits = report_splits(reports, seed)
     sides = Counter(f.side or "unspecified" for r in reports for f in r.findings)
-    n_labels = Counter(len(r.labels - {NORMAL_MESH}) for r in reports)
+    n_labels = Counter(len(r.labels - {NORMAL}) for r in reports)
     return {
         "n_reports": len(reports),
         "labels": label_counts(reports),

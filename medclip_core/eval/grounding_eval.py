@@ -1,6 +1,6 @@
 """Grounding and zero-shot segmentation measured on the phantom test split.
 
-For every rendered image and every focal finding it shows (``FOCAL_FINDINGS``), each heatmap
+For every rendered image and every grounding finding it shows (``GROUNDING_FINDINGS``), each heatmap
 method draws the map of the finding's name as a phrase. Per method and finding:
 
 * pointing game: the map's maximum lies in one of the finding's boxes; also counted with the
@@ -9,18 +9,16 @@ method draws the map of the finding's name as a phrase. Per method and finding:
 * IoU and Dice of the zero-shot mask (``segmentation.mask_from_heatmap``) with the rendered mask.
 
 Surgery removes what the phrases of a set share, so every image is grounded with the same set
-(all focal findings) for the cheap methods; gradient methods only run for the findings present.
+(all grounding findings) for the cheap methods; gradient methods only run for the findings present.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-
+from medclip_core.data.findings import GROUNDING_FINDINGS
 from medclip_core.eval.metrics import box_area_fraction, dice, iou, pointing_game
-from medclip_core.eval.phantom_eval import (
-    FOCAL_FINDINGS, IMAGE_SIZE, Progress, _eval_mode, _mean, phantom_eval_order,
-)
+from medclip_core.eval.phantom_eval import IMAGE_SIZE, Progress, eval_mode, mean_of_numbers, phantom_eval_order
 from medclip_core.models.base import ClipModel
 from medclip_core.tasks.grounding import METHODS, ground, method_support
 from medclip_core.tasks.segmentation import mask_from_heatmap
@@ -47,8 +45,8 @@ class GroundingEvalResult:
 
 
 def _summarise(per_finding: dict[str, list[float]]) -> dict[str, float]:
-    rates = {f: _mean(v) for f, v in per_finding.items() if v}
-    return {**rates, "mean": _mean(list(rates.values()))}
+    rates = {f: mean_of_numbers(v) for f, v in per_finding.items() if v}
+    return {**rates, "mean": mean_of_numbers(list(rates.values()))}
 
 
 def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] = METHODS, split: str = "test",
@@ -58,22 +56,22 @@ def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] =
     skipped = {m: support[m] for m in methods if support[m]}
     runnable = [m for m in methods if not support[m]]
     dataset, order = phantom_eval_order(n, split, seed)
-    scores = {m: {k: {f: [] for f in FOCAL_FINDINGS} for k in ("pointing", "pointing_15px", "iou", "dice")}
+    scores = {m: {k: {f: [] for f in GROUNDING_FINDINGS} for k in ("pointing", "pointing_15px", "iou", "dice")}
               for m in runnable}
     seconds = {m: [0.0, 0] for m in runnable}
-    chance: dict[str, list[float]] = {f: [] for f in FOCAL_FINDINGS}
-    chance_15px: dict[str, list[float]] = {f: [] for f in FOCAL_FINDINGS}
-    with _eval_mode(model):
+    chance: dict[str, list[float]] = {f: [] for f in GROUNDING_FINDINGS}
+    chance_15px: dict[str, list[float]] = {f: [] for f in GROUNDING_FINDINGS}
+    with eval_mode(model):
         for done, index in enumerate(order, start=1):
             sample = dataset[index]
-            present = [f for f in FOCAL_FINDINGS if (sample.boxes or {}).get(f)]
+            present = [f for f in GROUNDING_FINDINGS if (sample.boxes or {}).get(f)]
             if present:
                 for f in present:
                     chance[f].append(box_area_fraction(sample.boxes[f], IMAGE_SIZE, IMAGE_SIZE))
                     chance_15px[f].append(box_area_fraction(sample.boxes[f], IMAGE_SIZE, IMAGE_SIZE,
                                                             POINTING_TOLERANCE))
                 for method in runnable:
-                    phrases = list(FOCAL_FINDINGS) if method in SET_METHODS else present
+                    phrases = list(GROUNDING_FINDINGS) if method in SET_METHODS else present
                     result = ground(sample.image, phrases, model=model, method=method)
                     seconds[method][0] += result.seconds
                     seconds[method][1] += len(phrases)
@@ -93,6 +91,6 @@ def evaluate_grounding(model: ClipModel, n: int = 1000, methods: Sequence[str] =
                    "seconds_per_map": seconds[m][0] / max(1, seconds[m][1])} for m in runnable}
     ranking = sorted(runnable, key=lambda m: -summary[m]["pointing"]["mean"])
     return GroundingEvalResult(model.card.name, split, len(order), summary,
-                               {f: _mean(v) for f, v in chance.items() if v},
+                               {f: mean_of_numbers(v) for f, v in chance.items() if v},
                                {f: len(v) for f, v in chance.items()}, skipped, ranking,
-                               {f: _mean(v) for f, v in chance_15px.items() if v})
+                               {f: mean_of_numbers(v) for f, v in chance_15px.items() if v})

@@ -2,16 +2,14 @@
 
 Classification: ROC AUC (rank based, ties counted half). Retrieval: recall@k and precision@k over
 a similarity matrix with a boolean relevance matrix (relevance need not be one-to-one). Grounding:
-the pointing game on a heatmap drawn back onto the original image through the model's crop, and
-IoU / Dice for masks.
+the pointing game on a heatmap drawn back onto the original image through the model's crop
+(:func:`medclip_core.models.geometry.heatmap_from_patches`), and IoU / Dice for masks.
 """
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
 import numpy as np
-
-from medclip_core.models.base import CropGeometry
 
 Box = tuple[float, float, float, float]
 
@@ -101,45 +99,6 @@ def pointing_game(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: float = 
     heatmap = np.asarray(heatmap)
     row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     return point_in_boxes(col + 0.5, row + 0.5, boxes, tolerance)
-
-
-def _bilinear_weights(n_out: int, start: float, stop: float, n_in: int) -> np.ndarray:
-    """(n_out, n_in) matrix that samples n_in cells spread over [start, stop) at pixel centres.
-
-    Matches ``align_corners=False`` interpolation: cell centres sit at (j + 0.5) / n_in of the
-    span, values are clamped at the edges, and pixels outside the span get all-zero rows.
-    """
-    centres = np.arange(n_out) + 0.5
-    inside = (centres >= start) & (centres < stop)
-    position = (centres - start) / (stop - start) * n_in - 0.5
-    position = np.clip(position, 0.0, n_in - 1)
-    lower = np.floor(position).astype(int)
-    upper = np.minimum(lower + 1, n_in - 1)
-    frac = position - lower
-    weights = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(weights, (rows, lower), 1.0 - frac)
-    np.add.at(weights, (rows, upper), frac)
-    weights[~inside] = 0.0
-    return weights
-
-
-def heatmap_from_patches(patch_sims: np.ndarray, geometry: CropGeometry, width: int, height: int) -> np.ndarray:
-    """Patch-grid scores (gh, gw) -> (height, width) heatmap in [0, 1] over the original image.
-
-    The grid is min-max scaled to [0, 1] and drawn bilinearly onto ``geometry.original_box``, the
-    part of the original image the model saw; pixels outside that box (cut by the centre crop) are 0.
-    A constant grid gives an all-zero map.
-    """
-    grid = np.asarray(patch_sims, dtype=np.float64)
-    if grid.ndim != 2:
-        raise ValueError(f"patch_sims must be (gh, gw), got shape {grid.shape}.")
-    span = grid.max() - grid.min()
-    grid = (grid - grid.min()) / span if span > 0 else np.zeros_like(grid)
-    x0, y0, x1, y1 = geometry.original_box
-    rows = _bilinear_weights(height, y0, y1, grid.shape[0])
-    cols = _bilinear_weights(width, x0, x1, grid.shape[1])
-    return np.clip(rows @ grid @ cols.T, 0.0, 1.0).astype(np.float32)
 
 
 def box_area_fraction(boxes: Iterable[Box], width: int, height: int, tolerance: float = 0.0) -> float:

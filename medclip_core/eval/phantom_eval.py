@@ -32,22 +32,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from medclip_core.data.reports import FINDINGS
+from medclip_core.data.findings import FINDINGS, GROUNDING_FINDINGS
 from medclip_core.eval.metrics import (
-    box_area_fraction, expected_calibration_error, heatmap_from_patches, pointing_game, precision_at_k, recall_at_k,
-    roc_auc,
+    box_area_fraction, expected_calibration_error, pointing_game, precision_at_k, recall_at_k, roc_auc,
 )
 from medclip_core.models.base import ClipModel
+from medclip_core.models.geometry import heatmap_from_patches
 from medclip_core.tasks import embed_in_batches
 from medclip_core.tasks.zero_shot import label_text_embeddings, logit_map, scores_from_embeddings
 
 if TYPE_CHECKING:
     from medclip_core.data.phantom import PhantomDataset, PhantomSample
 
-# Findings drawn as a localised density, for which a box is a fair grounding target.
-FOCAL_FINDINGS: tuple[str, ...] = tuple(
-    f for f in ("nodule", "opacity", "pleural effusion", "atelectasis", "calcified granuloma", "pneumothorax")
-    if f in FINDINGS)
 MIN_CLASS_COUNT = 5
 RETRIEVAL_KS = (1, 5, 10)
 PRECISION_K = 5
@@ -102,7 +98,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean_of_numbers(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN; NaN when none is (a finding without targets)."""
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
@@ -121,7 +118,7 @@ def zero_shot_summary(probabilities: np.ndarray, label_sets: list[frozenset[str]
         else:
             skipped.append(label)
     top = truth[np.arange(len(truth)), probabilities.argmax(axis=1)]
-    return {"mode": mode, "negatives": negatives, "auc": auc, "macro_auc": _mean(list(auc.values())),
+    return {"mode": mode, "negatives": negatives, "auc": auc, "macro_auc": mean_of_numbers(list(auc.values())),
             "top_finding_accuracy": float(top.mean()),
             # softmax rows sum to 1, so their ECE mostly counts findings per image: left out
             "calibration_error": expected_calibration_error(probabilities, truth) if mode == "pairwise" else None,
@@ -147,14 +144,14 @@ class _PointingTally:
     """Pointing-game hits per focal finding, raw and with redundancy removal, plus chance rates."""
 
     def __init__(self) -> None:
-        self.hits = {"raw": {f: [] for f in FOCAL_FINDINGS}, "redundancy_removed": {f: [] for f in FOCAL_FINDINGS}}
-        self.chance = {f: [] for f in FOCAL_FINDINGS}
+        self.hits = {variant: {f: [] for f in GROUNDING_FINDINGS} for variant in ("raw", "redundancy_removed")}
+        self.chance = {f: [] for f in GROUNDING_FINDINGS}
 
     def add(self, patches: torch.Tensor, sample: Any, model: ClipModel,
             directions: dict[str, dict[str, torch.Tensor]]) -> None:
         height, width = np.asarray(sample.image).shape[:2]
         geometry = model.geometry(width, height)
-        for finding in FOCAL_FINDINGS:
+        for finding in GROUNDING_FINDINGS:
             boxes = (sample.boxes or {}).get(finding) or []
             if not boxes:
                 continue
@@ -167,17 +164,17 @@ class _PointingTally:
     def summary(self, note: str | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for variant, per in self.hits.items():
-            rates = {f: _mean(v) for f, v in per.items() if v}
-            out[variant] = {"per_finding": rates, "mean": _mean(list(rates.values()))}
-        chance = {f: _mean(v) for f, v in self.chance.items() if v}
-        out["chance"] = {"per_finding": chance, "mean": _mean(list(chance.values()))}
+            rates = {f: mean_of_numbers(v) for f, v in per.items() if v}
+            out[variant] = {"per_finding": rates, "mean": mean_of_numbers(list(rates.values()))}
+        chance = {f: mean_of_numbers(v) for f, v in self.chance.items() if v}
+        out["chance"] = {"per_finding": chance, "mean": mean_of_numbers(list(chance.values()))}
         out["n_targets"] = {f: len(v) for f, v in self.chance.items()}
         out["note"] = note
         return out
 
 
 @contextlib.contextmanager
-def _eval_mode(model: ClipModel) -> Iterator[None]:
+def eval_mode(model: ClipModel) -> Iterator[None]:
     """Evaluation mode for the duration, then the module's previous mode (training may be running)."""
     was_training = model.module.training
     model.eval()
@@ -244,12 +241,12 @@ def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed:
     seconds_render = time.perf_counter() - start
     label_sets = [frozenset(s.labels) for s in samples]
 
-    with _eval_mode(model):
+    with eval_mode(model):
         text = label_text_embeddings(model, FINDINGS, "pairwise", cache=None, negatives=negatives)
         positive = dict(zip(FINDINGS, text.positive))
         common = text.positive.mean(dim=0)
-        directions = {"raw": {f: positive[f] for f in FOCAL_FINDINGS},
-                      "redundancy_removed": {f: positive[f] - common for f in FOCAL_FINDINGS}}
+        directions = {"raw": {f: positive[f] for f in GROUNDING_FINDINGS},
+                      "redundancy_removed": {f: positive[f] - common for f in GROUNDING_FINDINGS}}
         grounding_note = None
         if not model.supports_patch_tokens:
             grounding_note = "skipped: this model has no patch tokens in the joint space"
@@ -264,7 +261,7 @@ def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed:
             image_embeddings.append(model.encode_image(pixels).cpu())
             seconds_encode += time.perf_counter() - tick
             if grounding_note is None:
-                targets = [i for i, s in enumerate(batch) if any((s.boxes or {}).get(f) for f in FOCAL_FINDINGS)]
+                targets = [i for i, s in enumerate(batch) if any((s.boxes or {}).get(f) for f in GROUNDING_FINDINGS)]
                 if targets:
                     patches = model.patch_tokens(pixels[targets])
                     for patch_grid, i in zip(patches, targets):

@@ -26,13 +26,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from medclip_core.data.findings import FINDINGS
 from medclip_core.data.labeller import label_text
-from medclip_core.data.reports import FINDINGS, Report, load_reports, report_splits
+from medclip_core.data.reports import Report, load_reports, report_splits
 from medclip_core.errors import MedclipError
 from medclip_core.eval.report_metrics import corpus_bleu, finding_f1, mean_rouge_l, words
 from medclip_core.models.base import ClipModel
 from medclip_core.models.report_decoder import LoadedDecoder
-from medclip_core.tasks.report import METHODS, SUPPORT, _generated_draft, _retrieval_draft
+from medclip_core.tasks.report import METHODS, SUPPORT, generated_draft, retrieval_draft
 from medclip_core.tasks.report_features import phantom_features
 
 BASELINES: tuple[str, ...] = ("random report", "most common report", "nearest whole report")
@@ -97,7 +98,7 @@ def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str
                      beam: int = 3, seed: int = 0,
                      cache_dir: Path | None = None, progress: Progress | None = None) -> ReportEvalResult:
     """Both methods (generative only with a ``decoder``) and the baselines on the phantom ``split``."""
-    from medclip_core.tasks.retrieval import default_cache_dir
+    from medclip_core.models.embedding_cache import default_cache_dir
 
     reports = report_splits(load_reports(), seed=seed).get(split)
     if reports is None:
@@ -117,10 +118,10 @@ def evaluate_reports(model: ClipModel, decoder: LoadedDecoder | None, split: str
         start, drafts = time.perf_counter(), []
         for i in range(len(reports)):
             if method == "retrieval":
-                drafts.append(_retrieval_draft(model, features.pooled[i], k, impression_k, calibration, 0.9,
+                drafts.append(retrieval_draft(model, features.pooled[i], k, impression_k, calibration, 0.9,
                                                  support).text)
             else:
-                drafts.append(_generated_draft(model, decoder, features.pooled[i], features.patches[i], beam).text)
+                drafts.append(generated_draft(model, decoder, features.pooled[i], features.patches[i], beam).text)
             if i % 50 == 0:
                 note((i + 1) / len(reports), f"{method} {i + 1}/{len(reports)}")
         texts[method] = drafts

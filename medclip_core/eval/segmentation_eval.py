@@ -14,12 +14,12 @@ from typing import Callable
 
 import numpy as np
 
+from medclip_core.data.findings import LABEL_SYNONYMS, SEGMENTED_FINDINGS
 from medclip_core.data.phantom import PhantomDataset
 from medclip_core.data.reports import load_reports, report_splits
 from medclip_core.eval.metrics import dice
 from medclip_core.models.base import ClipModel
 from medclip_core.models.segmentation_decoder import SegmentationDecoder, logits_to_original
-from medclip_core.tasks.zero_shot import LABEL_SYNONYMS
 
 THRESHOLD = 0.5
 
@@ -54,8 +54,6 @@ def evaluate_segmentation(model: ClipModel, decoder: SegmentationDecoder, n: int
                           seed: int = 0, batch: int = 16, findings: tuple[str, ...] | None = None,
                           progress: Callable[[int, int], None] | None = None) -> SegmentationEval:
     """Dice per finding over at least ``n`` rendered images of ``split`` (every report, equally often)."""
-    from medclip_core.train.segmentation import SEGMENTED_FINDINGS
-
     findings = findings or SEGMENTED_FINDINGS
     phrases = [LABEL_SYNONYMS.get(f, (f,))[0] for f in findings]
     reports = report_splits(load_reports(), seed)[split]

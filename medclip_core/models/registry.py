@@ -6,7 +6,8 @@ Specs live as JSON files in ``models/specs/`` (one per model, like open_clip's
   ``save_pretrained`` folder, or one of our checkpoints (medclip_config.json + model.safetensors);
 - ``hf-hub:ORG/NAME``: an open_clip model on the Hugging Face hub;
 - ``hf:ORG/NAME``: a transformers CLIPModel / SiglipModel on the hub.
-Finished training runs (``medclip_core.train.runs``) are listed too, under their run name.
+Finished training runs (recorded by ``medclip_core.train.runs``, read by
+:mod:`medclip_core.models.trained_runs`) are listed too, under their run name.
 Loaded models are kept in a small in-memory LRU cache owned by :class:`ModelCache`.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from medclip_core.models.open_clip_backend import (
     load_open_clip_dir,
     load_open_clip_hub,
 )
+from medclip_core.models.trained_runs import finished_runs
 from medclip_core.models.transformers_backend import is_transformers_dir, load_transformers, load_transformers_hub
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
@@ -86,8 +88,6 @@ _SPECS = _read_specs()
 
 def _run_specs() -> dict[str, ModelSpec]:
     """A checkpoint spec per finished training run (read from the runs registry on every call)."""
-    from medclip_core.train.runs import finished_runs
-
     specs = {}
     for name, path in finished_runs().items():
         if name in _SPECS or not checkpoint.is_checkpoint_dir(path):

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medclip_core.errors import MedclipError, ModelUnavailableError
-from medclip_core.eval.metrics import _bilinear_weights
 from medclip_core.models.base import ClipModel, ImageLike, PatchTokensUnsupported, image_to_rgb_array
+from medclip_core.models.geometry import bilinear_weights
 
 CONFIG_NAME = "segmentation_config.json"
 WEIGHTS_NAME = "decoder.safetensors"
@@ -169,8 +169,8 @@ def logits_to_original(logits: np.ndarray, model: ClipModel, width: int, height:
     model saw, with the heatmaps' weights) and then squashed; pixels the centre crop cut off get 0.
     """
     x0, y0, x1, y1 = model.geometry(width, height).original_box
-    rows = _bilinear_weights(height, y0, y1, logits.shape[1])
-    cols = _bilinear_weights(width, x0, x1, logits.shape[2])
+    rows = bilinear_weights(height, y0, y1, logits.shape[1])
+    cols = bilinear_weights(width, x0, x1, logits.shape[2])
     across = np.tensordot(logits.astype(np.float64), cols, axes=([2], [1]))  # (P, s, width), one BLAS call
     drawn = np.tensordot(rows, across, axes=([1], [1])).transpose(1, 0, 2)  # (P, height, width)
     probabilities = 1.0 / (1.0 + np.exp(-drawn))
@@ -194,10 +194,14 @@ class SegmentationDecoder:
 
     @torch.inference_mode()
     def predict(self, model: ClipModel, image: ImageLike, phrases: Sequence[str]) -> np.ndarray:
-        """Probabilities (P, H, W) in [0, 1], one map per phrase, at the original image's size."""
-        from medclip_core.tasks.grounding import check_phrases  # tasks import models, not the reverse
+        """Probabilities (P, H, W) in [0, 1], one map per phrase, at the original image's size.
 
-        phrases = check_phrases(phrases)
+        ``phrases`` are used as given: user input is cleaned and bounded by the task
+        (:func:`medclip_core.tasks.segmentation.segment`) before it reaches the model.
+        """
+        phrases = list(phrases)
+        if not phrases:
+            raise MedclipError("Give at least one phrase to segment.")
         self._check_model(model)
         height, width = image_to_rgb_array(image).shape[:2]
         pixels = model.preprocess(image)[None].to(model.device)

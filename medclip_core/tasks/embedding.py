@@ -30,12 +30,12 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
+from medclip_core.data.galleries import Collection, sorted_labels
 from medclip_core.errors import MedclipError
 from medclip_core.models.base import ClipModel, ImageLike, image_to_rgb_array
+from medclip_core.models.embedding_cache import model_fingerprint
 from medclip_core.tasks import embed_in_batches
-from medclip_core.tasks.retrieval import (
-    Collection, Progress, build_index, model_fingerprint, sorted_labels,
-)
+from medclip_core.tasks.retrieval import Progress, build_index
 
 METHODS: tuple[str, ...] = ("umap", "pca", "tsne")
 COLOR_BY: tuple[str, ...] = ("label", "modality")

@@ -23,11 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from medclip_core.data.findings import NORMAL_LABELS
 from medclip_core.data.tables import image_path_in, read_csv_rows
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.tasks import embed_in_batches
-from medclip_core.tasks.zero_shot import NORMAL_LABELS, label_text_embeddings, logit_map, logits_from_embeddings
+from medclip_core.tasks.zero_shot import label_text_embeddings, logit_map, logits_from_embeddings
 
 DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 5.5
@@ -48,7 +49,7 @@ class SupportSet:
 
 
 def _phantom_label(label: str) -> str | None:
-    from medclip_core.data.reports import FINDINGS
+    from medclip_core.data.findings import FINDINGS
 
     if label in FINDINGS:
         return label

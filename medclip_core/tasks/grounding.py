@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medclip_core.errors import TaskInputError
-from medclip_core.eval.metrics import heatmap_from_patches
 from medclip_core.io import MedicalImage
 from medclip_core.models import default_model_name, load_model
 from medclip_core.models.base import ClipModel, ImageLike, PatchTokensUnsupported, image_to_rgb_array
+from medclip_core.models.geometry import heatmap_from_patches
 from medclip_core.tasks import check_text_items
 
 METHODS = ("similarity", "surgery", "gradcam", "gscorecam", "relevance")

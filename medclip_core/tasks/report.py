@@ -43,8 +43,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from medclip_core.data.findings import FINDINGS
 from medclip_core.data.labeller import TextLabels, label_text
-from medclip_core.data.reports import FINDINGS, load_reports, report_splits
+from medclip_core.data.reports import load_reports, report_splits
 from medclip_core.errors import ModelUnavailableError, TaskInputError
 from medclip_core.io import MedicalImage, image_from_array
 from medclip_core.models.base import ClipModel, ImageLike
@@ -164,7 +165,8 @@ class ReportReferenceCache:
 
     def get(self, model: ClipModel) -> _ModelReference:
         if model not in self._entries:
-            from medclip_core.tasks.retrieval import build_report_index, default_cache_dir
+            from medclip_core.models.embedding_cache import default_cache_dir
+            from medclip_core.tasks.retrieval import build_report_index
 
             corpus = sentence_corpus()
             vectors = build_report_index(model, [s.text for s in corpus]).vectors
@@ -273,7 +275,7 @@ def retrieve_report(model: ClipModel, image: ImageLike, k: int = 4, impression_k
         raise TaskInputError(f"support must be a probability from 0 to 1, got {support!r}.")
     start = time.perf_counter()
     pooled = encode_for_report(model, [image])[0][0]
-    draft = _retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold, support)
+    draft = retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold, support)
     draft.caution = chest_caution(model, pooled, _as_image(image))
     draft.seconds = time.perf_counter() - start
     return draft
@@ -288,8 +290,11 @@ def unsupported_findings(model: ClipModel, pooled: np.ndarray, support: float = 
     return frozenset(name for name, p in zip(abnormal, probabilities) if p < support)
 
 
-def _retrieval_draft(model: ClipModel, pooled: np.ndarray, k: int, impression_k: int, calibration: float,
-                     duplicate_threshold: float, support: float = SUPPORT) -> ReportDraft:
+def retrieval_draft(model: ClipModel, pooled: np.ndarray, k: int, impression_k: int, calibration: float,
+                    duplicate_threshold: float, support: float = SUPPORT) -> ReportDraft:
+    """The retrieval draft for an image already encoded (``pooled``, its (D,) embedding): the sentence
+    selection of :func:`retrieve_report` without input checks, caution or timing, so that the report
+    evaluation can draft from cached image features."""
     corpus = sentence_corpus()
     vectors = REFERENCE_CACHE.get(model).sentence_vectors
     rows = select_sentences(retrieval_scores(model, pooled, calibration), k, impression_k, duplicate_threshold,
@@ -322,7 +327,7 @@ def _cached_decoder(folder: str, mtime: int) -> LoadedDecoder:
 
 def decoder_for(model: ClipModel, model_name: str) -> LoadedDecoder:
     """The decoder trained for ``model`` (loaded once); refuses one trained on other weights."""
-    from medclip_core.tasks.retrieval import model_fingerprint
+    from medclip_core.models.embedding_cache import model_fingerprint
 
     folder = decoder_folder(model_name)
     weights = folder / "report_decoder.safetensors"
@@ -349,7 +354,7 @@ def generate_report(model: ClipModel, image: ImageLike, decoder: LoadedDecoder, 
         raise TaskInputError(f"beam must be a whole number from 1 to 8, got {beam!r}.")
     start = time.perf_counter()
     pooled, patches = encode_for_report(model, [image])
-    draft = _generated_draft(model, decoder, pooled[0], patches[0], beam, max_words)
+    draft = generated_draft(model, decoder, pooled[0], patches[0], beam, max_words)
     draft.caution = chest_caution(model, pooled[0], _as_image(image))
     draft.seconds = time.perf_counter() - start
     return draft
@@ -387,8 +392,11 @@ def write_report_ids(decoder: LoadedDecoder, pooled: torch.Tensor, patches: torc
 
 
 @torch.inference_mode()
-def _generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray, patches: np.ndarray,
-                     beam: int = 3, max_words: int | None = None, candidates: int = 16) -> ReportDraft:
+def generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray, patches: np.ndarray,
+                    beam: int = 3, max_words: int | None = None, candidates: int = 16) -> ReportDraft:
+    """The decoder's draft for an image already encoded (``pooled`` (D,), ``patches`` (N, D)): what
+    :func:`generate_report` writes, without input checks, caution or timing, so that the report
+    evaluation can draft from cached image features."""
     device = next(decoder.module.parameters()).device
     pooled_t, patches_t = torch.from_numpy(pooled[None]).to(device), torch.from_numpy(patches[None]).to(device)
     probabilities, present = decoder.diagnose(pooled_t, patches_t)

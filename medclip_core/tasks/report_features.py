@@ -63,7 +63,7 @@ def phantom_features(model: ClipModel, split: str, variants: int = 1, limit: int
     test images every other evaluation uses). With ``cache_dir`` the result is stored there as
     ``.npz`` under a name built from the model fingerprint and the parameters, and reused.
     """
-    from medclip_core.tasks.retrieval import model_fingerprint
+    from medclip_core.models.embedding_cache import model_fingerprint
 
     dataset = phantom_dataset(split=split, seed=seed, size=model.image_size, variants_per_report=variants)
     count = len(dataset) if limit is None else min(len(dataset), limit * variants)

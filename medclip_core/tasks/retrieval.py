@@ -1,17 +1,11 @@
 """Retrieval over a gallery of medical images: text -> images, image -> images, image -> reports.
 
-A :class:`Collection` is the gallery: the phantom test split (the default, rendered on demand), a
-folder of images, or a CSV of image paths with optional reports and labels. :func:`build_index`
-embeds its images once per model and keeps the vectors on disk, so the next session (or the next
-call) loads them instead of running the model again:
-
-* the cache folder is ``$MEDCLIP_CACHE_DIR`` or ``~/.cache/medclip-explorer/indexes``; each
-  entry is named by the model fingerprint (card name/source/image size + a strided sample of every
-  weight tensor, so changed weights give a new entry) and the collection fingerprint (phantom
-  parameters and renderer source, or file names, sizes and modification times);
-* an entry holds ``vectors.npy`` (L2-normalised float32), ``items.json`` (id, labels, report,
-  path per row) and ``fingerprint.json``; it is written to a temporary folder and renamed into
-  place, so a crash or a concurrent build never leaves half an entry.
+The gallery is a :class:`~medclip_core.data.galleries.Collection` (the phantom test split, a folder
+of images, or a CSV). :func:`build_index` embeds its images once per model and keeps the vectors
+in the on-disk embedding cache (:mod:`medclip_core.models.embedding_cache`), so the next session
+(or the next call) loads them instead of running the model again: each entry is named by the
+model fingerprint and the collection fingerprint, and holds ``vectors.npy`` (L2-normalised
+float32), ``items.json`` (id, labels, report, path per row) and ``fingerprint.json``.
 
 Search runs in FAISS on inner products (= cosine similarity, the vectors being normalised): an
 exact ``IndexFlatIP`` up to ``EXACT_INDEX_MAX`` (50,000) vectors, above that an approximate
@@ -26,12 +20,7 @@ are cached on disk in the same way.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -39,241 +28,35 @@ from typing import Any, Callable, Iterable, Sequence
 import faiss
 import numpy as np
 
-from medclip_core.data import reports as reports_module
+from medclip_core.data.findings import FINDINGS
+from medclip_core.data.galleries import Collection, GalleryItem, sorted_labels
 from medclip_core.data.labeller import label_text
-from medclip_core.data import phantom as phantom_module
-from medclip_core.data.reports import FINDINGS, Report, load_reports, report_splits
-from medclip_core.data.tables import image_path_in, read_csv_rows
-from medclip_core.errors import ImageLoadError, MedclipError
-from medclip_core.eval.metrics import precision_at_k as precision_at_k_matrix
-from medclip_core.io import MedicalImage, image_from_array, load_image
+from medclip_core.data.reports import Report, load_reports, report_splits
+from medclip_core.errors import MedclipError
+from medclip_core.io import MedicalImage
 from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.models.embedding_cache import (
+    content_digest, default_cache_dir, load_vectors, model_fingerprint, save_entry,
+)
 from medclip_core.tasks import embed_in_batches
 
-CACHE_DIR_ENV = "MEDCLIP_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path("~/.cache/medclip-explorer/indexes")
 INDEX_FORMAT = 1  # bump when the layout of a cache entry changes
+INDEX_NAME = "index.faiss"
 EXACT_INDEX_MAX = 50_000  # above this many vectors the index is approximate (HNSW)
 HNSW_NEIGHBORS = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 256  # recall@10 0.98 (128: 0.93) against exact search, 100k image-like vectors (bench_tasks)
 MAX_K = 1000
-WEIGHT_SAMPLES_PER_TENSOR = 64  # values of each weight tensor that enter the model fingerprint
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"})
 
 Progress = Callable[[int, int], Any]
 
 
 # ---------------------------------------------------------------------------------------------
-# Collections
+# The on-disk entry of an index: the cache's vectors and items, plus the FAISS index when it is slow to build
 
 
-@dataclass(frozen=True)
-class GalleryItem:
-    """One gallery image: its id, finding labels and report when known, and how to load it.
-
-    ``labels`` is None for unlabelled galleries (a plain folder); ``path`` is None for rendered
-    phantom images. ``image()`` loads (or renders) the pixels again on each call.
-    """
-
-    item_id: str
-    labels: frozenset[str] | None
-    report: str | None
-    path: str | None
-    loader: Callable[[], MedicalImage] = field(repr=False, compare=False)
-
-    def image(self) -> MedicalImage:
-        return self.loader()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.item_id, "labels": sorted_labels(self.labels), "report": self.report,
-                "path": self.path}
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file a collection left out, and why (shown to the user as it is)."""
-
-    path: str
-    reason: str
-
-
-@dataclass
-class Collection:
-    """A gallery of images to search; ``fingerprint`` changes whenever its images may have changed."""
-
-    name: str
-    items: list[GalleryItem]
-    fingerprint: str
-    skipped: list[SkippedFile] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def labelled(self) -> bool:
-        return bool(self.items) and all(item.labels is not None for item in self.items)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "n_items": len(self.items), "labelled": self.labelled,
-                "n_skipped": len(self.skipped),
-                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped]}
-
-
-def sorted_labels(labels: Iterable[str] | None) -> list[str] | None:
-    """Labels in ``FINDINGS`` order (unknown ones after, alphabetically); None stays None."""
-    if labels is None:
-        return None
-    order = {label: i for i, label in enumerate(FINDINGS)}
-    return sorted(labels, key=lambda label: (order.get(label, len(order)), label))
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _render_phantom(dataset: phantom_module.PhantomDataset, index: int) -> MedicalImage:
-    return image_from_array(dataset[index].image, {"format": "phantom"})
-
-
-def phantom_collection(n: int | None = None, seed: int = 0, size: int = 224, split: str = "test") -> Collection:
-    """The first ``n`` images of the phantom ``split`` (all of it when None), rendered on demand.
-
-    The fingerprint covers the parameters and the source of the renderer and the report parser,
-    so a cached index is rebuilt when either changes.
-    """
-    try:
-        dataset = phantom_module.phantom_dataset(split=split, seed=seed, size=size)
-    except ValueError as error:  # unknown split
-        raise MedclipError(str(error)) from error
-    count = len(dataset) if n is None else n
-    if not 1 <= count <= len(dataset):
-        raise MedclipError(f"The phantom {split} split has {len(dataset)} images; "
-                           f"choose n between 1 and {len(dataset)}.")
-    renderer = [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (phantom_module, reports_module)]
-    items = []
-    for i, report in enumerate(dataset.reports[:count]):
-        items.append(GalleryItem(report.report_id, report.labels, report.text, None,
-                                 functools.partial(_render_phantom, dataset, i)))
-    return Collection(f"phantom {split} (n={count}, {size} px, seed {seed})", items,
-                      _digest("phantom", split, count, seed, size, renderer))
-
-
-def _file_state(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
-def _unreadable_reason(path: Path) -> str | None:
-    """None when ``path`` loads as an image, else the reason it does not (load_image raises only ImageLoadError)."""
-    try:
-        load_image(path)
-    except ImageLoadError as error:
-        return str(error)
-    return None
-
-
-def folder_collection(folder: str | os.PathLike, name: str | None = None) -> Collection:
-    """Every image under ``folder`` (recursively), unlabelled, ids = paths relative to the folder.
-
-    Files with an image suffix (PNG, JPEG, TIFF, BMP, GIF, WebP, DICOM) or with no suffix (DICOM
-    files often have none) are opened once with :func:`~medclip_core.io.load_image` to check them;
-    the unreadable ones are left out and listed in ``skipped``. Hidden files and other suffixes
-    (.txt, .json ...) are ignored.
-    """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise MedclipError(f"Folder not found: {root}. Choose an existing folder of images.")
-    candidates = sorted(p for p in root.rglob("*")
-                        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-                        and (p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix))
-    items, skipped, state = [], [], []
-    for path in candidates:
-        relative = path.relative_to(root).as_posix()
-        reason = _unreadable_reason(path)
-        if reason is not None:
-            skipped.append(SkippedFile(relative, reason))
-            continue
-        items.append(GalleryItem(relative, None, None, str(path), functools.partial(load_image, path)))
-        state.append((relative, *_file_state(path)))
-    if not items:
-        raise MedclipError(
-            f"No readable images in {root}: {len(candidates)} image file(s) found, {len(skipped)} could not be read. "
-            f"Supported: {', '.join(sorted(IMAGE_SUFFIXES))} or DICOM files without a suffix.")
-    return Collection(name or root.name, items, _digest("folder", str(root.resolve()), state), skipped)
-
-
-def csv_collection(csv_path: str | os.PathLike, name: str | None = None) -> Collection:
-    """Images listed in a CSV: column ``image`` (path relative to the CSV's folder), optional
-    ``report`` (text) and ``labels`` (``|``-separated, e.g. ``cardiomegaly|pleural effusion``).
-
-    A path that leaves the CSV's folder (absolute, ``..``, or a link pointing outside) makes the
-    whole CSV refused. Missing, unreadable or repeated images are left out and listed in
-    ``skipped``. With a ``labels`` column every item is labelled (an empty cell = no findings).
-    """
-    csv_file = Path(csv_path).expanduser()
-    rows = read_csv_rows(csv_file, {"image"})
-    root = csv_file.parent.resolve()
-    has_labels = bool(rows) and "labels" in rows[0]
-    items, skipped, state, seen = [], [], [], set()
-    for number, row in enumerate(rows, start=1):  # data rows, header not counted
-        relative = row.get("image", "")
-        if not relative:
-            skipped.append(SkippedFile(f"row {number}", "no image path in the 'image' column"))
-            continue
-        path = image_path_in(root, relative, f"{csv_file.name}, row {number}")
-        relative = path.relative_to(root).as_posix()  # one id per file, however the cell spells it
-        if relative in seen:
-            skipped.append(SkippedFile(relative, f"listed again in row {number}"))
-            continue
-        seen.add(relative)
-        if not path.is_file():
-            skipped.append(SkippedFile(relative, f"row {number}: file not found"))
-            continue
-        reason = _unreadable_reason(path)
-        if reason is not None:
-            skipped.append(SkippedFile(relative, reason))
-            continue
-        labels = (frozenset(part.strip().lower() for part in row.get("labels", "").split("|") if part.strip())
-                  if has_labels else None)
-        items.append(GalleryItem(relative, labels, row.get("report") or None, str(path),
-                                 functools.partial(load_image, path)))
-        state.append((relative, *_file_state(path)))
-    if not items:
-        raise MedclipError(f"{csv_file.name} lists no readable images ({len(skipped)} row(s) skipped).")
-    fingerprint = _digest("csv", str(csv_file.resolve()), _file_state(csv_file), state)
-    return Collection(name or csv_file.stem, items, fingerprint, skipped)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fingerprints and the on-disk cache
-
-
-def model_fingerprint(model: ClipModel, buffers: bool = True) -> str:
-    """Hash of the model's identity and weights, cheap enough to take on every query.
-
-    Card name, source and image size, then for every tensor of the state dict its name, shape
-    and ``WEIGHT_SAMPLES_PER_TENSOR`` evenly strided values: any training step or other
-    checkpoint changes the hash, without reading every weight. ``buffers=False`` hashes the
-    trained parameters only (not e.g. BatchNorm running statistics, which the loader's probe
-    forward currently nudges by a thread-count-dependent rounding amount).
-    """
-    digest = hashlib.sha256(f"{model.card.name}\n{model.card.source}\n{model.card.image_size}".encode())
-    tensors = model.module.state_dict() if buffers else dict(model.module.named_parameters())
-    for name, tensor in tensors.items():
-        flat = tensor.detach().reshape(-1)
-        stride = max(1, flat.numel() // WEIGHT_SAMPLES_PER_TENSOR)
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(flat[::stride].float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """``$MEDCLIP_CACHE_DIR`` if set, else ``~/.cache/medclip-explorer/indexes``."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR).expanduser()
-
-
-def _faiss_index(vectors: np.ndarray) -> Any:
+def faiss_index_for(vectors: np.ndarray) -> Any:
+    """An exact inner-product index up to ``EXACT_INDEX_MAX`` vectors, an HNSW graph above."""
     if len(vectors) <= EXACT_INDEX_MAX:
         index = faiss.IndexFlatIP(vectors.shape[1])
     else:
@@ -285,40 +68,25 @@ def _faiss_index(vectors: np.ndarray) -> Any:
 
 def _load_entry(folder: Path, fingerprint: dict[str, Any]) -> tuple[np.ndarray, Any] | None:
     """The cached vectors and FAISS index in ``folder`` if it holds exactly this fingerprint."""
+    vectors = load_vectors(folder, fingerprint)
+    if vectors is None:
+        return None
     try:
-        if json.loads((folder / "fingerprint.json").read_text()) != fingerprint:
-            return None
-        vectors = np.load(folder / "vectors.npy")
-        index = (faiss.read_index(str(folder / "index.faiss")) if (folder / "index.faiss").is_file()
-                 else _faiss_index(vectors))
-    except (OSError, ValueError, RuntimeError):  # missing or damaged entry: rebuild it
+        index = (faiss.read_index(str(folder / INDEX_NAME)) if (folder / INDEX_NAME).is_file()
+                 else faiss_index_for(vectors))
+    except (OSError, ValueError, RuntimeError):  # damaged entry: rebuild it
         return None
     return vectors, index
 
 
 def _save_entry(folder: Path, fingerprint: dict[str, Any], vectors: np.ndarray, index: Any,
                 items: list[GalleryItem]) -> Path | None:
-    """Write the entry (staged, then renamed into place); None when the cache cannot be written.
-
-    A read-only or full cache disk only costs the reuse: the index in memory works all the same.
-    """
-    staging = None
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
-        np.save(staging / "vectors.npy", vectors)
+    """Write the entry; an exact index is rebuilt from the vectors in no time, an HNSW one is saved too."""
+    def write_index(staging: Path) -> None:
         if not isinstance(index, faiss.IndexFlat):
-            faiss.write_index(index, str(staging / "index.faiss"))
-        (staging / "items.json").write_text(json.dumps([item.to_dict() for item in items]))
-        (staging / "fingerprint.json").write_text(json.dumps(fingerprint))
-        if folder.exists():  # a stale or damaged entry under the same name
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except (OSError, RuntimeError):  # faiss reports write errors as RuntimeError
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        return None
-    return folder
+            faiss.write_index(index, str(staging / INDEX_NAME))
+
+    return save_entry(folder, fingerprint, vectors, [item.to_dict() for item in items], write_index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +177,7 @@ def _cached_index(model: ClipModel, name: str, modality: str, items: list[Galler
         vectors, index = cached
         return VectorIndex(name, modality, items, vectors, model_fp, source_fingerprint, folder, True, index)
     vectors = np.ascontiguousarray(embed(), dtype=np.float32)
-    index = _faiss_index(vectors)
+    index = faiss_index_for(vectors)
     saved = _save_entry(folder, fingerprint, vectors, index, items)
     return VectorIndex(name, modality, items, vectors, model_fp, source_fingerprint, saved, False, index)
 
@@ -450,7 +218,7 @@ def build_report_index(model: ClipModel, corpus: Sequence[Report | str] | None =
             items.append(GalleryItem(entry.report_id, entry.labels, entry.text, None, _no_image))
         else:
             items.append(GalleryItem(f"report-{i + 1}", None, str(entry), None, _no_image))
-    source = _digest("reports", [(item.item_id, item.report) for item in items])
+    source = content_digest("reports", [(item.item_id, item.report) for item in items])
     texts = [item.report for item in items]
     index = _cached_index(model, name, "text", items, source, cache_dir,
                           lambda: embed_in_batches(model.encode_text, texts, batch_size, progress))
@@ -587,36 +355,4 @@ def precision_at_k(result: RetrievalResult, query_labels: str | Iterable[str] | 
     if any(hit.labels is None for hit in result.hits):
         raise MedclipError(f"'{result.gallery}' has no finding labels, so precision@k cannot be measured; "
                            "use the phantom gallery or a CSV with a 'labels' column.")
-    relevant = np.array([[wanted <= set(hit.labels) for hit in result.hits]])
-    scores = np.array([[hit.score for hit in result.hits]])
-    n = len(result.hits)
-    return precision_at_k_matrix(scores, relevant, (n,))[n]
-
-
-def collection_from_spec(spec: str, allowed_root: str | os.PathLike | None = None,
-                         allow_paths: bool = True) -> Collection:
-    """``phantom`` / ``phantom:N`` (the phantom test split, all or the first N), a folder or a CSV.
-
-    ``allowed_root`` confines folders and CSVs to one server folder, and ``allow_paths=False``
-    refuses them altogether: the app uses these so that a user of a shared deployment cannot
-    read arbitrary server paths.
-    """
-    spec = (spec or "phantom").strip()
-    if spec == "phantom" or spec.startswith("phantom:"):
-        count = spec.partition(":")[2]
-        if count and not count.isdigit():
-            raise MedclipError(f"'{spec}': write phantom:N with N a whole number of images.")
-        return phantom_collection(n=int(count) if count else None)
-    if not allow_paths:
-        raise MedclipError("This deployment only serves the phantom gallery (phantom or phantom:N); the host "
-                           "can allow server folders by setting MEDCLIP_GALLERY_ROOT.")
-    path = Path(spec).expanduser().resolve()
-    if allowed_root is not None:
-        root = Path(allowed_root).expanduser().resolve()
-        if path != root and root not in path.parents:
-            raise MedclipError(f"Galleries must lie inside {root}.")
-    if path.is_dir():
-        return folder_collection(path)
-    if path.suffix.lower() == ".csv" and path.is_file():
-        return csv_collection(path)
-    raise MedclipError(f"'{spec}' is neither 'phantom', a folder of images nor a CSV file.")
+    return float(np.mean([wanted <= set(hit.labels) for hit in result.hits]))

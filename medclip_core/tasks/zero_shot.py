@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS, LABEL_SYNONYMS, NORMAL_LABELS
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.tasks import check_text_items
@@ -44,56 +45,27 @@ SCORE_MODES: tuple[str, ...] = ("pairwise", "softmax")
 NegativeStyle = Literal["negated", "normal"]
 NEGATIVE_STYLES: tuple[str, ...] = ("negated", "normal")
 
-# Report phrases for each finding label of medclip_core.data.reports.FINDINGS (1-3 each).
-LABEL_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "cardiomegaly": ("cardiomegaly", "enlarged cardiac silhouette", "enlarged heart size"),
-    "pleural effusion": ("pleural effusion", "pleural fluid"),
-    "opacity": ("airspace opacity", "focal consolidation", "airspace disease"),
-    "atelectasis": ("atelectasis", "subsegmental atelectasis"),
-    "nodule": ("pulmonary nodule", "nodular opacity", "lung mass"),
-    "calcified granuloma": ("calcified granuloma", "granulomatous disease"),
-    "pneumothorax": ("pneumothorax",),
-    "edema": ("pulmonary edema", "vascular congestion"),
-    "hyperinflation": ("hyperinflated lungs", "emphysema", "flattened diaphragms"),
-    "devices": ("pacemaker", "central venous catheter", "sternotomy wires"),
-    "scoliosis": ("scoliosis", "curvature of the thoracic spine"),
-    "degenerative spine": ("degenerative changes of the thoracic spine", "spondylosis"),
-    "tortuous aorta": ("tortuous aorta", "ectatic aorta"),
-    "aortic calcification": ("aortic calcification", "atherosclerotic aorta"),
-    "hilar prominence": ("hilar prominence", "hilar adenopathy"),
-    "fracture": ("rib fracture", "fracture"),
-    "low lung volumes": ("low lung volumes",),
-    "elevated diaphragm": ("elevated hemidiaphragm",),
-    "scarring": ("scarring", "pulmonary scarring"),
-    "interstitial markings": ("increased interstitial markings", "interstitial opacities"),
-    "hiatal hernia": ("hiatal hernia",),
-    # CheXpert label names (lower case) in report language
-    "enlarged cardiomediastinum": ("enlarged cardiomediastinal silhouette", "widened mediastinum"),
-    "lung opacity": ("airspace opacity", "lung opacity"),
-    "lung lesion": ("lung nodule", "lung mass"),
-    "consolidation": ("consolidation", "focal consolidation"),
-    "pneumonia": ("pneumonia", "infiltrate"),
-    "pleural other": ("pleural thickening", "pleural scarring"),
-    "support devices": ("support devices", "pacemaker", "central venous catheter"),
-}
-
 MAX_LABELS = 64
 MAX_LABEL_CHARS = 200
-LABEL_PRESETS: dict[str, tuple[str, ...]] = {
-    "CheXpert findings": (
-        "no finding", "enlarged cardiomediastinum", "cardiomegaly", "lung opacity", "lung lesion", "edema",
-        "consolidation", "pneumonia", "atelectasis", "pneumothorax", "pleural effusion", "pleural other",
-        "fracture", "support devices"),
-    "Phantom findings": (
-        "normal", "cardiomegaly", "pleural effusion", "opacity", "atelectasis", "nodule", "calcified granuloma",
-        "pneumothorax", "edema", "hyperinflation", "devices", "scoliosis"),
-}
 
 
 def parse_labels(text: str) -> list[str]:
     """Free text, one label per line (commas also separate) -> cleaned, lower-case, de-duplicated labels."""
     return check_text_items(text.lower().replace(",", "\n").splitlines(), noun="label", max_items=MAX_LABELS,
                             max_chars=MAX_LABEL_CHARS, example="pleural effusion")
+
+
+def resolve_labels(typed: str | Sequence[str] | None = None, preset: str | None = DEFAULT_PRESET) -> list[str]:
+    """The labels to score: the ``typed`` ones (free text or a list, see :func:`parse_labels`) when any
+    is not blank, else those of the ``preset`` (a name of ``LABEL_PRESETS``). The one place the CLI and
+    the Diagnose tab turn a user's choice into a label list."""
+    text = typed if isinstance(typed, str) or typed is None else "\n".join(typed)
+    if text and text.strip():
+        return parse_labels(text)
+    if preset not in LABEL_PRESETS:
+        raise TaskInputError(f"Unknown label preset '{preset}'; choose one of: {', '.join(LABEL_PRESETS)}.")
+    return list(LABEL_PRESETS[preset])
+
 
 # Sentence patterns as they occur in reports; ``{finding}`` takes each synonym in turn.
 PROMPT_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -102,7 +74,6 @@ PROMPT_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 # "normal" has no "no {finding}" form; these are the report sentences that say it and its opposite.
-NORMAL_LABELS: frozenset[str] = frozenset({"normal", "no finding"})
 NORMAL_PROMPTS: dict[str, tuple[str, ...]] = {
     "positive": ("No acute cardiopulmonary abnormality.", "Normal chest.",
                  "Heart size normal. Lungs are clear."),

@@ -77,7 +77,8 @@ def phantom_pairs(split: str, size: int, seed: int = 0, variants_per_report: int
 
     ``workers > 1`` renders in that many processes; every image depends only on (report, seed,
     size), so the set is the same whatever the number of workers."""
-    from medclip_core.data.reports import FINDINGS, load_reports, report_splits
+    from medclip_core.data.findings import FINDINGS
+    from medclip_core.data.reports import load_reports, report_splits
 
     reports = report_splits(load_reports(), seed=seed)[split]
     if limit is not None:

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medclip_core.data.reports import FINDINGS, Report, load_reports, report_splits
+from medclip_core.data.findings import FINDINGS
+
+from medclip_core.data.reports import Report, load_reports, report_splits
 from medclip_core.errors import MedclipError
 from medclip_core.models import load_model
 from medclip_core.models.report_decoder import (
@@ -141,7 +143,7 @@ class ReportTrainer:
     """One decoder run: frozen features, vocabulary, decoder, then ``run()``; resumes from ``out_dir``."""
 
     def __init__(self, config: ReportTrainConfig, log: Callable[[str], None] = print) -> None:
-        from medclip_core.tasks.retrieval import model_fingerprint
+        from medclip_core.models.embedding_cache import model_fingerprint
 
         self.config, self.log = config, log
         self.out_dir = Path(config.out_dir)

@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from medclip_core.errors import AccessDeniedError, TaskInputError
+from medclip_core.models.trained_runs import DB_NAME, runs_dir
 from medclip_core.train.tasks import TRAIN_TASKS
 
-RUNS_DIR_ENV = "MEDCLIP_RUNS_DIR"
 ADMIN_TOKEN_ENV = "MEDCLIP_ADMIN_TOKEN"
-DB_NAME = "runs.sqlite"
 LOG_NAME = "train.log"
 RESULT_NAME = "result.json"
 STATES = ("queued", "running", "finished", "failed", "cancelled")
@@ -53,12 +52,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CANCEL_GRACE_S = 30.0
 LOG_TAIL_LINES = 30
-
-
-def runs_dir() -> Path:
-    """The runs folder: ``MEDCLIP_RUNS_DIR`` or ``~/.cache/medclip-explorer/runs``."""
-    configured = os.environ.get(RUNS_DIR_ENV, "").strip()
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "medclip-explorer" / "runs"
 
 
 def admin_token_required() -> bool:
@@ -267,19 +260,6 @@ def train_command(request: RunRequest, out_dir: Path) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={request.nproc}",
                 "-m", "medclip_core", *args]
     return [sys.executable, "-m", "medclip_core", *args]
-
-
-def finished_runs(root: Path | None = None) -> dict[str, Path]:
-    """Finished runs by name -> checkpoint folder (what the model registry lists); {} without a registry."""
-    db = (root or runs_dir()) / DB_NAME
-    if not db.is_file():
-        return {}
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            rows = conn.execute("SELECT name, run_dir FROM runs WHERE state = 'finished' ORDER BY id").fetchall()
-    except sqlite3.Error:
-        return {}
-    return {name: Path(path) for name, path in rows}
 
 
 class RunManager:

@@ -4,7 +4,7 @@ The image and text towers stay frozen, so their outputs are computed once: every
 is rendered, run through the image tower (patch tokens + stride-8 skip map, float16) and kept in
 memory next to its finding masks, and every phrase of the vocabulary is encoded once. A step
 then only runs the small decoder. Phrases come from the finding names and their report synonyms
-(``tasks.zero_shot.LABEL_SYNONYMS`` plus short forms), with a side word ("left", "right",
+(``data.findings.LABEL_SYNONYMS`` plus short forms), with a side word ("left", "right",
 "bilateral") for findings that have a side; the target of "left X" is X's mask on the patient's
 left (the image's right) and is empty when X is only on the right. Findings absent from the image
 are negatives with an empty mask.
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medclip_core.data.findings import SEGMENTATION_FOCUS_FINDINGS, SEGMENTED_FINDINGS, finding_phrases
 from medclip_core.data.phantom import PhantomDataset, PhantomSample
-from medclip_core.data.reports import FINDINGS, load_reports, report_splits
+from medclip_core.data.reports import load_reports, report_splits
 from medclip_core.errors import MedclipError
 from medclip_core.models import load_model
 from medclip_core.models.base import ClipModel
@@ -39,30 +40,10 @@ from medclip_core.models.segmentation_decoder import (
     TextConditionedDecoder,
     frozen_features,
 )
-from medclip_core.tasks.zero_shot import LABEL_SYNONYMS
 from medclip_core.train.contrastive import _lr_at, adamw, restore_train_state, save_train_state
 
 METRICS_NAME = "metrics.jsonl"
 TARGET_SCALE = 2  # targets are kept at half the input size
-
-# Findings a report can put on one side; the others (heart, spine, whole lungs) take no side word.
-SIDED_FINDINGS: frozenset[str] = frozenset({
-    "pleural effusion", "opacity", "atelectasis", "nodule", "calcified granuloma", "pneumothorax",
-    "scarring", "elevated diaphragm", "fracture", "hilar prominence"})
-# Short forms people type besides the report wording.
-SHORT_FORMS: dict[str, tuple[str, ...]] = {
-    "pleural effusion": ("effusion",), "opacity": ("opacity", "consolidation"), "nodule": ("nodule",),
-    "calcified granuloma": ("granuloma",), "edema": ("edema",)}
-# Findings that oversampling repeats in more rendered variants (focal, where the masks matter).
-FOCAL_FINDINGS: frozenset[str] = frozenset({"pleural effusion", "opacity", "atelectasis", "pneumothorax", "nodule"})
-SEGMENTED_FINDINGS: tuple[str, ...] = tuple(f for f in FINDINGS if f != "normal")
-
-
-def finding_phrases(finding: str) -> list[tuple[str, str]]:
-    """(phrase, side) pairs that name ``finding``; side is "", "left", "right" or "bilateral"."""
-    names = list(dict.fromkeys(LABEL_SYNONYMS.get(finding, (finding,)) + SHORT_FORMS.get(finding, ())))
-    sides = ("", "left", "right", "bilateral") if finding in SIDED_FINDINGS else ("",)
-    return [((f"{side} {name}" if side else name), side) for side in sides for name in names]
 
 
 @dataclass
@@ -276,7 +257,7 @@ class SegmentationTrainer:
         keep = np.random.default_rng((self.config.seed, 7)).random(len(reports)) < keep_other
         out = []
         for r, report in enumerate(reports):
-            focal = bool(report.labels & FOCAL_FINDINGS)
+            focal = bool(report.labels & SEGMENTATION_FOCUS_FINDINGS)
             if focal or keep[r]:
                 out.extend(r * per + k for k in range(per if focal else variants))
         return out
@@ -320,7 +301,7 @@ class SegmentationTrainer:
         for chunk in np.array_split(np.arange(len(data)), max(1, len(data) // self.config.batch_size)):
             losses.append(float(self.batch_loss(module, data, bank, chunk, rng)[0]))
         out: dict = {"val_loss": float(np.mean(losses))}
-        for finding in sorted(FOCAL_FINDINGS):
+        for finding in sorted(SEGMENTATION_FOCUS_FINDINGS):
             f = SEGMENTED_FINDINGS.index(finding)
             ms = np.flatnonzero(data.mask_finding == f)
             if not len(ms):
