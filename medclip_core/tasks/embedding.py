@@ -7,7 +7,7 @@ label or by modality. The gap itself is measured before projection, on the L2-no
 embeddings: the Euclidean distance between the image centroid and the text centroid (0 when the
 modalities overlap, 2 when they sit at opposite poles), with the cosine of the two centroids.
 
-Image embeddings of a :class:`~medclip_core.tasks.retrieval.Collection` come from
+Image embeddings of a :class:`~medclip_core.data.galleries.Collection` come from
 :func:`~medclip_core.tasks.retrieval.build_index`, so they are cached on disk with the index;
 finished maps are kept in memory by :class:`EmbeddingMapCache`, keyed by (model fingerprint,
 input fingerprint, method, seed). Projections are seeded, hence repeatable.
