@@ -14,29 +14,15 @@ from medclip_core.models import MODEL_CACHE, describe_models, list_models, load_
 from medclip_core.models import hub
 from medclip_core.models.checkpoint import WEIGHTS_NAME, save_checkpoint
 from tests.conftest import TINY_EMBED, TINY_TEXT, TINY_VISION, save_open_clip_layout, tiny_open_clip_module
-
-TEXTS = ["a chest x-ray with pleural effusion", "a normal chest x-ray"]
+from tests.test_model_contract import TEXTS, check_images, check_patch_tokens, check_text
 
 
 def check_interface(model, image, embed_dim: int, grid: int) -> None:
-    emb = model.encode_image([image])
-    assert emb.shape == (1, embed_dim)
-    assert torch.allclose(emb.norm(dim=-1), torch.ones(1), atol=1e-5)
-    assert torch.equal(emb, model.encode_image([image])), "same image must give the same embedding"
-    text = model.encode_text(TEXTS)
-    assert text.shape == (2, embed_dim)
-    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
-    assert not torch.allclose(text[0], text[1])
-    patches = model.patch_tokens([image])
-    assert patches.shape == (1, grid, grid, embed_dim)
-    assert torch.allclose(patches.norm(dim=-1), torch.ones(1, grid, grid), atol=1e-4)
-    assert model.logit_scale > 0
-
-
-def test_open_clip_local_dir(open_clip_dir: Path, chest_like_image) -> None:
-    model = load_model(f"local-dir:{open_clip_dir}", device="cpu")
-    check_interface(model, chest_like_image, TINY_EMBED, grid=4)
-    assert model.card.embed_dim == TINY_EMBED and model.card.image_size == 32
+    """The model loaded with the known width and grid, and its embeddings keep the model contract."""
+    assert model.card.embed_dim == embed_dim and model.patch_grid == (grid, grid)
+    check_text(model)
+    check_images(model, image)
+    check_patch_tokens(model, image, expected=True)
 
 
 def test_open_clip_patch_tokens_follow_the_pooled_path(open_clip_dir: Path, chest_like_image) -> None:
@@ -57,16 +43,10 @@ def test_open_clip_patch_tokens_follow_the_pooled_path(open_clip_dir: Path, ches
     assert isinstance(visual, open_clip.transformer.VisionTransformer)
 
 
-def test_transformers_clip_dir(clip_dir: Path, chest_like_image) -> None:
-    model = load_model(f"local-dir:{clip_dir}", device="cpu")
-    check_interface(model, chest_like_image, TINY_EMBED, grid=4)
-    assert model.resize_mode == "crop"
-
-
-def test_transformers_siglip_dir(siglip_dir: Path, chest_like_image) -> None:
-    model = load_model(f"local-dir:{siglip_dir}", device="cpu")
-    check_interface(model, chest_like_image, 32, grid=4)
-    assert model.resize_mode == "squash"
+def test_transformers_folders_keep_their_resize_mode(clip_dir: Path, siglip_dir: Path) -> None:
+    """CLIP's processor crops the centre; SigLIP's squashes the whole image (their preprocessor_config.json)."""
+    assert load_model(f"local-dir:{clip_dir}", device="cpu").resize_mode == "crop"
+    assert load_model(f"local-dir:{siglip_dir}", device="cpu").resize_mode == "squash"
 
 
 def test_preprocess_crops_centre_of_non_square_image(open_clip_dir: Path) -> None:

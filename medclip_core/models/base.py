@@ -4,12 +4,19 @@ Tasks only ever see a :class:`ClipModel`: ``preprocess`` an image, ``tokenize`` 
 ``encode_image`` / ``encode_text`` (L2-normalised, same space), ``patch_tokens`` (per-patch
 embeddings projected into that space, for heatmaps and segmentation) and ``logit_scale``.
 Backends (open_clip, transformers) subclass it and fill in four small hooks.
+
+Grounding methods that look inside the image tower get it through the same interface, in
+backend-neutral form: ``vit_parts`` (token embedding, blocks opened up into q/k/v and their
+branches, head; for attention relevance, Chefer et al. 2021, and CLIP Surgery's v-v path, Li et
+al. 2023), ``gradcam_layer`` (the layer Grad-CAM and gScoreCAM weigh) and ``patch_grid``. A tower
+that cannot serve one raises :class:`TowerPartUnsupported`, which says why.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence, Union
+from functools import cached_property
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,6 +31,44 @@ ImageLike = Union[MedicalImage, Image.Image, np.ndarray]
 
 class PatchTokensUnsupported(MedclipError, NotImplementedError):
     """The model's image tower has no per-patch embeddings in the joint space (e.g. ResNet + attention pool)."""
+
+
+class TowerPartUnsupported(MedclipError, NotImplementedError):
+    """The model's image tower does not expose a part a method needs (e.g. a CNN has no attention blocks)."""
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One pre-norm transformer block of a ViT image tower, opened up into backend-neutral parts.
+
+    The block computes ``x + layer_scale_1(attention_out(softmax(q k^T / sqrt(d)) v))`` with
+    ``(q, k, v) = attention_qkv(x)``, then adds ``mlp_branch`` of that; ``forward`` is the block as its
+    library runs it. q, k, v are (B, heads, N, head_dim), the block's input norm (and any q/k norms)
+    applied; ``attention_out`` takes attended values of that shape and merges and projects the heads.
+    """
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    attention_qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    attention_out: Callable[[torch.Tensor], torch.Tensor]
+    layer_scale_1: Callable[[torch.Tensor], torch.Tensor]
+    mlp_branch: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ViTParts:
+    """A ViT image tower as ``head(blocks(embed(pixels)))``.
+
+    ``embed``: (B, 3, S, S) normalised pixels -> (B, N, W) tokens entering the first block, the
+    ``prefix_tokens`` (class / register tokens) first, then the patches row by row. ``head``: tokens
+    after the last block -> (B, N, D) in the joint space. ``class_token_pooled``: the image embedding
+    is ``head`` of token 0.
+    """
+
+    embed: Callable[[torch.Tensor], torch.Tensor]
+    blocks: list[AttentionBlock]
+    head: Callable[[torch.Tensor], torch.Tensor]
+    prefix_tokens: int
+    class_token_pooled: bool
 
 
 @dataclass(frozen=True)
@@ -204,6 +249,32 @@ class ClipModel(ABC):
     @property
     def supports_patch_tokens(self) -> bool:
         return True
+
+    @cached_property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the ``patch_tokens`` grid (one probe pass on a blank input, remembered)."""
+        with torch.inference_mode():
+            blank = torch.zeros(1, 3, self.image_size, self.image_size)
+            rows, cols = self.patch_features(self.as_pixels(blank)).shape[1:3]
+        return int(rows), int(cols)
+
+    def vit_parts(self) -> ViTParts:
+        """The image tower's ViT parts; raises :class:`TowerPartUnsupported` where the backend has none."""
+        raise TowerPartUnsupported(f"'{self.card.name}' does not expose the blocks of a ViT image tower.")
+
+    def gradcam_layer(self) -> torch.nn.Module:
+        """The layer whose output Grad-CAM (Selvaraju et al. 2017) weighs: a CNN's last feature map
+        (B, C, h, w) or the normalised tokens (B, N, C) entering a ViT's last block, the patches last
+        and row by row (see ``gradcam_feature_map``). Raises :class:`TowerPartUnsupported` if none."""
+        raise TowerPartUnsupported(f"no known last feature layer in '{self.card.name}' for Grad-CAM.")
+
+    def gradcam_feature_map(self, activation: torch.Tensor) -> torch.Tensor:
+        """An output of ``gradcam_layer`` -> (B, C, gh, gw) on the patch grid (prefix tokens dropped)."""
+        if activation.ndim == 4:
+            return activation
+        rows, cols = self.patch_grid
+        patches = activation[:, activation.shape[1] - rows * cols:]
+        return patches.transpose(1, 2).reshape(activation.shape[0], -1, rows, cols)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())

@@ -7,6 +7,11 @@ timm ViT trunks (BiomedCLIP) the trunk's normalised tokens go through the projec
 timm CNN trunks each location of the last feature map goes through the head. Other towers
 (ResNets with attention pooling, attention-pooled ViTs) have no per-patch embeddings in the
 joint space.
+
+ViT parts (:meth:`OpenClipModel.vit_parts`) open up open_clip ``ResidualAttentionBlock`` s
+(``nn.MultiheadAttention``) and timm ViT ``Block`` s into the backend-neutral
+:class:`~medclip_core.models.base.AttentionBlock`; the Grad-CAM layer is the input norm of a ViT's
+last block or a timm CNN's last stage.
 """
 from __future__ import annotations
 
@@ -17,13 +22,16 @@ from typing import Any, Callable, Sequence
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file
 
 from medclip_core.errors import ModelUnavailableError
 from medclip_core.models import checkpoint, hub
-from medclip_core.models.base import ClipModel, ModelCard, PatchTokensUnsupported
+from medclip_core.models.base import (
+    AttentionBlock, ClipModel, ModelCard, PatchTokensUnsupported, TowerPartUnsupported, ViTParts,
+)
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -86,6 +94,108 @@ class OpenClipModel(ClipModel):
         pooled, tokens = pooled_and_patch_tokens(self._model.visual, pixels)
         grid = int(math.isqrt(tokens.shape[1]))
         return pooled, tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
+
+    def vit_parts(self) -> ViTParts:
+        visual = self._model.visual
+        if _is_open_clip_vit(visual):
+            return _open_clip_vit_parts(visual)
+        if _is_timm_vit(visual):
+            return _timm_vit_parts(visual)
+        raise TowerPartUnsupported(
+            f"'{self.card.name}' has a {_tower_kind(visual)} image tower, not a ViT whose blocks can be opened up.")
+
+    def gradcam_layer(self) -> torch.nn.Module:
+        visual = self._model.visual
+        if _is_open_clip_vit(visual):
+            return visual.transformer.resblocks[-1].ln_1
+        if _is_timm_vit(visual):
+            return visual.trunk.blocks[-1].norm1
+        trunk = getattr(visual, "trunk", None)
+        if trunk is not None and getattr(trunk, "feature_info", None):
+            return trunk.get_submodule(trunk.feature_info[-1]["module"])
+        return super().gradcam_layer()
+
+
+def _is_open_clip_vit(visual: torch.nn.Module) -> bool:
+    """An open_clip ``VisionTransformer`` without attention pooling."""
+    return isinstance(visual, VisionTransformer) and visual.attn_pool is None
+
+
+def _is_timm_vit(visual: torch.nn.Module) -> bool:
+    """A timm ViT trunk (blocks plus class/register prefix tokens) under open_clip's ``TimmModel``."""
+    trunk = getattr(visual, "trunk", None)
+    return isinstance(visual, TimmModel) and hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens")
+
+
+def _tower_kind(visual: torch.nn.Module) -> str:
+    """A short name of the tower's architecture for messages (the timm model's class for timm towers)."""
+    trunk = getattr(visual, "trunk", None)
+    return f"timm {type(trunk).__name__}" if trunk is not None else type(visual).__name__
+
+
+def _merge_heads(values: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, head_dim) -> (B, N, heads * head_dim)."""
+    batch, heads, tokens, dim = values.shape
+    return values.transpose(1, 2).reshape(batch, tokens, heads * dim)
+
+
+def _split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, 3 * heads * head_dim) packed projections -> q, k, v each (B, heads, N, head_dim)."""
+    batch, tokens, width = qkv.shape
+    q, k, v = qkv.reshape(batch, tokens, 3, heads, width // (3 * heads)).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def _open_clip_block(block: torch.nn.Module) -> AttentionBlock:
+    attn = block.attn
+    if not isinstance(attn, torch.nn.MultiheadAttention) or not attn.batch_first or hasattr(block, "ln_1_kv"):
+        raise TowerPartUnsupported(f"open_clip block {type(block).__name__} is not a batch-first self-attention block.")
+
+    def attention_qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _split_qkv(F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), attn.num_heads)
+
+    return AttentionBlock(forward=block, attention_qkv=attention_qkv,
+                          attention_out=lambda values: attn.out_proj(_merge_heads(values)),
+                          layer_scale_1=block.ls_1, mlp_branch=lambda x: block.ls_2(block.mlp(block.ln_2(x))))
+
+
+def _open_clip_vit_parts(visual: torch.nn.Module) -> ViTParts:
+    """open_clip ``VisionTransformer``: its own token embedding, ``ln_post`` and projection as the head."""
+    def head(x: torch.Tensor) -> torch.Tensor:
+        x = visual.ln_post(x)
+        return x @ visual.proj if visual.proj is not None else x
+
+    blocks = [_open_clip_block(block) for block in visual.transformer.resblocks]
+    return ViTParts(embed=visual._embeds, blocks=blocks, head=head, prefix_tokens=1,
+                    class_token_pooled=getattr(visual, "pool_type", "tok") == "tok")
+
+
+def _timm_block(block: torch.nn.Module) -> AttentionBlock:
+    attn = block.attn
+    if not all(hasattr(block, name) for name in ("norm1", "norm2", "ls1", "ls2", "mlp")) \
+            or not hasattr(attn, "qkv") or getattr(attn, "gate", None) is not None:
+        raise TowerPartUnsupported(f"timm block {type(block).__name__} is not a pre-norm block with a packed qkv.")
+    out_norm = getattr(attn, "norm", torch.nn.Identity())
+
+    def attention_qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = _split_qkv(attn.qkv(block.norm1(x)), attn.num_heads)
+        return attn.q_norm(q), attn.k_norm(k), v
+
+    return AttentionBlock(forward=block, attention_qkv=attention_qkv,
+                          attention_out=lambda values: attn.proj(out_norm(_merge_heads(values))),
+                          layer_scale_1=block.ls1, mlp_branch=lambda x: block.ls2(block.mlp(block.norm2(x))))
+
+
+def _timm_vit_parts(visual: torch.nn.Module) -> ViTParts:
+    """timm ViT trunk + open_clip head: the trunk's patch and position embedding, its final norm and the head."""
+    trunk = visual.trunk
+
+    def embed(pixels: torch.Tensor) -> torch.Tensor:
+        return trunk.norm_pre(trunk._pos_embed(trunk.patch_embed(pixels)))
+
+    return ViTParts(embed=embed, blocks=[_timm_block(block) for block in trunk.blocks],
+                    head=lambda x: visual.head(trunk.norm(x)), prefix_tokens=int(trunk.num_prefix_tokens),
+                    class_token_pooled=getattr(trunk, "global_pool", "") == "token")
 
 
 def has_patch_tokens(visual: torch.nn.Module) -> bool:

@@ -7,6 +7,10 @@ same way. Patch tokens: CLIP's final patch tokens through ``post_layernorm`` and
 projection; SigLIP's through the value/output path of its attention-pooling head and its MLP
 (one key attended by one query reduces attention to that path), which puts each patch in the
 space of the pooled embedding.
+
+Grad-CAM weighs the tokens entering the last encoder layer (its ``layer_norm1``). The encoder's
+blocks are not opened up (:meth:`ClipModel.vit_parts` says so), so attention relevance and CLIP
+Surgery's v-v path are not offered for these towers.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 
 from medclip_core.errors import ModelUnavailableError
 from medclip_core.models import hub
-from medclip_core.models.base import ClipModel, ModelCard
+from medclip_core.models.base import ClipModel, ModelCard, TowerPartUnsupported, ViTParts
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 SUPPORTED_TYPES = ("clip", "siglip")
@@ -77,6 +81,13 @@ class TransformersClipModel(ClipModel):
             tokens = tokens + head.mlp(head.layernorm(tokens))
         grid = int(math.isqrt(tokens.shape[1]))
         return tokens.reshape(tokens.shape[0], grid, grid, tokens.shape[-1])
+
+    def vit_parts(self) -> ViTParts:
+        raise TowerPartUnsupported(
+            f"the transformers backend does not open up the encoder blocks of '{self.card.name}' ({self.model_type}).")
+
+    def gradcam_layer(self) -> torch.nn.Module:
+        return self._model.vision_model.encoder.layers[-1].layer_norm1
 
 
 def _preprocessing(folder: Path | None, model: torch.nn.Module) -> tuple[Sequence[float], Sequence[float], str]:

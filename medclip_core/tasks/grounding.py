@@ -9,8 +9,9 @@ onto the original image (for DICOM: the windowed original, at its resolution), v
   twice as fine (one batch of four). ``surgery`` uses the same grid.
 * ``surgery`` — CLIP Surgery (Li et al. 2023): feature surgery subtracts what all phrases of the
   set share (the mean phrase embedding; with one phrase, a neutral prompt's embedding), and for
-  open_clip / timm ViTs the patch tokens come from a parallel value-value attention path over the
-  last half of the blocks (no FFN), which keeps tokens local instead of global.
+  ViT towers whose blocks the model opens up (``ClipModel.vit_parts``) the patch tokens come from a
+  parallel value-value attention path over the last half of the blocks (no FFN), which keeps tokens
+  local instead of global.
 * ``gradcam`` — Grad-CAM (Selvaraju et al.) of the image-phrase cosine on the last feature map
   (CNNs) or the tokens entering the last block (ViTs).
 * ``gscorecam`` — gScoreCAM (Chen et al. 2022): the channels with the largest Grad-CAM weights
@@ -19,7 +20,9 @@ onto the original image (for DICOM: the windowed original, at its resolution), v
   token: R = I, then R += mean_heads((grad * attention)+) @ R per block; the map is the class
   row over the patches.
 
-``method_support(model)`` says which methods a model allows and why not.
+``method_support(model)`` says which methods a model allows and why not. Everything inside the
+image tower comes through the model interface (``vit_parts``, ``gradcam_layer``, ``patch_grid``), so
+this module knows no backend.
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ from PIL import Image
 from medclip_core.errors import TaskInputError
 from medclip_core.io import MedicalImage
 from medclip_core.models import default_model_name, load_model
-from medclip_core.models.base import ClipModel, ImageLike, PatchTokensUnsupported, image_to_rgb_array
+from medclip_core.models.base import (
+    ClipModel, ImageLike, PatchTokensUnsupported, TowerPartUnsupported, ViTParts, image_to_rgb_array,
+)
 from medclip_core.models.geometry import heatmap_from_patches
 from medclip_core.tasks import check_text_items
 
@@ -110,44 +115,29 @@ def parse_phrases(text: str) -> list[str]:
 
 
 # -- which model allows what -----------------------------------------------------------------------
-def _open_clip_vit(model: ClipModel) -> torch.nn.Module | None:
-    from open_clip.transformer import VisionTransformer
-
-    visual = getattr(model.module, "visual", None)
-    return visual if isinstance(visual, VisionTransformer) and visual.attn_pool is None else None
-
-
-def _timm_vit(model: ClipModel) -> torch.nn.Module | None:
-    visual = getattr(model.module, "visual", None)
-    trunk = getattr(visual, "trunk", None)
-    return visual if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens") else None
-
-
-def _vit_with_blocks(model: ClipModel) -> bool:
-    return _open_clip_vit(model) is not None or _timm_vit(model) is not None
-
-
-def _has_class_token(model: ClipModel) -> bool:
-    visual = _open_clip_vit(model)
-    if visual is not None:
-        return getattr(visual, "pool_type", "tok") == "tok"
-    visual = _timm_vit(model)
-    return visual is not None and getattr(visual.trunk, "global_pool", "") == "token"
+def _vit_parts_or_reason(model: ClipModel) -> ViTParts | str:
+    """The model's ViT parts, or why it has none (the model says, see ``ClipModel.vit_parts``)."""
+    try:
+        return model.vit_parts()
+    except TowerPartUnsupported as reason:
+        return str(reason)
 
 
 def method_support(model: ClipModel) -> dict[str, str | None]:
-    """Method -> None when ``model`` allows it, else the reason it does not."""
+    """Method -> None when ``model`` allows it, else the reason it does not (asked of the model's interface)."""
     if not model.supports_patch_tokens:
         reason = (f"'{model.card.name}' has no per-patch embeddings in the joint space "
                   "(e.g. an attention-pooled ResNet), so no heatmap method applies.")
         return {method: reason for method in METHODS}
     support: dict[str, str | None] = {m: None for m in METHODS}
-    if _feature_target(model) is None:
-        support["gradcam"] = support["gscorecam"] = (
-            f"no known last feature layer in '{model.card.name}' for Grad-CAM.")
-    if not (_vit_with_blocks(model) and _has_class_token(model)):
-        support["relevance"] = ("needs an open_clip or timm ViT image tower pooled by its class token; "
-                                f"'{model.card.name}' has another kind.")
+    try:
+        model.gradcam_layer()
+    except TowerPartUnsupported as reason:
+        support["gradcam"] = support["gscorecam"] = str(reason)
+    parts = _vit_parts_or_reason(model)
+    if isinstance(parts, str) or not parts.class_token_pooled:
+        why = parts if isinstance(parts, str) else f"'{model.card.name}' pools its ViT tokens another way."
+        support["relevance"] = f"needs a ViT image tower pooled by its class token: {why}"
     return support
 
 
@@ -182,8 +172,7 @@ def interleave_views(tokens: torch.Tensor) -> torch.Tensor:
 def _fine_tokens(model: ClipModel, pixels: torch.Tensor,
                  tokens_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Unit-norm patch tokens on a grid twice as fine, from four shifted passes (one batch)."""
-    grid = tokens_of(pixels).shape[1]
-    return interleave_views(tokens_of(shifted_views(pixels, grid)))
+    return interleave_views(tokens_of(shifted_views(pixels, model.patch_grid[0])))
 
 
 def _similarity(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
@@ -198,114 +187,35 @@ def _redundant_text(model: ClipModel, text: torch.Tensor) -> torch.Tensor:
 
 
 def _surgery(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
-    tokens_of = (lambda batch: _value_value_tokens(model, batch)) if _vit_with_blocks(model) else model.patch_tokens
+    parts = _vit_parts_or_reason(model)
+    tokens_of = model.patch_tokens if isinstance(parts, str) else (lambda batch: _value_value_tokens(model, parts, batch))
     patches = _fine_tokens(model, pixels, tokens_of)
     directions = text - _redundant_text(model, text)[None]
     return torch.einsum("hwd,pd->phw", patches, directions)
 
 
-def _attention_parts(block: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """q, k, v (B, heads, N, head_dim) of a ViT block's attention on ``x`` (already normalised),
-    plus a function applying the block's output projection to merged heads."""
-    attn = block.attn
-    if isinstance(attn, torch.nn.MultiheadAttention):      # open_clip
-        heads = attn.num_heads
-        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-        out_proj = attn.out_proj
-    else:                                                   # timm
-        heads = attn.num_heads
-        qkv = attn.qkv(x)
-        out_proj = attn.proj
-    batch, tokens, width = x.shape
-    q, k, v = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-    if not isinstance(attn, torch.nn.MultiheadAttention):
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    return q, k, v, out_proj
-
-
-def _merge_heads(values: torch.Tensor) -> torch.Tensor:
-    batch, heads, tokens, dim = values.shape
-    return values.transpose(1, 2).reshape(batch, tokens, heads * dim)
-
-
-def _vit_parts(model: ClipModel) -> tuple[list[torch.nn.Module], Callable, Callable, int]:
-    """(blocks, embed(pixels) -> tokens, head(tokens) -> projected tokens, prefix token count)."""
-    visual = _open_clip_vit(model)
-    if visual is not None:
-        def head(x: torch.Tensor) -> torch.Tensor:
-            x = visual.ln_post(x)
-            return x @ visual.proj if visual.proj is not None else x
-        return list(visual.transformer.resblocks), visual._embeds, head, 1
-    visual = _timm_vit(model)
-    trunk = visual.trunk
-
-    def embed(pixels: torch.Tensor) -> torch.Tensor:
-        return trunk.norm_pre(trunk._pos_embed(trunk.patch_embed(pixels)))
-
-    def timm_head(x: torch.Tensor) -> torch.Tensor:
-        return visual.head(trunk.norm(x))
-    return list(trunk.blocks), embed, timm_head, int(trunk.num_prefix_tokens)
-
-
-def _block_norms(block: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    return (block.ln_1, block.ln_2) if hasattr(block, "ln_1") else (block.norm1, block.norm2)
-
-
-def _layer_scale(block: torch.nn.Module, which: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    return getattr(block, f"ls_{which}", None) or getattr(block, f"ls{which}", None) or (lambda t: t)
-
-
-def _value_value_tokens(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
+def _value_value_tokens(model: ClipModel, parts: ViTParts, pixels: torch.Tensor) -> torch.Tensor:
     """CLIP Surgery's dual path: the last half of the blocks also feed a v-v attention path
     (softmax(v v^T) v, no FFN) whose tokens replace the ordinary ones. Returns (B, gh, gw, D), unit norm."""
-    blocks, embed, head, prefix = _vit_parts(model)
-    start = len(blocks) // 2
+    start = len(parts.blocks) // 2
     with torch.inference_mode():
-        x = embed(pixels)
+        x = parts.embed(pixels)
         surgery = None
-        for index, block in enumerate(blocks):
+        for index, block in enumerate(parts.blocks):
             if index >= start:
-                norm_1, _ = _block_norms(block)
-                q, k, v, out_proj = _attention_parts(block, norm_1(x))
+                _, _, v = block.attention_qkv(x)
                 scale = v.shape[-1] ** -0.5
-                vv = out_proj(_merge_heads((v @ v.transpose(-2, -1) * scale).softmax(dim=-1) @ v))
+                vv = block.attention_out((v @ v.transpose(-2, -1) * scale).softmax(dim=-1) @ v)
                 surgery = (x if surgery is None else surgery) + vv
-            x = block(x)
-        tokens = F.normalize(head(surgery)[:, prefix:].float(), dim=-1)
-    grid = int(round(tokens.shape[1] ** 0.5))
-    return tokens.reshape(len(tokens), grid, grid, -1)
+            x = block.forward(x)
+        tokens = F.normalize(parts.head(surgery)[:, parts.prefix_tokens:].float(), dim=-1)
+    return tokens.reshape(len(tokens), *model.patch_grid, -1)
 
 
-def _feature_target(model: ClipModel) -> torch.nn.Module | None:
-    """The layer whose output Grad-CAM weighs: a CNN's last stage, or the input norm of a ViT's last block."""
-    module = model.module
-    visual = getattr(module, "visual", None)
-    if _open_clip_vit(model) is not None:
-        return visual.transformer.resblocks[-1].ln_1
-    if _timm_vit(model) is not None:
-        return visual.trunk.blocks[-1].norm1
-    trunk = getattr(visual, "trunk", None)
-    if trunk is not None and getattr(trunk, "feature_info", None):
-        return trunk.get_submodule(trunk.feature_info[-1]["module"])
-    vision_model = getattr(module, "vision_model", None)        # transformers CLIP / SigLIP
-    if vision_model is not None:
-        return vision_model.encoder.layers[-1].layer_norm1
-    return None
-
-
-def _as_feature_map(activation: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, C, h, w) or (B, N, C) tokens (prefix tokens dropped) -> (B, C, h, w)."""
-    if activation.ndim == 4:
-        return activation
-    gh, gw = grid
-    tokens = activation[:, activation.shape[1] - gh * gw:]
-    return tokens.transpose(1, 2).reshape(activation.shape[0], -1, gh, gw)
-
-
-def _activations_and_grads(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor,
-                           grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target layer's map (C, h, w) and the gradient of each phrase's cosine score (P, C, h, w)."""
-    target = _feature_target(model)
+def _activations_and_grads(model: ClipModel, pixels: torch.Tensor,
+                           text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Grad-CAM layer's map (C, h, w) and the gradient of each phrase's cosine score (P, C, h, w)."""
+    target = model.gradcam_layer()
     captured: list[torch.Tensor] = []
     handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
     try:
@@ -316,18 +226,18 @@ def _activations_and_grads(model: ClipModel, pixels: torch.Tensor, text: torch.T
             grads = [torch.autograd.grad(score, activation, retain_graph=True)[0] for score in scores]
     finally:
         handle.remove()
-    feature_map = _as_feature_map(activation.detach().float(), grid)[0]
-    return feature_map, torch.stack([_as_feature_map(g.float(), grid)[0] for g in grads])
+    feature_map = model.gradcam_feature_map(activation.detach().float())[0]
+    return feature_map, torch.stack([model.gradcam_feature_map(g.float())[0] for g in grads])
 
 
 def _gradcam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
-    feature_map, grads = _activations_and_grads(model, pixels, text, _grid_shape(model, pixels))
+    feature_map, grads = _activations_and_grads(model, pixels, text)
     weights = grads.mean(dim=(2, 3))                                   # (P, C)
     return torch.relu(torch.einsum("pc,chw->phw", weights, feature_map))
 
 
 def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
-    feature_map, grads = _activations_and_grads(model, pixels, text, _grid_shape(model, pixels))
+    feature_map, grads = _activations_and_grads(model, pixels, text)
     weights = grads.mean(dim=(2, 3))
     size = pixels.shape[-2:]
     cams = []
@@ -348,22 +258,21 @@ def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phras
 def vit_forward_with_attention(model: ClipModel, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The ViT image tower run block by block with explicit attention: (unit image embedding (B, D),
     attention probabilities per block (B, heads, N, N), kept in the graph for their gradients)."""
-    blocks, embed, head, _ = _vit_parts(model)
+    parts = model.vit_parts()
     attentions: list[torch.Tensor] = []
-    x = embed(pixels)
-    for block in blocks:
-        norm_1, norm_2 = _block_norms(block)
-        q, k, v, out_proj = _attention_parts(block, norm_1(x))
+    x = parts.embed(pixels)
+    for block in parts.blocks:
+        q, k, v = block.attention_qkv(x)
         probs = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
         attentions.append(probs)
-        x = x + _layer_scale(block, 1)(out_proj(_merge_heads(probs @ v)))
-        x = x + _layer_scale(block, 2)(block.mlp(norm_2(x)))
-    return F.normalize(head(x[:, 0]).float(), dim=-1), attentions
+        x = x + block.layer_scale_1(block.attention_out(probs @ v))
+        x = x + block.mlp_branch(x)
+    return F.normalize(parts.head(x[:, 0]).float(), dim=-1), attentions
 
 
 def _relevance(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
     """Chefer et al.: propagate gradient-weighted attention from the class token to the patches."""
-    prefix = _vit_parts(model)[3]
+    prefix = model.vit_parts().prefix_tokens
     with torch.enable_grad():
         embedding, attentions = vit_forward_with_attention(model, pixels)
         scores = text @ embedding[0]
@@ -374,14 +283,8 @@ def _relevance(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phras
             for probs, grad in zip(attentions, grads):
                 weighted = (grad[0] * probs[0].detach()).clamp_min(0).mean(dim=0).float()
                 relevance = relevance + weighted @ relevance
-            patch_relevance = relevance[0, prefix:]
-            grid = int(round(patch_relevance.numel() ** 0.5))
-            maps.append(patch_relevance.reshape(grid, grid))
+            maps.append(relevance[0, prefix:].reshape(model.patch_grid))
     return torch.stack(maps)
-
-
-def _grid_shape(model: ClipModel, pixels: torch.Tensor) -> tuple[int, int]:
-    return tuple(model.patch_tokens(pixels).shape[1:3])
 
 
 _METHOD_FUNCTIONS = {"similarity": _similarity, "surgery": _surgery, "gradcam": _gradcam,
@@ -417,8 +320,9 @@ def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | No
     geometry = clip.geometry(base.width, base.height)
     maps = np.stack([heatmap_from_patches(grid, geometry, base.width, base.height) for grid in grids])
     notes = []
-    if method == "surgery" and not _vit_with_blocks(clip):
-        notes.append("CNN image tower: feature surgery only (the v-v attention path applies to ViTs).")
+    if method == "surgery" and isinstance(_vit_parts_or_reason(clip), str):
+        notes.append("feature surgery only: the v-v attention path needs a ViT image tower whose blocks the "
+                     "backend opens up.")
     if len(phrases) == 1 and method == "surgery":
         notes.append(f"one phrase: the embedding of '{NEUTRAL_PROMPT}' is removed as the shared part.")
     return GroundingResult(phrases, method, clip.card.name, maps, grids, base,
