@@ -262,6 +262,9 @@ def train_command(request: RunRequest, out_dir: Path) -> list[str]:
               "precision": request.precision, "device": request.device, **METHODS[request.method],
               "max_steps": request.max_steps or None}
     accepted = task.field_names()
+    if not set(METHODS[request.method]) <= accepted and request.method != "full":
+        raise TaskInputError(f"The method '{request.method}' fine-tunes a CLIP model; a {request.task} run "
+                             "trains a head on a frozen one (use full).")
     args = ["train", "--task", request.task, "--out", str(out_dir)]
     for name, value in values.items():
         if name in accepted and value is not None:
