@@ -14,7 +14,7 @@ from typing import Any
 
 from medclip_core.errors import MedclipError
 from medclip_core.train.runs import METHODS
-from medclip_core.train.tasks import TRAIN_TASKS
+from medclip_core.train.tasks import TRAINING_TASKS, run_manager_tasks
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -49,63 +49,57 @@ def cmd_phantom(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
-    if args.task == "report":
-        return _train_report(args)
-    if args.task == "segmentation":
-        return _train_segmentation(args)
-    if args.task != "contrastive":
-        raise MedclipError(f"Unknown training task '{args.task}'.")
-    return _train_contrastive(args)
-
-
-def _train_report(args: argparse.Namespace) -> Any:
+    """Train (or resume) one task of the table with the flags given over its config's defaults."""
     from dataclasses import asdict
 
-    from medclip_core.train.report import ReportTrainConfig, train_report_decoder
-
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in ReportTrainConfig.__dataclass_fields__ and k != "out_dir" and v is not None}
-    config = ReportTrainConfig(out_dir=str(args.out), **overrides)
-    result = train_report_decoder(config, log=lambda line: print(line, file=sys.stderr, flush=True))
-    return {k: v for k, v in asdict(result).items() if k != "metrics"}
-
-
-def _train_segmentation(args: argparse.Namespace) -> Any:
-    from dataclasses import asdict
-
-    from medclip_core.train.segmentation import SegTrainConfig, train_segmentation
-
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in SegTrainConfig.__dataclass_fields__ and k != "out_dir" and v is not None}
-    result = train_segmentation(SegTrainConfig(out_dir=str(args.out), **overrides),
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
-    return {k: v for k, v in asdict(result).items() if k != "history"}
-
-
-def _stop_on_sigterm():
-    """A ``should_stop`` callback that turns true on SIGTERM (how the run manager cancels a run)."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    return stop.is_set
-
-
-def _train_contrastive(args: argparse.Namespace) -> Any:
-    from dataclasses import asdict
-
-    from medclip_core.train.contrastive import TrainConfig, train
-
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    if args.preset == "phantom":
-        overrides.setdefault("architecture", "phantom-cnn-minilm")
-        overrides.setdefault("data", "phantom")
-    config = TrainConfig(out_dir=str(args.out), **{k: v for k, v in overrides.items() if k != "out_dir"})
-    result = train(config, log=lambda line: print(line, file=sys.stderr, flush=True), should_stop=_stop_on_sigterm())
+    task = TRAINING_TASKS[args.task]
+    given = {name: getattr(args, name) for name in _train_flag_names() if getattr(args, name) is not None}
+    foreign = sorted(set(given) - task.field_names())
+    if foreign:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in foreign)
+        raise MedclipError(f"{flags} do{'es' if len(foreign) == 1 else ''} not apply to --task {args.task}.")
+    if args.preset and args.preset not in task.presets:
+        raise MedclipError(f"--preset {args.preset} is not a preset of --task {args.task}.")
+    values = {**task.presets.get(args.preset, {}), **given}
+    run = task.start(task.config(out_dir=str(args.out), **values),
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    result = run.run()
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 answers
         return None
     return {k: v for k, v in asdict(result).items() if k != "metrics"}
+
+
+def _train_flag_names() -> list[str]:
+    """Config fields of every training task (each is a ``train`` flag)."""
+    return list(dict.fromkeys(f.name for task in TRAINING_TASKS.values() for f in task.fields()))
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field of the training tasks: type, choices and help from the field; a flag
+    several tasks share says each task's default. Defaults stay None, so the task's own apply."""
+    import typing
+
+    owners: dict[str, list[tuple[str, Any]]] = {}
+    for name, task in TRAINING_TASKS.items():
+        for f in task.fields():
+            owners.setdefault(f.name, []).append((name, f))
+    shared = parser.add_argument_group("flags of several tasks")
+    groups = {name: parser.add_argument_group(f"--task {name} only") for name in TRAINING_TASKS}
+    for field_name, users in owners.items():
+        task_name, f = users[0]
+        kind = typing.get_type_hints(TRAINING_TASKS[task_name].config)[field_name]
+        kind = next((k for k in typing.get_args(kind) if k is not type(None)), kind)  # X | None -> X
+        defaults = "; ".join(f"{task}: {field.default}" for task, field in users)
+        group = shared if len(users) > 1 else groups[task_name]
+        negate = kind is bool and f.default is True
+        text = f"{'turn off: ' if negate else ''}{f.metadata.get('help', '')} (default {defaults})"
+        flag = field_name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(f"--no-{flag}" if negate else f"--{flag}", dest=field_name, default=None,
+                               action="store_false" if negate else "store_true", help=text)
+        else:
+            group.add_argument(f"--{flag}", dest=field_name, type=kind, choices=f.metadata.get("choices"),
+                               help=text)
 
 
 def cmd_runs(args: argparse.Namespace) -> Any:
@@ -427,30 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_heatmap = sub.choices["heatmap"]
     p_heatmap.add_argument("--opacity", type=float, default=0.5, help="overlay opacity of overlay-N.png")
 
-    p = sub.add_parser("train", help="training runs (resume when --out holds a run)")
-    p.add_argument("--task", choices=(*TRAIN_TASKS, "report"), default="contrastive",
-                   help="; ".join(f"{name}: {text}" for name, text in TRAIN_TASKS.items())
-                   + "; report: the report decoder over a frozen --model (phantom only; not offered to the run manager)")
-    p.add_argument("--model", help="segmentation, report: the frozen model (default medclip-phantom)")
-    p.add_argument("--feature-dir", help="report: where the frozen image features are cached (default OUT/features)")
-    p.add_argument("--preset", choices=("phantom",), help="phantom: the embedded default's architecture and data")
+    p = sub.add_parser("train", help="training runs (resume when --out holds a run); flags by task below")
+    p.add_argument("--task", choices=tuple(TRAINING_TASKS), default="contrastive",
+                   help="; ".join(f"{name}: {task.description}" for name, task in TRAINING_TASKS.items()))
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, config")
-    p.add_argument("--architecture", help="architecture JSON name in train/architectures, or local-dir:CHECKPOINT")
-    p.add_argument("--data", help="'phantom' or a CSV with columns image,report[,labels]")
-    for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float),
-                       ("weight-decay", float), ("warmup-steps", int), ("seed", int), ("phantom-variants", int),
-                       ("limit-reports", int), ("local-loss-weight", float), ("checkpoint-every", int),
-                       ("log-every", int), ("val-reports", int), ("lora-rank", int), ("render-workers", int),
-                       # segmentation
-                       ("variants", int), ("focal-extra-variants", int), ("phrases-per-image", int),
-                       ("dice-weight", float), ("nonfocal-fraction", float)):
-        p.add_argument(f"--{name}", type=kind)
-    p.add_argument("--precision", choices=("bf16", "fp32"))
-    p.add_argument("--lock", choices=("none", "image", "image-all", "text"),
-                   help="freeze a tower: image = LiT (a CNN keeps its projection head), image-all = every "
-                        "image-tower weight (the text tower trains alone), text = the text tower")
-    p.add_argument("--no-semantic-matching", dest="semantic_matching", action="store_false", default=None)
-    p.add_argument("--device")
+    presets = {name: (task_name, values) for task_name, task in TRAINING_TASKS.items()
+               for name, values in task.presets.items()}
+    p.add_argument("--preset", choices=tuple(presets),
+                   help="; ".join(f"{name}: --task {task} with {values}" for name, (task, values) in presets.items()))
+    _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", help="background training runs: list, start NAME, cancel NAME, validate CSV")
@@ -458,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", help="run name (start, cancel) or dataset CSV (validate)")
     p.add_argument("--base-model", dest="base_model", help="checkpoint model or architecture (default medclip-phantom)")
     p.add_argument("--data", help="phantom, phantom:N or a CSV path")
-    p.add_argument("--task", choices=tuple(TRAIN_TASKS))
+    p.add_argument("--task", choices=tuple(run_manager_tasks()))
     p.add_argument("--method", choices=tuple(METHODS))
     for name, kind in (("epochs", float), ("max-steps", int), ("batch-size", int), ("lr", float), ("seed", int),
                        ("nproc", int), ("checkpoint-every", int)):

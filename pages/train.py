@@ -26,7 +26,7 @@ from medclip_core.train.runs import (
     metrics_figure,
     read_metrics,
 )
-from medclip_core.train.tasks import TRAIN_TASKS
+from medclip_core.train.tasks import run_manager_tasks
 from pages.common import model_choices, ui_errors
 
 TABLE_HEADERS = ["run", "state", "task", "method", "base model", "data", "device", "started", "minutes", "step",
@@ -121,7 +121,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
                 run_name = gr.Textbox(label="Run name", placeholder="blank: run-DATE-TIME")
                 base_model = gr.Dropdown(base_model_choices(), value="medclip-phantom", label="Base model",
                                          info="a checkpoint to fine-tune, or an architecture to train from scratch")
-                task = gr.Dropdown(list(TRAIN_TASKS), value="contrastive", label="Task")
+                task = gr.Dropdown(run_manager_tasks(), value="contrastive", label="Task")
                 method = gr.Dropdown([(label, key) for key, label in METHOD_LABELS.items()], value="full",
                                      label="Method")
             with gr.Column():

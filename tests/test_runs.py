@@ -105,3 +105,20 @@ def test_two_processes_under_torchrun_follow_the_one_process_loss_curve(manager:
     for ours, reference in zip(ddp_rows, single.metrics):
         for key in ("loss", "global_loss", "local_loss", "grad_norm", "logit_scale"):
             assert ours[key] == pytest.approx(reference[key], rel=1e-4), key
+
+
+def test_a_run_command_carries_only_the_flags_of_its_task(tmp_path: Path) -> None:
+    from medclip_core.__main__ import build_parser
+    from medclip_core.train.runs import train_command
+
+    command = train_command(RunRequest(name="seg", task="segmentation", max_steps=5), tmp_path)
+    args = build_parser().parse_args(command[command.index("train"):])
+    assert (args.task, args.model, args.max_steps, args.batch_size) == ("segmentation", "medclip-phantom", 5, 32)
+    assert args.epochs is None and args.lock is None and args.precision is None  # contrastive-only flags
+    command = train_command(RunRequest(name="lora", method="lora", **TINY), tmp_path)
+    args = build_parser().parse_args(command[command.index("train"):])
+    assert (args.architecture, args.lock, args.lora_rank, args.limit_reports) == ("tiny-test", "none", 8, 16)
+    with pytest.raises(TaskInputError, match="trains a head on a frozen one"):
+        train_command(RunRequest(name="seg", task="segmentation", method="lit"), tmp_path)
+    with pytest.raises(TaskInputError, match="Unknown task 'report'"):  # not offered to the run manager
+        train_command(RunRequest(name="rep", task="report"), tmp_path)

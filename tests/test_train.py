@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from medclip_core.errors import MedclipError
 from medclip_core.models import load_model
@@ -51,13 +52,46 @@ def test_two_steps_lower_the_loss_and_the_checkpoint_reloads_identically(tmp_pat
     assert torch.allclose(model.encode_image(pixels), expected, atol=1e-6)
 
 
-def test_a_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
-    ContrastiveTrainer(tiny_config(tmp_path / "run"), log=lambda _: None).run()
-    lines = []
-    ContrastiveTrainer(tiny_config(tmp_path / "run", max_steps=3), log=lines.append).run()
-    assert any("resuming at step 2/3" in line for line in lines)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    whole = ContrastiveTrainer(tiny_config(tmp_path / "whole", max_steps=3, checkpoint_every=2),
+                               log=lambda _: None).run()
+    calls = iter(range(100))
+    config = tiny_config(tmp_path / "split", max_steps=3, checkpoint_every=2)
+    first = ContrastiveTrainer(config, log=lambda _: None, should_stop=lambda: next(calls) >= 1).run()
+    assert first.stopped and first.steps == 1  # stopped between checkpoints: saved at the stop
+    lines: list[str] = []
+    second = ContrastiveTrainer(config, log=lines.append).run()
+    assert any("resuming at step 1/3" in line for line in lines) and not second.stopped
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for ours, reference in zip(rows, whole.metrics):
+        for key in ("loss", "global_loss", "local_loss", "grad_norm", "lr", "logit_scale"):
+            assert ours[key] == pytest.approx(reference[key], abs=1e-6), key
+    resumed, uninterrupted = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("split", "whole"))
+    assert all(torch.allclose(resumed[k], uninterrupted[k], atol=1e-6) for k in uninterrupted)
+
+
+def test_train_flags_come_from_the_task_configs(tmp_path: Path, capsys) -> None:
+    from medclip_core.__main__ import build_parser, main
+    from medclip_core.train.tasks import TRAINING_TASKS
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    listed = capsys.readouterr().out
+    for name, task in TRAINING_TASKS.items():
+        assert f"--task {name} only" in listed
+        for f in task.fields():
+            flag = f.name.replace("_", "-")
+            assert f"--{'no-' if f.default is True else ''}{flag} " in listed.replace("\n", " ")
+    args = parser.parse_args(["train", "--task", "segmentation", "--out", str(tmp_path), "--batch-size", "7",
+                              "--dice-weight", "0.5", "--no-semantic-matching"])
+    assert (args.batch_size, args.dice_weight, args.semantic_matching, args.lr) == (7, 0.5, False, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--out", str(tmp_path), "--precision", "fp16"])
+    assert main(["train", "--task", "segmentation", "--out", str(tmp_path), "--lora-rank", "4"]) == 2
+    assert main(["train", "--task", "report", "--preset", "phantom", "--out", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_parallel_rendering_gives_the_same_pairs_as_one_process() -> None:

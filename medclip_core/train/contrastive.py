@@ -26,11 +26,9 @@ import copy
 import dataclasses
 import json
 import math
-import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,60 +42,12 @@ from medclip_core.models.open_clip_backend import (
     pooled_and_patch_tokens,
     trim_padding,
 )
+from medclip_core.train.common import RunContext, TrainingRun, TrainResult, seed_everything
+from medclip_core.train.configs import TrainConfig
 from medclip_core.train.data import PairSet, csv_pairs, phantom_pairs
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
-STATE_NAME = "train_state.pt"
-METRICS_NAME = "metrics.jsonl"
 MAX_LOGIT_SCALE = math.log(100.0)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved next to its checkpoints."""
-
-    out_dir: str
-    architecture: str = "phantom-cnn-minilm"    # JSON in train/architectures/, or local-dir:PATH of a checkpoint
-    data: str = "phantom"                        # "phantom" or a CSV path
-    phantom_variants: int = 3                    # rendered images per training report
-    render_workers: int = 1                      # processes rendering the phantom images
-    limit_reports: int | None = None
-    epochs: float = 10.0
-    max_steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    seed: int = 0
-    precision: str = "bf16"                      # "bf16" autocast or "fp32"
-    lock: str = "none"                           # "none", "image" (LiT), "image-all", "text"
-    lora_rank: int = 0                           # > 0: LoRA adapters (peft) on the unlocked towers' layers
-    semantic_matching: bool = True
-    label_temperature: float = 0.1
-    local_loss_weight: float = 0.5
-    local_attention_temperature: float = 0.1
-    log_every: int = 10
-    checkpoint_every: int = 200
-    val_reports: int = 256
-    device: str | None = None
-
-
-@dataclass
-class TrainResult:
-    out_dir: str
-    steps: int
-    stopped: bool
-    final_loss: float
-    val_loss: float | None
-    seconds: float
-    images_per_second: float
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-    def steady_seconds_per_step(self) -> float:
-        """Seconds per step between the first and the last logged row (the first interval holds the warm-up)."""
-        first, last = self.metrics[0], self.metrics[-1]
-        return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
 
 
 def read_architecture(name: str) -> dict[str, Any]:
@@ -185,86 +135,6 @@ def local_alignment_logits(patches: torch.Tensor, sentences: torch.Tensor, sente
     return torch.logsumexp(attended * 10.0, dim=-1) / 10.0
 
 
-def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def adamw(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
-          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW that decays matrices only (biases, norm scales and other vectors are left alone)."""
-    parameters = list(parameters)
-    return torch.optim.AdamW([{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
-                             lr=lr, betas=betas)
-
-
-def save_train_state(out_dir: Path, step: int, optimizer: torch.optim.Optimizer, **extra: Any) -> None:
-    """Write the optimiser state beside a run's checkpoint (staged, then renamed), for resuming."""
-    tmp = out_dir / (STATE_NAME + ".tmp")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), **extra}, tmp)
-    tmp.replace(out_dir / STATE_NAME)
-
-
-def restore_train_state(out_dir: Path, config: str, weights: str, module: torch.nn.Module,
-                        optimizer: torch.optim.Optimizer, device: torch.device,
-                        strict: bool = True) -> dict[str, Any] | None:
-    """Resume a run folder written by its trainer: when ``config`` and the saved state are there, load
-    ``weights`` into ``module`` and the optimiser state; the saved state (``step`` ...), or None."""
-    from safetensors.torch import load_file
-
-    state_path = out_dir / STATE_NAME
-    if not (state_path.is_file() and (out_dir / config).is_file()):
-        return None
-    module.load_state_dict(load_file(str(out_dir / weights)), strict=strict)
-    state = torch.load(state_path, map_location=device, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    return state
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (``WORLD_SIZE`` 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> "Distributed":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def gather(self, local: torch.Tensor) -> torch.Tensor:
-        """Concatenate every rank's ``local`` in rank order; only the own slice keeps its gradient."""
-        import torch.distributed as dist
-
-        parts = [torch.empty_like(local) for _ in range(self.world_size)]
-        dist.all_gather(parts, local.detach().contiguous())
-        parts[self.rank] = local
-        return torch.cat(parts)
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank when ``flag`` is true on one (so all ranks stop at the same step)."""
-        if not self.enabled:
-            return flag
-        import torch.distributed as dist
-
-        value = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
-
 class _Towers(torch.nn.Module):
     """The trainable forward pass as one module, so DistributedDataParallel can wrap it."""
 
@@ -299,20 +169,25 @@ def _lora_targets(module: torch.nn.Module, frozen_prefix: str | None) -> list[st
             if adaptable(m) and name not in skip and not (frozen_prefix and name.startswith(frozen_prefix))]
 
 
-class ContrastiveTrainer:
-    """One training run: build model and data, then ``run()``; resumes from ``out_dir`` if a state is there.
+class ContrastiveTrainer(TrainingRun):
+    """One training run: builds the model at once, the data in ``prepare``; ``run()`` resumes from
+    ``out_dir`` if a state is there.
 
-    ``should_stop`` is asked after every step; when it says yes the run saves a checkpoint and
+    ``should_stop`` is asked before every step; when it says yes the run saves a checkpoint and
     returns early (``TrainResult.stopped``), which is how a cancelled background run ends.
     """
+
+    checkpoint_files = (checkpoint.CONFIG_NAME, checkpoint.WEIGHTS_NAME)
+    betas = (0.9, 0.98)
+    strict_resume = False
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print,
                  should_stop: Callable[[], bool] = lambda: False) -> None:
         self.config, self.should_stop = config, should_stop
-        self.dist = Distributed.from_env()
-        self.log = log if self.dist.is_main else (lambda _: None)
-        self.device = self._init_device(config.device)
-        torch.manual_seed(config.seed)
+        self.context = RunContext.create(config.out_dir, config.device, log, distributed=True)
+        self.dist, self.device, self.log, self.out_dir = (self.context.dist, self.context.device, self.context.log,
+                                                          self.context.out_dir)
+        seed_everything(config.seed)  # the model is built here, so that callers can use it before run()
         self.arch = read_architecture(config.architecture)
         self.module, self.tokenizer = build_checkpoint_module(self.arch)
         if self.arch.get("init_weights"):
@@ -320,7 +195,6 @@ class ContrastiveTrainer:
 
             self.module.load_state_dict(load_file(self.arch["init_weights"]), strict=False)
         self.module.to(self.device)
-        self.out_dir = Path(config.out_dir)
         self.image_size = int(self.arch["model_cfg"]["vision_cfg"].get("image_size", 224))
         pre = self.arch.get("preprocess_cfg", {})
         self.mean = torch.tensor(pre.get("mean", [0.5] * 3), device=self.device).view(1, 3, 1, 1)
@@ -338,19 +212,6 @@ class ContrastiveTrainer:
             self.step_towers = DistributedDataParallel(self.towers, device_ids=ids)
 
     # -- setup ----------------------------------------------------------------------------
-    def _init_device(self, requested: str | None) -> torch.device:
-        cuda = torch.cuda.is_available() and requested != "cpu"
-        if not self.dist.enabled:
-            return torch.device(requested or ("cuda" if cuda else "cpu"))
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if cuda else "gloo")
-        if cuda:
-            torch.cuda.set_device(self.dist.local_rank)
-            return torch.device("cuda", self.dist.local_rank)
-        return torch.device("cpu")
-
     def _frozen_text_cache(self) -> FrozenTextCache | None:
         text = getattr(self.module, "text", None)
         if not self.arch.get("text_tower_package") or not hasattr(text, "pooler"):
@@ -489,8 +350,8 @@ class ContrastiveTrainer:
             mask[i, : len(sentences)] = True
         return flat, mask.to(self.device)
 
-    # -- loop -------------------------------------------------------------------------------
-    def _save(self, step: int, optimizer: torch.optim.Optimizer, final: bool = False) -> None:
+    # -- the steps fit() runs ------------------------------------------------------------------
+    def save(self, step: int, final: bool, val: dict[str, Any]) -> None:
         card = {
             "name": self.out_dir.name, "backend": "checkpoint", "source": "trained by medclip_core.train",
             "modality": "chest X-ray (synthetic phantom images)" if self.config.data == "phantom" else "custom",
@@ -503,10 +364,16 @@ class ContrastiveTrainer:
         checkpoint.save_checkpoint(self._plain_module(), self.out_dir, self.arch["model_cfg"], card,
                                    self.arch.get("preprocess_cfg", {}), self.arch.get("text_tower_package"),
                                    extra={"train_config": asdict(self.config), "step": step, "final": final})
-        extra: dict[str, Any] = {}
-        if self.config.lora_rank > 0:  # adapters are merged in the checkpoint; keep them apart to resume
-            extra["trainable"] = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
-        save_train_state(self.out_dir, step, optimizer, **extra)
+
+    def extra_state(self) -> dict[str, Any]:
+        if self.config.lora_rank <= 0:
+            return {}
+        # adapters are merged in the checkpoint; keep them apart to resume
+        return {"trainable": {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        if "trainable" in state:
+            self.module.load_state_dict(state["trainable"], strict=False)
 
     @torch.no_grad()
     def validation_loss(self, data: PairSet | None) -> float | None:
@@ -517,110 +384,60 @@ class ContrastiveTrainer:
         rows = np.arange(len(data))
         losses = [float(self.batch_loss(data, chunk, rng)[0])
                   for chunk in np.array_split(rows, max(1, len(rows) // self.config.batch_size))]
-        self.module.train()
-        if self.text_cache is not None:
-            self.module.text.transformer.eval()
+        self.train_mode()
         return float(np.mean(losses))
 
-    def _resume(self, optimizer: torch.optim.Optimizer) -> int:
-        """Load the last checkpoint and optimiser state of ``out_dir``; the step to continue from (0: fresh)."""
-        state = restore_train_state(self.out_dir, checkpoint.CONFIG_NAME, checkpoint.WEIGHTS_NAME, self.module,
-                                    optimizer, self.device, strict=False)
-        if state is None:
-            return 0
-        if "trainable" in state:
-            self.module.load_state_dict(state["trainable"], strict=False)
-        return int(state["step"])
+    def validate(self) -> dict[str, Any]:
+        return {"val_loss": self.validation_loss(self.val)}
 
-    def run(self) -> TrainResult:
-        try:
-            return self._run()
-        finally:
-            if self.dist.enabled:
-                import torch.distributed as dist
-
-                if dist.is_initialized():
-                    dist.destroy_process_group()
-
-    def _run(self) -> TrainResult:
-        cfg, main = self.config, self.dist.is_main
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        train = self.load_data("train", cfg.limit_reports)
-        val = (self.load_data("val", cfg.val_reports)
-               if main and cfg.data == "phantom" and cfg.val_reports else None)
-        if len(train) < 2:
-            raise MedclipError("Training needs at least two image-report pairs.")
-        train = self._on_device(train)
-        if self.text_cache is not None:
-            self.log("encoding report texts with the frozen text tower ...")
-            for pairs in (train, val):
-                if pairs is not None:
-                    self.text_cache.fill([t for ts in pairs.texts for t in ts] + [s for ss in pairs.sentences for s in ss])
-        batch = min(cfg.batch_size, len(train))
-        if batch % self.dist.world_size:
-            raise MedclipError(f"The global batch ({batch}) must be a multiple of the number of processes "
-                               f"({self.dist.world_size}).")
-        steps_per_epoch = max(1, len(train) // batch)
-        total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        optimizer = adamw(params, cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
-        start = self._resume(optimizer)
-        if start:
-            self.log(f"resuming at step {start}/{total}")
+    def train_mode(self) -> None:
         self.module.train()
         if self.text_cache is not None:
             self.module.text.transformer.eval()
-        metrics_file = (self.out_dir / METRICS_NAME).open("a") if main else None
-        history: list[dict[str, Any]] = []
-        t0, seen, loss, stopped, step = time.time(), 0, torch.tensor(float("nan")), False, start
-        for step in range(start, total):
-            if self.dist.any(self.should_stop(), self.device):
-                stopped = True
-                break
-            epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng((cfg.seed, epoch)).permutation(len(train))
-            rows = order[offset * batch:(offset + 1) * batch]
-            lr = _lr_at(step, total, cfg.warmup_steps, cfg.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, parts = self.batch_loss(train, rows, np.random.default_rng((cfg.seed, step, 1)),
-                                          distributed=self.dist.enabled)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * self.dist.world_size).backward()  # DDP averages gradients over ranks
-            if self.dist.enabled and self.module.logit_scale.grad is not None:
-                # the temperature sees the whole gathered batch on every rank: undo the scaling for it
-                self.module.logit_scale.grad.div_(self.dist.world_size)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                self.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            seen += len(rows)
-            if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
-                row = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3), "loss": float(loss.detach()),
-                       **parts, "lr": lr, "logit_scale": float(self.module.logit_scale.detach().exp()),
-                       "grad_norm": float(grad_norm), "images_per_s": seen / (time.time() - t0),
-                       "elapsed_s": time.time() - t0}
-                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
-                    row["val_loss"] = self.validation_loss(val)
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                history.append(row)
-                self.log(json.dumps(row))
-            if main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
-                self._save(step + 1, optimizer, final=step + 1 == total)
-        if main and stopped:
-            self.log(f"stopped at step {step}/{total}; checkpoint saved")
-            self._save(step, optimizer)
-        if metrics_file is not None:
-            metrics_file.close()
-        if main and start >= total:
-            self._save(total, optimizer, final=True)
-        elapsed = time.time() - t0
-        val_loss = history[-1].get("val_loss") if history else None
-        return TrainResult(str(self.out_dir), step if stopped else total, stopped, float(loss.detach()), val_loss,
-                           elapsed, seen / elapsed if elapsed > 0 else 0.0, history)
+
+    def prepare(self) -> int:
+        cfg = self.config
+        train = self.load_data("train", cfg.limit_reports)
+        self.val = (self.load_data("val", cfg.val_reports)
+                    if self.dist.is_main and cfg.data == "phantom" and cfg.val_reports else None)
+        if len(train) < 2:
+            raise MedclipError("Training needs at least two image-report pairs.")
+        self.train = self._on_device(train)
+        if self.text_cache is not None:
+            self.log("encoding report texts with the frozen text tower ...")
+            for pairs in (self.train, self.val):
+                if pairs is not None:
+                    self.text_cache.fill([t for ts in pairs.texts for t in ts] + [s for ss in pairs.sentences for s in ss])
+        self.batch = min(cfg.batch_size, len(train))
+        if self.batch % self.dist.world_size:
+            raise MedclipError(f"The global batch ({self.batch}) must be a multiple of the number of processes "
+                               f"({self.dist.world_size}).")
+        self.steps_per_epoch = max(1, len(train) // self.batch)
+        return cfg.max_steps or max(1, int(cfg.epochs * self.steps_per_epoch))
+
+    def step_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng((cfg.seed, epoch)).permutation(len(self.train))
+        rows = order[offset * self.batch:(offset + 1) * self.batch]
+        return self.batch_loss(self.train, rows, np.random.default_rng((cfg.seed, step, 1)),
+                               distributed=self.dist.enabled)
+
+    def scale_gradients(self) -> None:
+        if self.dist.enabled and self.module.logit_scale.grad is not None:
+            # the temperature sees the whole gathered batch on every rank: undo the world-size scaling for it
+            self.module.logit_scale.grad.div_(self.dist.world_size)
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def log_fields(self, done: int) -> dict[str, Any]:
+        return {"epoch": round(done / self.steps_per_epoch, 3),
+                "logit_scale": float(self.module.logit_scale.detach().exp())}
+
+    def images_per_step(self) -> int:
+        return self.batch
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print,

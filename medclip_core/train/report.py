@@ -19,8 +19,7 @@ maximise the classifier's micro F1 on the validation split; generation prompts w
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,52 +42,10 @@ from medclip_core.models.report_decoder import (
     save_decoder,
 )
 from medclip_core.tasks.report_features import ImageFeatures, phantom_features
-from medclip_core.train.contrastive import METRICS_NAME, _lr_at, adamw, restore_train_state, save_train_state
+from medclip_core.train.common import RunContext, TrainingRun, TrainResult
+from medclip_core.train.configs import ReportTrainConfig
 
 ANONYMISED = "xxxx"  # the Open-i de-identification token
-
-
-@dataclass
-class ReportTrainConfig:
-    """Everything a decoder run depends on; saved next to its checkpoints."""
-
-    out_dir: str
-    model: str = "medclip-phantom"     # the frozen CLIP model whose features condition the decoder
-    phantom_variants: int = 2          # rendered images per training report
-    limit_reports: int | None = None
-    max_steps: int = 240
-    batch_size: int = 32
-    lr: float = 1.5e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 30
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.1
-    image_token_dropout: float = 0.1
-    min_word_count: int = 3
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    max_len: int = 72
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 40
-    val_reports: int = 393
-    diagnosis_prompts: bool = True     # classifier head + one memory token per finding (PromptMRG style)
-    classifier_weight: float = 1.0
-    prompt_noise: float = 0.05         # probability of flipping each true label fed as a prompt in training
-    prompt_only_fraction: float = 0.5  # share of training rows whose image tokens are all dropped
-    feature_dir: str | None = None     # default: <out_dir>/features
-    device: str | None = None
-
-
-@dataclass
-class ReportTrainResult:
-    out_dir: str
-    steps: int
-    final_loss: float
-    val_loss: float | None
-    seconds: float
-    metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 def target_sections(report: Report) -> tuple[str, str]:
@@ -139,34 +96,55 @@ def encode_targets(reports: list[Report], vocab: Vocabulary, max_len: int) -> np
     return out
 
 
-class ReportTrainer:
-    """One decoder run: frozen features, vocabulary, decoder, then ``run()``; resumes from ``out_dir``."""
+class ReportTrainer(TrainingRun):
+    """One decoder run: frozen features, vocabulary and decoder in ``prepare``, then ``run()``; resumes
+    from ``out_dir``."""
 
+<<<<<<< HEAD
     def __init__(self, config: ReportTrainConfig, log: Callable[[str], None] = print) -> None:
         from medclip_core.models.embedding_cache import model_fingerprint
+=======
+    checkpoint_files = (DECODER_CONFIG, DECODER_WEIGHTS)
+    betas = (0.9, 0.98)
 
-        self.config, self.log = config, log
-        self.out_dir = Path(config.out_dir)
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch.manual_seed(config.seed)
-        self.clip = load_model(config.model)
+    def __init__(self, config: ReportTrainConfig, log: Callable[[str], None] = print,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.config, self.should_stop = config, should_stop
+        self.context = RunContext.create(config.out_dir, config.device, log)
+        self.log, self.out_dir, self.device = self.context.log, self.context.out_dir, self.context.device
+        self.val: ImageFeatures | None = None
+
+    def prepare(self) -> int:
+        from medclip_core.tasks.retrieval import model_fingerprint
+>>>>>>> trainer
+
+        cfg = self.config
+        self.clip = load_model(cfg.model)
         self.fingerprint = model_fingerprint(self.clip, buffers=False)
-        splits = report_splits(load_reports(), seed=config.seed)
-        self.train_reports = splits["train"][: config.limit_reports]
-        self.val_reports = splits["val"][: config.val_reports] if config.val_reports else []
+        splits = report_splits(load_reports(), seed=cfg.seed)
+        self.train_reports = splits["train"][: cfg.limit_reports]
+        self.val_reports = splits["val"][: cfg.val_reports] if cfg.val_reports else []
         existing = self.out_dir / DECODER_CONFIG
         if existing.is_file():  # resume with the run's own vocabulary
             self.vocab = Vocabulary(json.loads(existing.read_text())["vocab"])
         else:
             self.vocab = Vocabulary.build((" ".join(target_sections(r)) for r in self.train_reports),
-                                          config.min_word_count)
+                                          cfg.min_word_count)
         self.module = ReportDecoder(DecoderConfig(
-            vocab_size=len(self.vocab), feature_dim=self.clip.card.embed_dim, width=config.width,
-            layers=config.layers, heads=config.heads, mlp=4 * config.width, max_len=config.max_len,
-            n_findings=len(FINDINGS) if config.diagnosis_prompts else 0)).to(self.device)
+            vocab_size=len(self.vocab), feature_dim=self.clip.card.embed_dim, width=cfg.width,
+            layers=cfg.layers, heads=cfg.heads, mlp=4 * cfg.width, max_len=cfg.max_len,
+            n_findings=len(FINDINGS) if cfg.diagnosis_prompts else 0)).to(self.device)
         self.train_labels = finding_matrix(self.train_reports)
         self.val_labels = finding_matrix(self.val_reports)
-        self.val: ImageFeatures | None = None
+        self.train = self.features("train", cfg.phantom_variants, cfg.limit_reports)
+        if len(self.train) < 2:
+            raise MedclipError("Report training needs at least two image-report pairs.")
+        self.train_targets = encode_targets(self.train_reports, self.vocab, cfg.max_len)
+        self.val = self.features("val", 1, len(self.val_reports)) if self.val_reports else None
+        self.val_targets = encode_targets(self.val_reports, self.vocab, cfg.max_len) if self.val_reports else None
+        self.batch = min(cfg.batch_size, len(self.train))
+        self.steps_per_epoch = max(1, len(self.train) // self.batch)
+        return cfg.max_steps
 
     def features(self, split: str, variants: int, limit: int | None) -> ImageFeatures:
         folder = Path(self.config.feature_dir) if self.config.feature_dir else self.out_dir / "features"
@@ -231,66 +209,30 @@ class ReportTrainer:
         return {"findings": list(FINDINGS), "thresholds": [round(float(t), 2) for t in thresholds],
                 "val_classifier_micro_f1": f1}
 
-    def _save(self, step: int, optimizer: torch.optim.Optimizer, final: bool) -> None:
+    def save(self, step: int, final: bool, val: dict[str, Any]) -> None:
         save_decoder(self.module, self.vocab, self.out_dir, self.config.model, self.fingerprint,
                      extra={"train_config": asdict(self.config), "step": step, "final": final,
                             **self.tune_thresholds(self.val)})
-        save_train_state(self.out_dir, step, optimizer)
 
-    def run(self) -> ReportTrainResult:
+    def step_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        train = self.features("train", cfg.phantom_variants, cfg.limit_reports)
-        if len(train) < 2:
-            raise MedclipError("Report training needs at least two image-report pairs.")
-        train_targets = encode_targets(self.train_reports, self.vocab, cfg.max_len)
-        val = self.val = self.features("val", 1, len(self.val_reports)) if self.val_reports else None
-        val_targets = encode_targets(self.val_reports, self.vocab, cfg.max_len) if self.val_reports else None
-        optimizer = adamw(self.module.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
-        state = restore_train_state(self.out_dir, DECODER_CONFIG, DECODER_WEIGHTS, self.module, optimizer, self.device)
-        start = int(state["step"]) if state else 0
-        if state:
-            self.log(f"resuming at step {start}/{cfg.max_steps}")
-        batch = min(cfg.batch_size, len(train))
-        steps_per_epoch = max(1, len(train) // batch)
-        self.module.train()
-        history: list[dict[str, Any]] = []
-        t0, loss = time.time(), torch.tensor(float("nan"))
-        with (self.out_dir / METRICS_NAME).open("a") as metrics_file:
-            for step in range(start, cfg.max_steps):
-                epoch, offset = divmod(step, steps_per_epoch)
-                rows = np.random.default_rng((cfg.seed, epoch)).permutation(len(train))[offset * batch:(offset + 1) * batch]
-                lr = _lr_at(step, cfg.max_steps, cfg.warmup_steps, cfg.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks reproducible on resume
-                loss = self.batch_loss(train, train_targets, self.train_labels, rows, train=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
-                optimizer.step()
-                last = step + 1 == cfg.max_steps
-                checkpoint_now = (step + 1) % cfg.checkpoint_every == 0 or last
-                if (step + 1) % cfg.log_every == 0 or last:
-                    row = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3),
-                           "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm),
-                           "elapsed_s": round(time.time() - t0, 2)}
-                    if checkpoint_now:
-                        row["val_loss"] = self.validation_loss(val, val_targets)
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                    history.append(row)
-                    self.log(json.dumps(row))
-                if checkpoint_now:
-                    self._save(step + 1, optimizer, final=last)
-        if start >= cfg.max_steps:
-            self._save(cfg.max_steps, optimizer, final=True)
-        val_loss = next((row["val_loss"] for row in reversed(history) if "val_loss" in row), None)
-        return ReportTrainResult(str(self.out_dir), cfg.max_steps, float(loss.detach()), val_loss,
-                                 time.time() - t0, history)
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng((cfg.seed, epoch)).permutation(len(self.train))
+        rows = order[offset * self.batch:(offset + 1) * self.batch]
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks reproducible on resume
+        return self.batch_loss(self.train, self.train_targets, self.train_labels, rows, train=True), {}
+
+    def validate(self) -> dict[str, Any]:
+        return {"val_loss": self.validation_loss(self.val, self.val_targets)}
+
+    def log_fields(self, done: int) -> dict[str, Any]:
+        return {"epoch": round(done / self.steps_per_epoch, 3)}
+
+    def images_per_step(self) -> int:
+        return self.batch
 
 
-def train_report_decoder(config: ReportTrainConfig, log: Callable[[str], None] = print) -> ReportTrainResult:
+def train_report_decoder(config: ReportTrainConfig, log: Callable[[str], None] = print,
+                         should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
     """Run (or resume) a report-decoder training run described by ``config``."""
-    return ReportTrainer(config, log=log).run()
+    return ReportTrainer(config, log=log, should_stop=should_stop).run()

@@ -32,19 +32,19 @@ from typing import Any
 
 from medclip_core.errors import AccessDeniedError, TaskInputError
 from medclip_core.models.trained_runs import DB_NAME, runs_dir
-from medclip_core.train.tasks import TRAIN_TASKS
+from medclip_core.train.tasks import TRAINING_TASKS, run_manager_tasks
 
 ADMIN_TOKEN_ENV = "MEDCLIP_ADMIN_TOKEN"
 LOG_NAME = "train.log"
 RESULT_NAME = "result.json"
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
-# method -> trainer flags
-METHODS: dict[str, list[str]] = {
-    "full": ["--lock", "none"],
-    "lit": ["--lock", "image"],
-    "text-only": ["--lock", "image-all"],
-    "lora": ["--lock", "none", "--lora-rank", "8"],
+# method -> contrastive config values
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {"lock": "none"},
+    "lit": {"lock": "image"},
+    "text-only": {"lock": "image-all"},
+    "lora": {"lock": "none", "lora_rank": 8},
 }
 METHOD_LABELS = {"full": "full fine-tune", "lit": "locked image tower (LiT)", "text-only": "text tower only",
                  "lora": "LoRA adapters (peft, rank 8)"}
@@ -219,23 +219,24 @@ def _architecture_arg(base_model: str) -> str:
     raise TaskInputError(f"Unknown base model '{base_model}'. Choose one of: {', '.join(base_model_choices())}.")
 
 
-def _data_args(data: str) -> list[str]:
+def _data_values(data: str) -> dict[str, str]:
     if data == "phantom":
-        return ["--data", "phantom"]
+        return {"data": "phantom"}
     if data.startswith("phantom:"):
         count = data[len("phantom:"):]
         if not count.isdigit() or int(count) < 2:
             raise TaskInputError(f"'{data}': write phantom:N with N >= 2 training reports.")
-        return ["--data", "phantom", "--limit-reports", count, "--phantom-variants", "1"]
+        return {"data": "phantom", "limit_reports": count, "phantom_variants": "1"}
     if not Path(data).is_file():
         raise TaskInputError(f"Dataset CSV not found: {data}.")
-    return ["--data", str(data)]
+    return {"data": str(data)}
 
 
 def train_command(request: RunRequest, out_dir: Path) -> list[str]:
-    """The command line of a run: the CLI's ``train``, under torchrun when ``nproc`` > 1."""
-    if request.task not in TRAIN_TASKS:
-        raise TaskInputError(f"Unknown task '{request.task}'. Known: {', '.join(TRAIN_TASKS)}.")
+    """The command line of a run: the CLI's ``train``, under torchrun when ``nproc`` > 1. Only the
+    flags of the task's config are passed (a segmentation run has no ``--lock`` or ``--epochs``)."""
+    if request.task not in run_manager_tasks():
+        raise TaskInputError(f"Unknown task '{request.task}'. Known: {', '.join(run_manager_tasks())}.")
     if request.method not in METHODS:
         raise TaskInputError(f"Unknown method '{request.method}'. Known: {', '.join(METHODS)}.")
     for label, value, low in (("epochs", request.epochs, 1e-9), ("batch size", request.batch_size, 2),
@@ -245,17 +246,23 @@ def train_command(request: RunRequest, out_dir: Path) -> list[str]:
     if request.batch_size % request.nproc:
         raise TaskInputError(f"The batch size ({request.batch_size}) is the global batch: make it a multiple "
                              f"of the number of processes ({request.nproc}).")
+    task = TRAINING_TASKS[request.task]
     # contrastive runs fine-tune the base model; the other tasks train a head on it, frozen
-    base = (["--architecture", _architecture_arg(request.base_model)] if request.task == "contrastive"
-            else ["--model", request.base_model])
-    args = ["train", "--task", request.task, "--out", str(out_dir), *base, *_data_args(request.data),
-            "--epochs", str(request.epochs), "--batch-size", str(request.batch_size), "--lr", str(request.lr),
-            "--seed", str(request.seed), "--warmup-steps", str(request.warmup_steps),
-            "--checkpoint-every", str(request.checkpoint_every), "--log-every", "1",
-            "--precision", request.precision, "--device", request.device, *METHODS[request.method],
-            *request.extra_args]
-    if request.max_steps:
-        args += ["--max-steps", str(request.max_steps)]
+    base = (_architecture_arg(request.base_model) if task.base_flag == "architecture" else request.base_model)
+    values = {task.base_flag: base, **_data_values(request.data), "epochs": request.epochs,
+              "batch_size": request.batch_size, "lr": request.lr, "seed": request.seed,
+              "warmup_steps": request.warmup_steps, "checkpoint_every": request.checkpoint_every, "log_every": 1,
+              "precision": request.precision, "device": request.device, **METHODS[request.method],
+              "max_steps": request.max_steps or None}
+    accepted = task.field_names()
+    if not set(METHODS[request.method]) <= accepted and request.method != "full":
+        raise TaskInputError(f"The method '{request.method}' fine-tunes a CLIP model; a {request.task} run "
+                             "trains a head on a frozen one (use full).")
+    args = ["train", "--task", request.task, "--out", str(out_dir)]
+    for name, value in values.items():
+        if name in accepted and value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    args += request.extra_args
     if request.nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={request.nproc}",
                 "-m", "medclip_core", *args]

@@ -16,11 +16,10 @@ from (seed, step) so a resumed run sees the same batches, checkpoints (safetenso
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,49 +39,10 @@ from medclip_core.models.segmentation_decoder import (
     TextConditionedDecoder,
     frozen_features,
 )
-from medclip_core.train.contrastive import _lr_at, adamw, restore_train_state, save_train_state
+from medclip_core.train.common import RunContext, TrainingRun, TrainResult
+from medclip_core.train.configs import SegTrainConfig
 
-METRICS_NAME = "metrics.jsonl"
 TARGET_SCALE = 2  # targets are kept at half the input size
-
-
-@dataclass
-class SegTrainConfig:
-    """Everything a segmentation run depends on; saved next to its checkpoints."""
-
-    out_dir: str
-    model: str = "medclip-phantom"
-    variants: int = 1                 # rendered images per training report
-    focal_extra_variants: int = 1     # extra renders of reports with a focal finding
-    nonfocal_fraction: float = 0.3    # share of the other training reports kept (seeded choice)
-    limit_reports: int | None = None
-    val_reports: int | None = 100
-    max_steps: int = 800
-    batch_size: int = 12              # images per step
-    phrases_per_image: int = 4        # half positives (when the image has any), half negatives
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    dice_weight: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    width: int = 32
-    skip_width: int = 24
-    fine_width: int = 8
-    stem_width: int = 16
-    device: str | None = None
-
-
-@dataclass
-class SegTrainResult:
-    out_dir: str
-    steps: int
-    final_loss: float
-    val: dict | None
-    elapsed_s: float
-    history: list[dict]
 
 
 @dataclass
@@ -235,14 +195,16 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: f
     return loss, parts
 
 
-class SegmentationTrainer:
+class SegmentationTrainer(TrainingRun):
     """One decoder training run; resumes from ``out_dir`` when it holds a state."""
 
+    checkpoint_files = (CONFIG_NAME, WEIGHTS_NAME)
+
     def __init__(self, config: SegTrainConfig, log: Callable[[str], None] = print,
-                 model: ClipModel | None = None) -> None:
-        self.config, self.log = config, log
-        self.out_dir = Path(config.out_dir)
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                 model: ClipModel | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.config, self.should_stop = config, should_stop
+        self.context = RunContext.create(config.out_dir, config.device, log)
+        self.log, self.out_dir, self.device = self.context.log, self.context.out_dir, self.context.device
         self.model = model or load_model(config.model, device=self.device)
         if not self.model.supports_patch_tokens:
             raise MedclipError(f"Model '{config.model}' has no patch tokens; a segmentation decoder needs them.")
@@ -291,7 +253,8 @@ class SegmentationTrainer:
         return segmentation_loss(logits, torch.from_numpy(targets).to(self.device), self.config.dice_weight)
 
     @torch.no_grad()
-    def validate(self, module: TextConditionedDecoder, data: FeatureSet | None, bank: PhraseBank) -> dict | None:
+    def validate_decoder(self, module: TextConditionedDecoder, data: FeatureSet | None,
+                         bank: PhraseBank) -> dict | None:
         """Validation loss, and Dice at 0.5 per focal finding (plain phrase) on the validation images."""
         if data is None or len(data) == 0:
             return None
@@ -327,71 +290,37 @@ class SegmentationTrainer:
                              width=cfg.width, skip_width=cfg.skip_width, fine_width=cfg.fine_width,
                              stem_width=cfg.stem_width, image_size=self.model.image_size)
 
-    def _save(self, module: TextConditionedDecoder, optimizer: torch.optim.Optimizer, step: int,
-              final: bool, val: dict | None) -> None:
-        SegmentationDecoder(module).save(self.out_dir, extra={
-            "train_config": asdict(self.config), "step": step, "final": final, "val": val,
+    def save(self, step: int, final: bool, val: dict[str, Any]) -> None:
+        SegmentationDecoder(self.module).save(self.out_dir, extra={
+            "train_config": asdict(self.config), "step": step, "final": final, "val": val or None,
             "phrases": "finding names, LABEL_SYNONYMS and short forms, with left/right/bilateral for sided findings"})
-        save_train_state(self.out_dir, step, optimizer)
 
-    def run(self) -> SegTrainResult:
-        cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        torch.manual_seed(cfg.seed)
-        train_data = self.features("train")
-        val_data = self.features("val") if cfg.val_reports else None
-        if len(train_data) < 2 or not len(train_data.masks):
+    def prepare(self) -> int:
+        self.train_data = self.features("train")
+        self.val_data = self.features("val") if self.config.val_reports else None
+        if len(self.train_data) < 2 or not len(self.train_data.masks):
             raise MedclipError("Segmentation training needs at least two images with finding masks.")
         self.log("encoding the phrase vocabulary with the frozen text tower ...")
-        self.bank = bank = PhraseBank(self.model)
-        module = TextConditionedDecoder(self._decoder_config(train_data)).to(self.device)
-        optimizer = adamw(module.parameters(), cfg.lr, cfg.weight_decay)
-        state = restore_train_state(self.out_dir, CONFIG_NAME, WEIGHTS_NAME, module, optimizer, self.device)
-        start = int(state["step"]) if state else 0
-        if state:
-            self.log(f"resuming at step {start}/{cfg.max_steps}")
+        self.bank = PhraseBank(self.model)
+        self.module = TextConditionedDecoder(self._decoder_config(self.train_data)).to(self.device)
         # images with a mask are drawn three times as often as those without
-        weights = 1.0 + 2.0 * np.isin(np.arange(len(train_data)), train_data.mask_owner)
-        weights /= weights.sum()
-        module.train()
-        history: list[dict] = []
-        val = None
-        t0, loss = time.time(), torch.tensor(float("nan"))
-        with (self.out_dir / METRICS_NAME).open("a") as metrics_file:
-            for step in range(start, cfg.max_steps):
-                rng = np.random.default_rng((cfg.seed, step))
-                rows = np.sort(rng.choice(len(train_data), min(cfg.batch_size, len(train_data)), replace=False,
-                                          p=weights))
-                lr = _lr_at(step, cfg.max_steps, cfg.warmup_steps, cfg.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, parts = self.batch_loss(module, train_data, bank, rows, rng)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-                optimizer.step()
-                done = step + 1
-                checkpoint = done % cfg.checkpoint_every == 0 or done == cfg.max_steps
-                if done % cfg.log_every == 0 or checkpoint:
-                    row = {"step": done, "loss": float(loss.detach()), **parts, "lr": lr,
-                           "grad_norm": float(grad_norm), "elapsed_s": round(time.time() - t0, 1)}
-                    if checkpoint:
-                        val = self.validate(module, val_data, bank)
-                        row.update(val or {})
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                    history.append(row)
-                    self.log(json.dumps(row))
-                if checkpoint:
-                    self._save(module, optimizer, done, done == cfg.max_steps, val)
-        if start >= cfg.max_steps and not (self.out_dir / CONFIG_NAME).is_file():
-            self._save(module, optimizer, cfg.max_steps, True, val)
-        return SegTrainResult(str(self.out_dir), cfg.max_steps, float(loss.detach()), val,
-                              time.time() - t0, history)
+        weights = 1.0 + 2.0 * np.isin(np.arange(len(self.train_data)), self.train_data.mask_owner)
+        self.draw_weights = weights / weights.sum()
+        return self.config.max_steps
+
+    def step_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        rng = np.random.default_rng((self.config.seed, step))
+        rows = np.sort(rng.choice(len(self.train_data), self.images_per_step(), replace=False, p=self.draw_weights))
+        return self.batch_loss(self.module, self.train_data, self.bank, rows, rng)
+
+    def images_per_step(self) -> int:
+        return min(self.config.batch_size, len(self.train_data))
+
+    def validate(self) -> dict[str, Any]:
+        return self.validate_decoder(self.module, self.val_data, self.bank) or {}
 
 
 def train_segmentation(config: SegTrainConfig, log: Callable[[str], None] = print,
-                       model: ClipModel | None = None) -> SegTrainResult:
+                       model: ClipModel | None = None, should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
     """Run (or resume) a decoder training run described by ``config``."""
-    return SegmentationTrainer(config, log=log, model=model).run()
+    return SegmentationTrainer(config, log=log, model=model, should_stop=should_stop).run()
