@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from medclip_core.data.findings import FINDINGS
-
 from medclip_core.data.reports import Report, load_reports, report_splits
 from medclip_core.errors import MedclipError
 from medclip_core.models import load_model
@@ -100,10 +99,6 @@ class ReportTrainer(TrainingRun):
     """One decoder run: frozen features, vocabulary and decoder in ``prepare``, then ``run()``; resumes
     from ``out_dir``."""
 
-<<<<<<< HEAD
-    def __init__(self, config: ReportTrainConfig, log: Callable[[str], None] = print) -> None:
-        from medclip_core.models.embedding_cache import model_fingerprint
-=======
     checkpoint_files = (DECODER_CONFIG, DECODER_WEIGHTS)
     betas = (0.9, 0.98)
 
@@ -115,8 +110,7 @@ class ReportTrainer(TrainingRun):
         self.val: ImageFeatures | None = None
 
     def prepare(self) -> int:
-        from medclip_core.tasks.retrieval import model_fingerprint
->>>>>>> trainer
+        from medclip_core.models.embedding_cache import model_fingerprint
 
         cfg = self.config
         self.clip = load_model(cfg.model)
