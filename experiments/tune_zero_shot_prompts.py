@@ -16,7 +16,7 @@ The chosen negative style goes into the embedded models' specs (``zero_shot_nega
 chosen synonyms are only recorded: the test split is scored before and after in every style, and a
 change that helps one style can hurt another (the README says what was found and left alone).
 
-    python bench/tune_zero_shot_prompts.py   # -> bench/results/zero_shot_prompts.json (4-6 min on 2 cores)
+    python experiments/tune_zero_shot_prompts.py   # -> experiments/results/zero_shot_prompts.json (4-6 min on 2 cores)
 """
 from __future__ import annotations
 
@@ -29,14 +29,13 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.data.reports import FINDINGS
+from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary
+from medclip_core.models import load_model
+from medclip_core.models.base import ClipModel
+from medclip_core.tasks import zero_shot as zs
 
-from medclip_core.data.reports import FINDINGS  # noqa: E402
-from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary  # noqa: E402
-from medclip_core.models import load_model  # noqa: E402
-from medclip_core.models.base import ClipModel  # noqa: E402
-from medclip_core.tasks import zero_shot as zs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SUMMARY_KEYS = ("macro_auc", "top_finding_accuracy", "calibration_error")
 
@@ -74,7 +73,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="images per split")
     parser.add_argument("--min-gain", type=float, default=0.003, help="top-finding accuracy a removal must add")
     parser.add_argument("--auc-tolerance", type=float, default=0.002, help="macro AUC a removal may cost")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zero_shot_prompts.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "zero_shot_prompts.json")
     args = parser.parse_args()
     start = time.perf_counter()
     models = {name: load_model(name) for name in args.models}

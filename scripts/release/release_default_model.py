@@ -3,10 +3,10 @@
 Copies the run's weights and config (not its optimizer state), writes the model card into the
 config (so ``python -m medclip_core models`` shows it) and as ``MODEL_CARD.md``, with the metrics
 of ``eval_phantom.json`` (run ``python -m medclip_core eval --model local-dir:RUN`` first) and the
-hand-kept comparison of the variants tried, ``bench/results/default_model_variants.md``.
+hand-kept comparison of the variants tried, ``experiments/results/default_model_variants.md``.
 
-    python bench/release_default_model.py runs/medclip-phantom-cnn [--dest assets/medclip-phantom]
-    python bench/release_default_model.py --refresh assets/medclip-phantom   # measures only
+    python scripts/release/release_default_model.py runs/medclip-phantom-cnn [--dest assets/medclip-phantom]
+    python scripts/release/release_default_model.py --refresh assets/medclip-phantom   # measures only
 """
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ import argparse
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.models import checkpoint
 
-from medclip_core.models import checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CARD = {
     "name": "medclip-phantom",
@@ -69,7 +67,7 @@ def training_run(config: dict, gpu_run: dict | None) -> str:
         return (f"- **Training run:** `python -m medclip_core train {options}` on 2 CPU cores with bf16 autocast; "
                 f"{config.get('step')} steps.\n  Its loss curve is `metrics.jsonl` beside this card.")
     return (f"- **Training run:** on one {gpu_run['device']} (torch {gpu_run['torch']}, bf16 autocast), with "
-            f"`python bench/train_default_gpu.py train --text-cache .gpu/text_cache.pt --out {train.get('out_dir')} "
+            f"`python scripts/release/train_default_gpu.py train --text-cache .gpu/text_cache.pt --out {train.get('out_dir')} "
             f"--budget-s 360`, which runs the trainer of `python -m medclip_core train {options}` with the frozen text "
             f"tower's outputs computed beforehand on CPU (the GPU machine had no copy of MiniLM) and the step count "
             f"fitted to a 6-minute budget: {gpu_run['steps']} steps of {train.get('batch_size')} in "
@@ -99,7 +97,7 @@ def zero_shot_section(zero_shot: dict) -> str:
                    f"image–finding pairs) {_fmt(zero_shot['calibration_error'])}"
                    f"{' after Platt scaling' if zero_shot.get('calibrated') else ''}. The negative sentences were "
                    "chosen, and the probabilities calibrated, on the validation split "
-                   "(`bench/results/zero_shot_prompts.json`, `bench/results/zero_shot_calibration.json`).")
+                   "(`experiments/results/zero_shot_prompts.json`, `experiments/results/zero_shot_calibration.json`).")
     return f"""### Zero-shot AUC (pairwise prompts: {NEGATIVE_WORDING[zero_shot.get('negatives') or 'negated']})
 
 Macro mean: **{_fmt(zero_shot['macro_auc'])}** over {len(zero_shot['auc'])} findings with at least 5 positives and 5 negatives.{ranking}
@@ -195,7 +193,7 @@ def main() -> None:
     config["card"] = {**config["card"], **CARD, "metrics": metrics_summary(evaluation)}
     config["train_config"] = {**config.get("train_config", {}), "out_dir": f"runs/{args.run.name}", "device": None}
     (args.dest / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    variants = ROOT / "bench" / "results" / "default_model_variants.md"
+    variants = ROOT / "experiments" / "results" / "default_model_variants.md"
     notes = "\n" + variants.read_text() if variants.is_file() else ""
     card_path = args.dest / "MODEL_CARD.md"
     kept = carried_sections(card_path.read_text()) if card_path.is_file() else ""
