@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 BUSY = "import torch; torch.set_num_threads({threads}); a = torch.randn(384, 384)\nwhile True: a = (a @ a).tanh()"

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from timing import median_seconds
 
-from timing import median_seconds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_model(model, repeats: int) -> dict:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,9 +24,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from medclip_core.io import load_image  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from medclip_core.io import load_image
+from timing import median_seconds
 
 SIDE = 2048
 RESULTS = Path(__file__).resolve().parent / "results" / "io.json"

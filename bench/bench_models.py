@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PROBE = r"""
 import json, resource, statistics, sys, time
@@ -54,8 +53,8 @@ def main() -> None:
     rows = {}
     for name in list_models():
         done = subprocess.run([sys.executable, "-c", PROBE, name], cwd=ROOT, capture_output=True, text=True,
-                              env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-                                   "PYTHONPATH": str(ROOT)}, timeout=600)
+                              env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+                              timeout=600)
         lines = done.stdout.strip().splitlines()
         row = json.loads(lines[-1]) if lines else {"loaded": False, "error": done.stderr[-300:]}
         if "error" in row:  # the reason only; the instructions name this machine's cache folder

@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "2"  # before torch: this process and its children use 2 threads
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from medclip_core.train.runs import RunManager, RunRequest, read_metrics  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH = 16
 REPORTS = 64
@@ -66,7 +66,7 @@ def direct(out: Path, steps: int) -> dict:
     start = time.perf_counter()
     code = DIRECT.format(reports=REPORTS, steps=steps, batch=BATCH)
     done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True,
-                          check=True, env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)})
+                          check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     wall = time.perf_counter() - start
     rows = json.loads(done.stdout.strip().splitlines()[-1])["metrics"]
     return {"images_per_s": steady_images_per_s(rows), "wall_s": wall, "startup_s": wall - rows[-1]["elapsed_s"],

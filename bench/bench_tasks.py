@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,22 +29,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from timing import median_seconds
 
-from timing import median_seconds  # noqa: E402
-
-from medclip_core.data.findings import LABEL_PRESETS  # noqa: E402
-from medclip_core.data.galleries import GalleryItem, folder_collection  # noqa: E402
-from medclip_core.data.phantom import write_examples  # noqa: E402
-from medclip_core.io import load_image  # noqa: E402
-from medclip_core.models import load_model  # noqa: E402
-from medclip_core.tasks.diagnose import diagnose  # noqa: E402
-from medclip_core.tasks.embedding import project  # noqa: E402
-from medclip_core.tasks.retrieval import (  # noqa: E402
+from medclip_core.data.findings import LABEL_PRESETS
+from medclip_core.data.galleries import GalleryItem, folder_collection
+from medclip_core.data.phantom import write_examples
+from medclip_core.io import load_image
+from medclip_core.models import load_model
+from medclip_core.tasks.diagnose import diagnose
+from medclip_core.tasks.embedding import project
+from medclip_core.tasks.retrieval import (
     EXACT_INDEX_MAX, HNSW_EF_SEARCH, VectorIndex, build_index, faiss_index_for,
 )
-from medclip_core.tasks.zero_shot import zero_shot  # noqa: E402
+from medclip_core.tasks.zero_shot import zero_shot
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = "medclip-phantom"
 

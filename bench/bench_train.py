@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from open_clip.loss import ClipLoss
+
+from medclip_core.train.contrastive import ContrastiveTrainer, TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from open_clip.loss import ClipLoss  # noqa: E402
-
-from medclip_core.train.contrastive import ContrastiveTrainer, TrainConfig  # noqa: E402
 
 
 def bare_open_clip(trainer: ContrastiveTrainer, data, steps: int, batch: int) -> float:

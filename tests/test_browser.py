@@ -46,6 +46,23 @@ def upload_input(page):
     return upload_block(page).locator("input[type=file]")
 
 
+def clear_upload(page) -> None:
+    """Clear the Inspect upload and wait until the app has handled it: the cleared file's change event
+    reached the app and no output is pending any more. Otherwise that event can still be running when
+    the next upload's event starts, and finish after it, blanking the new file's outputs."""
+    import json
+
+    from playwright.sync_api import expect
+
+    def clears(request) -> bool:
+        return "/queue/join" in request.url and json.loads(request.post_data or "{}").get("data", [0])[0] is None
+
+    with page.expect_request(clears, timeout=30_000):
+        upload_block(page).get_by_label("Clear").click()
+    expect(upload_block(page).get_by_label("Click to upload or drop files")).to_be_visible()
+    expect(page.locator("[data-testid=status-tracker]:not(.hide)")).to_have_count(0, timeout=30_000)
+
+
 def test_upload_dicom_shows_windowed_image_and_safe_metadata(page, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -67,12 +84,12 @@ def test_bad_upload_shows_an_error_and_the_app_keeps_working(page, tmp_path: Pat
     page.get_by_role("tab", name="Inspect image").click()
     bad = tmp_path / "report.png"
     bad.write_text("not an image at all")
-    upload_block(page).get_by_label("Clear").click()
+    clear_upload(page)
     upload_input(page).set_input_files(str(bad))
     expect(page.get_by_text("is not an image this app can read").first).to_be_visible(timeout=30_000)
     good = tmp_path / "mr.dcm"
     shutil.copy(get_testdata_file("MR_small.dcm"), good)
-    upload_block(page).get_by_label("Clear").click()
+    clear_upload(page)
     upload_input(page).set_input_files(str(good))
     expect(page.get_by_text('"MR"').first).to_be_visible(timeout=30_000)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.io import load_image
 from medclip_core.models import load_model
+from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.tasks.zero_shot import zero_shot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_every_example_ranks_first_a_finding_its_labels_or_its_report_text_name(
 
 def test_scoring_against_a_normal_study_ranks_findings_better_than_negation(model) -> None:
     """The spec's negative style is the better one for this model: on 150 validation images the top
-    finding is one of the image's own far more often (bench/results/zero_shot_prompts.json: 1,000 images)."""
+    finding is one of the image's own far more often (experiments/results/zero_shot_prompts.json: 1,000 images)."""
     from medclip_core.data.findings import FINDINGS
     from medclip_core.eval.phantom_eval import phantom_eval_samples, zero_shot_summary
     from medclip_core.tasks.zero_shot import score_images

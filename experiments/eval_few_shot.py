@@ -7,30 +7,28 @@ zero-shot + Tip-Adapter (default ``alpha``, ``beta``) and the linear probe. Macr
 labels and top-label accuracy (the highest-scoring label is one of the image's own, among images
 with at least one preset label).
 
-    python bench/eval_few_shot.py [--shots 4 16]   # -> bench/results/few_shot.json (about 2 min)
+    python experiments/eval_few_shot.py [--shots 4 16]   # -> experiments/results/few_shot.json (about 2 min)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from medclip_core.data.findings import LABEL_PRESETS  # noqa: E402,E501
-from medclip_core.eval.metrics import roc_auc  # noqa: E402
-from medclip_core.eval.phantom_eval import MIN_CLASS_COUNT, phantom_eval_embeddings  # noqa: E402
-from medclip_core.models import load_model  # noqa: E402
-from medclip_core.tasks.few_shot import (  # noqa: E402
+from medclip_core.data.findings import LABEL_PRESETS
+from medclip_core.eval.metrics import roc_auc
+from medclip_core.eval.phantom_eval import MIN_CLASS_COUNT, phantom_eval_embeddings
+from medclip_core.models import load_model
+from medclip_core.tasks.few_shot import (
     DEFAULT_ALPHA, DEFAULT_BETA, LinearProbe, phantom_support, tip_adapter_logits,
 )
-from medclip_core.tasks.zero_shot import label_text_embeddings, logit_map, logits_from_embeddings  # noqa: E402,E501
+from medclip_core.tasks.zero_shot import label_text_embeddings, logit_map, logits_from_embeddings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def summary(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -46,7 +44,7 @@ def main() -> None:
     parser.add_argument("--model", default="medclip-phantom")
     parser.add_argument("--shots", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--n", type=int, default=1000, help="test images")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "few_shot.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "few_shot.json")
     args = parser.parse_args()
     start = time.perf_counter()
     model = load_model(args.model, device="cpu")

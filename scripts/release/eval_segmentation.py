@@ -5,8 +5,8 @@ shipped with ``medclip-phantom``; with ``--release RUN`` copies the run's decode
 metrics; not its optimizer state or feature cache) into ``assets/medclip-phantom/segmentation``
 first. Writes ``eval.json`` next to the decoder evaluated.
 
-    python bench/eval_segmentation.py                                  # the shipped decoder, 1,176 images
-    python bench/eval_segmentation.py --release runs/seg-phantom       # ship a run, then evaluate it
+    python scripts/release/eval_segmentation.py                                  # the shipped decoder, 1,176 images
+    python scripts/release/eval_segmentation.py --release runs/seg-phantom       # ship a run, then evaluate it
 """
 from __future__ import annotations
 
@@ -18,17 +18,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from medclip_core.eval.segmentation_eval import evaluate_segmentation  # noqa: E402
-from medclip_core.models import load_model  # noqa: E402
-from medclip_core.models.segmentation_decoder import (  # noqa: E402
+from medclip_core.eval.segmentation_eval import evaluate_segmentation
+from medclip_core.models import load_model
+from medclip_core.models.segmentation_decoder import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     decoder_dir_for,
     load_segmentation_decoder,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SHIPPED_FILES = (CONFIG_NAME, WEIGHTS_NAME, "metrics.jsonl")
 
@@ -53,7 +52,7 @@ def main() -> None:
     decoder = load_segmentation_decoder(model, directory)
     result = evaluate_segmentation(model, decoder, n=args.n, seed=args.seed,
                                    progress=lambda done, total: print(f"{done}/{total}", file=sys.stderr, flush=True))
-    payload = {**result.to_dict(), "command": "python bench/eval_segmentation.py" +
+    payload = {**result.to_dict(), "command": "python scripts/release/eval_segmentation.py" +
                (f" --decoder {args.decoder}" if args.decoder and not args.release else "")}
     out = (directory or decoder.directory) / "eval.json"
     out.write_text(json.dumps(payload, indent=1))

@@ -2,7 +2,7 @@
 # Paired ablation of the GLoRIA-style local loss: same seed, data and steps; only --local-loss-weight
 # differs. Each arm is evaluated on 1,000 phantom test images (AUC, retrieval, pointing game) and by
 # the grounding benchmark (pointing game, IoU, Dice of the similarity heatmaps). Compare the JSONs in
-# runs/ablation/. About 45 min on 2 free CPU cores (set OMP_NUM_THREADS=1 to share them with other work).   Usage: bash bench/ablation_local_loss.sh
+# runs/ablation/. About 45 min on 2 free CPU cores (set OMP_NUM_THREADS=1 to share them with other work).   Usage: bash experiments/ablation_local_loss.sh
 set -e
 cd "$(dirname "$0")/.."
 mkdir -p runs/ablation

@@ -1,9 +1,9 @@
 """Ship a trained report decoder with the embedded default, and write its model-card section.
 
-    python bench/release_report_decoder.py runs/report-decoder     # copy the decoder into assets/medclip-phantom/report
+    python scripts/release/release_report_decoder.py runs/report-decoder     # copy the decoder into assets/medclip-phantom/report
     python -m medclip_core eval --task report                        # -> assets/medclip-phantom/report/eval_report.json
-    python bench/release_report_decoder.py --card                    # the "Report generation" section of MODEL_CARD.md
-    python bench/release_report_decoder.py --card --asset assets/medclip-phantom-grounding   # another shipped model's
+    python scripts/release/release_report_decoder.py --card                    # the "Report generation" section of MODEL_CARD.md
+    python scripts/release/release_report_decoder.py --card --asset assets/medclip-phantom-grounding   # another shipped model's
 
 Only the decoder config, weights and loss curve are copied (no features, no optimizer state); the
 config gets the parameter fingerprint of the shipped default, which the app checks before use.
@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASSET = ROOT / "assets" / "medclip-phantom"
 TARGET = ASSET / "report"
 FILES = ("report_decoder.json", "report_decoder.safetensors", "metrics.jsonl")
@@ -39,7 +39,6 @@ def release(run: Path) -> None:
 
 def stamp_base_fingerprint(config_path: Path) -> None:
     """Record the shipped default's parameter fingerprint (what ``decoder_for`` checks) in the config."""
-    sys.path.insert(0, str(ROOT))
     from medclip_core.models import load_model
     from medclip_core.models.embedding_cache import model_fingerprint
 
@@ -85,7 +84,7 @@ def support_text(support: float) -> str:
     if support <= 0:
         return " (no zero-shot support check)"
     return (f", nor abnormal findings whose calibrated zero-shot probability is below {support:g} (the threshold "
-            "chosen on the validation split with `bench/tune_report_retrieval.py`)")
+            "chosen on the validation split with `experiments/tune_report_retrieval.py`)")
 
 
 def card_section(result: dict, asset: Path = ASSET) -> str:

@@ -1,6 +1,6 @@
-"""Collect the two arms of ``bench/ablation_local_loss.sh`` into one committed result and a table.
+"""Collect the two arms of ``experiments/ablation_local_loss.sh`` into one committed result and a table.
 
-    python bench/summarize_ablation.py     # reads runs/ablation/, writes bench/results/ablation_local_loss.json
+    python experiments/summarize_ablation.py     # reads runs/ablation/, writes experiments/results/ablation_local_loss.json
 
 Prints the markdown table used in the README and the model card: zero-shot AUC, image->text and
 text->image retrieval, and the pointing game / Dice of the patch-similarity heatmaps, per arm.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "ablation"
-OUT = ROOT / "bench" / "results" / "ablation_local_loss.json"
+OUT = ROOT / "experiments" / "results" / "ablation_local_loss.json"
 ARMS = {"0.5": "local loss 0.5", "0": "no local loss"}
 FOCAL = ("pleural effusion", "opacity", "nodule", "pneumothorax")
 
@@ -30,7 +30,7 @@ def arm_result(weight: str) -> dict:
 def main() -> None:
     missing = [w for w in ARMS if not (RUNS / f"local-{w}.grounding.json").is_file()]
     if missing:
-        sys.exit(f"arm(s) {', '.join(missing)} not finished: run bash bench/ablation_local_loss.sh")
+        sys.exit(f"arm(s) {', '.join(missing)} not finished: run bash experiments/ablation_local_loss.sh")
     results = {ARMS[w]: arm_result(w) for w in ARMS}
     OUT.write_text(json.dumps(results, indent=1))
     print("| arm | macro AUC | i→t R@10 | i→t P@5 | t→i R@10 | " + " | ".join(f"pointing {f}" for f in FOCAL)

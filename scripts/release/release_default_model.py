@@ -3,10 +3,10 @@
 Copies the run's weights and config (not its optimizer state), writes the model card into the
 config (so ``python -m medclip_core models`` shows it) and as ``MODEL_CARD.md``, with the metrics
 of ``eval_phantom.json`` (run ``python -m medclip_core eval --model local-dir:RUN`` first) and the
-hand-kept comparison of the variants tried, ``bench/results/default_model_variants.md``.
+hand-kept comparison of the variants tried, ``experiments/results/default_model_variants.md``.
 
-    python bench/release_default_model.py runs/medclip-phantom-cnn [--dest assets/medclip-phantom]
-    python bench/release_default_model.py --refresh assets/medclip-phantom   # measures only
+    python scripts/release/release_default_model.py runs/medclip-phantom-cnn [--dest assets/medclip-phantom]
+    python scripts/release/release_default_model.py --refresh assets/medclip-phantom   # measures only
 """
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ import argparse
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.models import checkpoint
+from results_tables import render  # this folder: the scripts run as python scripts/release/NAME.py
 
-from medclip_core.models import checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CARD = {
     "name": "medclip-phantom",
@@ -69,7 +68,7 @@ def training_run(config: dict, gpu_run: dict | None) -> str:
         return (f"- **Training run:** `python -m medclip_core train {options}` on 2 CPU cores with bf16 autocast; "
                 f"{config.get('step')} steps.\n  Its loss curve is `metrics.jsonl` beside this card.")
     return (f"- **Training run:** on one {gpu_run['device']} (torch {gpu_run['torch']}, bf16 autocast), with "
-            f"`python bench/train_default_gpu.py train --text-cache .gpu/text_cache.pt --out {train.get('out_dir')} "
+            f"`python scripts/release/train_default_gpu.py train --text-cache .gpu/text_cache.pt --out {train.get('out_dir')} "
             f"--budget-s 360`, which runs the trainer of `python -m medclip_core train {options}` with the frozen text "
             f"tower's outputs computed beforehand on CPU (the GPU machine had no copy of MiniLM) and the step count "
             f"fitted to a 6-minute budget: {gpu_run['steps']} steps of {train.get('batch_size')} in "
@@ -88,10 +87,8 @@ NEGATIVE_WORDING = {"negated": "each finding against its negation, CheXzero styl
                     "normal": "each finding against a normal study's sentences"}
 
 
-def zero_shot_section(zero_shot: dict) -> str:
+def zero_shot_section(zero_shot: dict, model: str = "medclip-phantom") -> str:
     """The card's zero-shot subsection: macro AUC, top-finding accuracy, calibration, AUC per finding."""
-    auc_rows = "\n".join(f"| {label} | {_fmt(auc)} | {zero_shot['positives'].get(label, 0)} |"
-                         for label, auc in sorted(zero_shot["auc"].items(), key=lambda kv: -(kv[1] or 0)))
     ranking = ""
     if zero_shot.get("top_finding_accuracy") is not None:
         ranking = (f" The highest-scoring finding is one of the image's own for "
@@ -99,26 +96,19 @@ def zero_shot_section(zero_shot: dict) -> str:
                    f"image–finding pairs) {_fmt(zero_shot['calibration_error'])}"
                    f"{' after Platt scaling' if zero_shot.get('calibrated') else ''}. The negative sentences were "
                    "chosen, and the probabilities calibrated, on the validation split "
-                   "(`bench/results/zero_shot_prompts.json`, `bench/results/zero_shot_calibration.json`).")
+                   "(`experiments/results/zero_shot_prompts.json`, `experiments/results/zero_shot_calibration.json`).")
     return f"""### Zero-shot AUC (pairwise prompts: {NEGATIVE_WORDING[zero_shot.get('negatives') or 'negated']})
 
 Macro mean: **{_fmt(zero_shot['macro_auc'])}** over {len(zero_shot['auc'])} findings with at least 5 positives and 5 negatives.{ranking}
 
-| finding | AUC | positives |
-|---|---|---|
-{auc_rows}
+<!-- results:zero-shot-auc {model} -->
+<!-- /results -->
 """
 
 
-def card_markdown(config: dict, evaluation: dict, gpu_run: dict | None = None) -> str:
+def card_markdown(config: dict, evaluation: dict, gpu_run: dict | None = None, model: str = "medclip-phantom") -> str:
+    """The card; its tables are results blocks, filled from the released JSON by ``results_tables``."""
     train = config.get("train_config", {})
-    zero_shot, retrieval, grounding = evaluation["zero_shot"], evaluation["retrieval"], evaluation["grounding"]
-    point_rows = "\n".join(
-        f"| {label} | {_fmt(grounding['raw']['per_finding'].get(label))} | "
-        f"{_fmt(grounding['redundancy_removed']['per_finding'].get(label))} | "
-        f"{_fmt(grounding['chance']['per_finding'].get(label))} |"
-        for label in grounding["raw"]["per_finding"])
-    i2t, t2i = retrieval["image_to_text"], retrieval["text_to_image"]
     return f"""# Model card: medclip-phantom
 
 **Not for clinical use.** This model was trained on *synthetic* chest radiographs that
@@ -140,20 +130,16 @@ and so that methods can be measured against ground truth. It has never seen a re
 Protocol: `python -m medclip_core eval --model medclip-phantom --data phantom` — {metrics_summary(evaluation)['protocol']}.
 Full output: `eval_phantom.json` beside this card.
 
-{zero_shot_section(zero_shot)}
+{zero_shot_section(evaluation["zero_shot"], model)}
 ### Retrieval (a hit is a report / image with the same finding set)
 
-| direction | R@1 | R@5 | R@10 | P@5 |
-|---|---|---|---|---|
-| image → text | {_fmt(i2t['recall@1'])} | {_fmt(i2t['recall@5'])} | {_fmt(i2t['recall@10'])} | {_fmt(i2t['precision@5'])} |
-| text → image | {_fmt(t2i['recall@1'])} | {_fmt(t2i['recall@5'])} | {_fmt(t2i['recall@10'])} | {_fmt(t2i['precision@5'])} |
+<!-- results:retrieval {model} -->
+<!-- /results -->
 
 ### Grounding: pointing game with patch-token similarity
 
-| finding | raw | common part removed | chance (box area) |
-|---|---|---|---|
-{point_rows}
-| **mean** | {_fmt(grounding['raw']['mean'])} | {_fmt(grounding['redundancy_removed']['mean'])} | {_fmt(grounding['chance']['mean'])} |
+<!-- results:pointing {model} -->
+<!-- /results -->
 """
 
 
@@ -165,11 +151,11 @@ def refresh_measures(folder: Path) -> dict:
     config["card"]["metrics"] = metrics_summary(evaluation)
     (folder / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     card_path = folder / "MODEL_CARD.md"
-    card, count = re.subn(r"### Zero-shot AUC.*?\n(?=### )", lambda _: zero_shot_section(evaluation["zero_shot"]) + "\n",
+    card, count = re.subn(r"### Zero-shot AUC.*?\n(?=### )", lambda _: zero_shot_section(evaluation["zero_shot"], folder.name) + "\n",
                           card_path.read_text(), count=1, flags=re.S)
     if count != 1:
         raise SystemExit(f"{card_path} has no '### Zero-shot AUC' section to refresh")
-    card_path.write_text(card)
+    card_path.write_text(render(card))
     return config["card"]["metrics"]
 
 
@@ -195,11 +181,11 @@ def main() -> None:
     config["card"] = {**config["card"], **CARD, "metrics": metrics_summary(evaluation)}
     config["train_config"] = {**config.get("train_config", {}), "out_dir": f"runs/{args.run.name}", "device": None}
     (args.dest / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    variants = ROOT / "bench" / "results" / "default_model_variants.md"
+    variants = ROOT / "experiments" / "results" / "default_model_variants.md"
     notes = "\n" + variants.read_text() if variants.is_file() else ""
     card_path = args.dest / "MODEL_CARD.md"
     kept = carried_sections(card_path.read_text()) if card_path.is_file() else ""
-    card_path.write_text(card_markdown(config, evaluation, gpu_run) + notes + kept)
+    card_path.write_text(render(card_markdown(config, evaluation, gpu_run, args.dest.name) + notes + kept))
     print(json.dumps({"released": str(args.dest), **config["card"]["metrics"]}, indent=2))
 
 

@@ -7,28 +7,26 @@ sentences). They replace the model's logit scale (and zero bias) for that style;
 findings and every AUC stay as they are. The fit is written into the model's card (``zero_shot_calibration`` in
 ``assets/NAME/medclip_config.json``); the test split is scored before and after.
 
-    python bench/calibrate_zero_shot.py [--models medclip-phantom medclip-phantom-grounding]
-    # -> bench/results/zero_shot_calibration.json (about 2 min)
+    python scripts/release/calibrate_zero_shot.py [--models medclip-phantom medclip-phantom-grounding]
+    # -> experiments/results/zero_shot_calibration.json (about 2 min)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.data.findings import FINDINGS
+from medclip_core.eval.metrics import platt_scaling
+from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary
+from medclip_core.models import checkpoint, get_spec, load_model
+from medclip_core.tasks.zero_shot import LogitMap, label_text_embeddings, logits_from_embeddings, scores_from_embeddings  # noqa: E501
 
-from medclip_core.data.findings import FINDINGS  # noqa: E402
-from medclip_core.eval.metrics import platt_scaling  # noqa: E402
-from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary  # noqa: E402
-from medclip_core.models import checkpoint, get_spec, load_model  # noqa: E402
-from medclip_core.tasks.zero_shot import LogitMap, label_text_embeddings, logits_from_embeddings, scores_from_embeddings  # noqa: E402,E501
+ROOT = Path(__file__).resolve().parents[2]
 
 KEYS = ("macro_auc", "top_finding_accuracy", "calibration_error")
 
@@ -46,7 +44,7 @@ def calibrate(name: str, n: int) -> dict:
         scale, bias = platt_scaling(cosines[:, columns], truth[:, columns])
         groups[group] = {"scale": round(scale, 4), "bias": round(bias, 4)}
     calibration = {"negatives": text.negatives, **groups,
-                   "fitted_on": f"phantom val split, {n} images x {len(FINDINGS)} findings (bench/calibrate_zero_shot.py)"}
+                   "fitted_on": f"phantom val split, {n} images x {len(FINDINGS)} findings (scripts/release/calibrate_zero_shot.py)"}
     calibrated = LogitMap(tuple(groups["normal" if f == "normal" else "findings"]["scale"] for f in FINDINGS),
                           tuple(groups["normal" if f == "normal" else "findings"]["bias"] for f in FINDINGS), True)
     test, test_labels = phantom_eval_embeddings(model, n, "test")
@@ -67,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["medclip-phantom", "medclip-phantom-grounding"])
     parser.add_argument("--n", type=int, default=1000, help="images per split")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zero_shot_calibration.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "zero_shot_calibration.json")
     args = parser.parse_args()
     start = time.perf_counter()
     result = {name: calibrate(name, args.n) for name in args.models}

@@ -6,21 +6,19 @@ sentences, scoring micro finding F1 against the MeSH labels; the nearest whole r
 alongside as the baseline to beat. Image features are cached, so each setting costs only the
 retrieval itself.
 
-    python bench/tune_report_retrieval.py [--model medclip-phantom]   # -> bench/results/report_retrieval_tuning.json
+    python experiments/tune_report_retrieval.py [--model medclip-phantom]   # -> experiments/results/report_retrieval_tuning.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.eval.report_eval import evaluate_reports
+from medclip_core.models import load_model
 
-from medclip_core.eval.report_eval import evaluate_reports  # noqa: E402
-from medclip_core.models import load_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -28,7 +26,7 @@ def main() -> None:
     parser.add_argument("--model", default="medclip-phantom")
     parser.add_argument("--supports", type=float, nargs="+", default=[0.0, 0.4, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 6])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "report_retrieval_tuning.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "report_retrieval_tuning.json")
     args = parser.parse_args()
     model = load_model(args.model)
     rows, baseline = [], None
@@ -44,7 +42,7 @@ def main() -> None:
     best = max(rows, key=lambda row: row["micro_f1"])
     summary = {"model": args.model, "split": "val", "n_images": result.n_images,
                "nearest_whole_report_micro_f1": baseline, "best": best, "settings": rows,
-               "command": "python bench/tune_report_retrieval.py"}
+               "command": "python experiments/tune_report_retrieval.py"}
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"best": best, "nearest whole report": baseline}))
 

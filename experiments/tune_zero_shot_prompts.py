@@ -16,7 +16,7 @@ The chosen negative style goes into the embedded models' specs (``zero_shot_nega
 chosen synonyms are only recorded: the test split is scored before and after in every style, and a
 change that helps one style can hurt another (the README says what was found and left alone).
 
-    python bench/tune_zero_shot_prompts.py   # -> bench/results/zero_shot_prompts.json (4-6 min on 2 cores)
+    python experiments/tune_zero_shot_prompts.py   # -> experiments/results/zero_shot_prompts.json (4-6 min on 2 cores)
 """
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.data import findings
+from medclip_core.data.findings import FINDINGS
+from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary
+from medclip_core.models import load_model
+from medclip_core.models.base import ClipModel
+from medclip_core.tasks import zero_shot as zs
 
-from medclip_core.data.findings import FINDINGS  # noqa: E402
-from medclip_core.eval.phantom_eval import phantom_eval_embeddings, zero_shot_summary  # noqa: E402
-from medclip_core.models import load_model  # noqa: E402
-from medclip_core.models.base import ClipModel  # noqa: E402
-from medclip_core.tasks import zero_shot as zs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SUMMARY_KEYS = ("macro_auc", "top_finding_accuracy", "calibration_error")
 
@@ -58,8 +58,8 @@ class Split:
 
 def score_all(models: dict[str, ClipModel], splits: dict[str, Split], synonyms: dict[str, tuple[str, ...]],
               styles: list[tuple[str, str | None]]) -> dict[str, Any]:
-    zs.LABEL_SYNONYMS.clear()
-    zs.LABEL_SYNONYMS.update(synonyms)
+    findings.LABEL_SYNONYMS.clear()
+    findings.LABEL_SYNONYMS.update(synonyms)
     return {name: {f"{mode}/{negatives}" if negatives else mode: splits[name].score(model, mode, negatives)
                    for mode, negatives in styles} for name, model in models.items()}
 
@@ -74,14 +74,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="images per split")
     parser.add_argument("--min-gain", type=float, default=0.003, help="top-finding accuracy a removal must add")
     parser.add_argument("--auc-tolerance", type=float, default=0.002, help="macro AUC a removal may cost")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zero_shot_prompts.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "zero_shot_prompts.json")
     args = parser.parse_args()
     start = time.perf_counter()
     models = {name: load_model(name) for name in args.models}
     val = {name: Split(model, "val", args.n) for name, model in models.items()}
     test = {name: Split(model, "test", args.n) for name, model in models.items()}
     styles = [("pairwise", "negated"), ("pairwise", "normal"), ("softmax", None)]
-    original = dict(zs.LABEL_SYNONYMS)
+    original = dict(findings.LABEL_SYNONYMS)
 
     negatives = {"val": score_all(models, val, original, styles), "test": score_all(models, test, original, styles)}
     chosen_style = max(("negated", "normal"),
@@ -118,8 +118,8 @@ def main() -> None:
         "test": {"before": score_all(models, test, original, styles), "after": score_all(models, test, synonyms, styles)},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    zs.LABEL_SYNONYMS.clear()
-    zs.LABEL_SYNONYMS.update(original)
+    findings.LABEL_SYNONYMS.clear()
+    findings.LABEL_SYNONYMS.update(original)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"chosen_negatives": chosen_style, **result["synonym_selection"]}, indent=1))

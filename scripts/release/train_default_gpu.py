@@ -8,23 +8,21 @@ the same batch) measures the seconds per step, then the real run gets ``budget /
 so its warm-up + cosine schedule ends as planned. A deadline stops it early with a checkpoint if
 the estimate was wrong.
 
-    python bench/train_default_gpu.py text-cache --out .gpu/text_cache.pt            # here, CPU
-    python bench/train_default_gpu.py train --text-cache .gpu/text_cache.pt \\
+    python scripts/release/train_default_gpu.py text-cache --out .gpu/text_cache.pt            # here, CPU
+    python scripts/release/train_default_gpu.py train --text-cache .gpu/text_cache.pt \\
         --out runs/medclip-phantom-gpu --budget-s 360                              # on the GPU
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.train.contrastive import ContrastiveTrainer, TrainConfig, TrainResult
+from medclip_core.train.data import phantom_pairs
 
-from medclip_core.train.contrastive import ContrastiveTrainer, TrainConfig, TrainResult  # noqa: E402
-from medclip_core.train.data import phantom_pairs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def export_text_cache(out: Path, seed: int, val_reports: int) -> int:

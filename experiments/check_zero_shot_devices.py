@@ -7,7 +7,7 @@ text embeddings held on the GPU (what the evaluation does); and few-shot adaptat
 zero-shot and Tip-Adapter series). GPU convolutions may use TF32, so the two agree to a
 tolerance, not bit for bit. Exits 1 when a difference exceeds ``--tolerance``.
 
-    python bench/check_zero_shot_devices.py --out bench/results/zero_shot_devices.json
+    python experiments/check_zero_shot_devices.py --out experiments/results/zero_shot_devices.json
 """
 from __future__ import annotations
 
@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medclip_core.data.findings import LABEL_PRESETS
+from medclip_core.io import load_image
+from medclip_core.models import load_model
+from medclip_core.tasks.few_shot import SUPPORT_CACHE, few_shot_scores
+from medclip_core.tasks.zero_shot import score_images, zero_shot
 
-from medclip_core.data.findings import LABEL_PRESETS  # noqa: E402
-from medclip_core.io import load_image  # noqa: E402
-from medclip_core.models import load_model  # noqa: E402
-from medclip_core.tasks.few_shot import SUPPORT_CACHE, few_shot_scores  # noqa: E402
-from medclip_core.tasks.zero_shot import score_images, zero_shot  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXAMPLES = ROOT / "assets" / "examples" / "phantom"
 
