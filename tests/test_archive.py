@@ -300,7 +300,7 @@ def test_empty_study_undecodable_instance_and_too_large_series(client, archive) 
 
     assert client.list_instances(generate_uid()) == []
     chest = archive["chest"]
-    with pytest.raises(ImageLoadError):
+    with pytest.raises(ImageLoadError, match="incomplete or corrupt"):
         client.fetch_image(chest["study"], chest["images"], archive["broken"].SOPInstanceUID)
     with pytest.raises(ImageLoadError, match="not an image"):
         client.fetch_image(chest["study"], chest["reports"], archive["report"].SOPInstanceUID)
@@ -323,3 +323,79 @@ def test_audit_log_has_uids_and_no_identifiers(client, archive) -> None:
         chest["study"], chest["images"], first.SOPInstanceUID)
     assert all(set(e) <= {"time", "action", "outcome", "session_id", "study_uid", "series_uid", "instance_uid",
                           "model", "result_series_uid", "count", "criteria"} for e in entries)
+
+
+def _factory(client):
+    return lambda: client
+
+
+def test_whole_study_job_scores_images_skips_non_images_and_stores_one_sr(client, archive, tmp_path) -> None:
+    from medclip_core.archive.jobs import JobSpec, create_job, read_rows, run_job
+    from medclip_core.archive.sr import read_findings_sr
+    from medclip_core.io import load_image
+    from medclip_core.models import default_model_name, load_model
+    from medclip_core.tasks.zero_shot import zero_shot
+
+    chest = archive["chest"]
+    job = create_job(JobSpec("study", LABELS, study_uid=chest["study"], write_sr=True), root=tmp_path)
+    state = run_job(job, _factory(client))
+    assert state["status"] == "done" and state["done"] == state["total"] == 4
+    rows = {row.sop_uid: row for row in read_rows(job)}
+    assert rows[archive["report"].SOPInstanceUID].status == "skipped"
+    assert rows[archive["broken"].SOPInstanceUID].status == "failed"
+    assert "incomplete or corrupt" in rows[archive["broken"].SOPInstanceUID].note
+    scored = rows[archive["first"].SOPInstanceUID]
+    on_disk = zero_shot(load_model(default_model_name()), load_image(EXAMPLE), LABELS)
+    assert scored.probabilities == pytest.approx(on_disk.probabilities, abs=1e-5)
+    csv_lines = (job / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 5 and csv_lines[0].endswith(",".join(LABELS))
+    (stored,) = state["stored"]
+    sr = client.fetch_dataset(chest["study"], stored["series_uid"], stored["sop_uid"])
+    findings = read_findings_sr(sr)
+    assert {f.source_sop_uid for f in findings} == {archive["first"].SOPInstanceUID, archive["second"].SOPInstanceUID}
+    assert [f.probability for f in findings if f.source_sop_uid == archive["first"].SOPInstanceUID] == \
+        pytest.approx(scored.probabilities, abs=1e-6)
+
+
+def test_job_survives_a_restart_and_skips_what_is_done(client, archive, tmp_path) -> None:
+    from medclip_core.archive.jobs import JobSpec, create_job, read_rows, read_state, resume_unfinished, run_job
+
+    chest = archive["chest"]
+    job = create_job(JobSpec("series", LABELS[:1], study_uid=chest["study"], series_uid=chest["images"]),
+                     root=tmp_path)
+
+    def crash(done: int, total: int) -> None:
+        if done == 2:
+            raise SystemExit("the app stopped")
+
+    with pytest.raises(SystemExit):
+        run_job(job, _factory(client), progress=crash)
+    assert read_state(job)["status"] == "running" and len(read_rows(job)) == 2
+    (resumed,) = resume_unfinished(_factory(client), root=tmp_path)
+    deadline = time.monotonic() + 60
+    while read_state(resumed)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert read_state(job)["status"] == "done"
+    keys = [row.key for row in read_rows(job)]
+    assert len(keys) == len(set(keys)) == 3
+    assert "resuming: 2 of 3 already done" in (job / "progress.log").read_text()
+
+
+def test_folder_job_and_empty_study(client, tmp_path) -> None:
+    import shutil
+
+    from medclip_core.archive.jobs import JobSpec, create_job, read_rows, run_job
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(EXAMPLE, folder / "chest.dcm")
+    shutil.copy(sorted((EXAMPLE.parent / "phantom").glob("[0-9]*.png"))[0], folder / "chest.png")
+    shutil.copy(get_testdata_file("test-SR.dcm"), folder / "report.dcm")
+    (folder / "notes.txt").write_text("not an image")
+    job = create_job(JobSpec("folder", LABELS, folder=str(folder)), root=tmp_path / "jobs")
+    assert run_job(job)["status"] == "done"
+    status = {Path(row.key).name: row.status for row in read_rows(job)}
+    assert status == {"chest.dcm": "scored", "chest.png": "scored", "report.dcm": "skipped", "notes.txt": "failed"}
+    empty = create_job(JobSpec("study", LABELS, study_uid=generate_uid()), root=tmp_path / "jobs")
+    state = run_job(empty, _factory(client))
+    assert state["status"] == "failed" and "no instances" in state["error"]

@@ -338,7 +338,7 @@ class ArchiveClient:
                 "instance_uid": check_uid(sop_uid)}
         answer = self._call("fetch-metadata", lambda: self._web.retrieve_instance_metadata(
             uids["study_uid"], uids["series_uid"], uids["instance_uid"]), uids)
-        return Dataset.from_json(answer)
+        return Dataset.from_json(answer, bulk_data_uri_handler=lambda *_: b"")  # bulk data (pixels) not fetched
 
     # --- STOW-RS ------------------------------------------------------------------------------
 
