@@ -399,3 +399,27 @@ def test_folder_job_and_empty_study(client, tmp_path) -> None:
     empty = create_job(JobSpec("study", LABELS, study_uid=generate_uid()), root=tmp_path / "jobs")
     state = run_job(empty, _factory(client))
     assert state["status"] == "failed" and "no instances" in state["error"]
+
+
+def test_cli_search_fetch_and_push(archive, monkeypatch, capsys, tmp_path) -> None:
+    from medclip_core.__main__ import main
+
+    monkeypatch.setenv("MEDCLIP_DICOMWEB_URL", archive["server"].url)
+    monkeypatch.setenv("MEDCLIP_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    chest, first = archive["chest"], archive["first"]
+    assert main(["archive", "search", "--accession", ACCESSION]) == 0
+    (study,) = json.loads(capsys.readouterr().out)
+    assert study["study_uid"] == chest["study"] and study["identifiers"] == {}
+    assert main(["archive", "fetch", chest["study"], chest["images"], first.SOPInstanceUID,
+                 "--out", str(tmp_path / "preview.png")]) == 0
+    fetched = json.loads(capsys.readouterr().out)
+    assert (fetched["width"], fetched["metadata"]["modality"]) == (224, "CR")
+    assert (tmp_path / "preview.png").exists()
+    push = ["archive", "push", chest["study"], chest["images"], first.SOPInstanceUID, "--labels", "pleural effusion"]
+    assert main(push) == 2 and "MEDCLIP_DICOMWEB_WRITE=1" in capsys.readouterr().err
+    monkeypatch.setenv("MEDCLIP_DICOMWEB_WRITE", "1")
+    assert main(push) == 0
+    stored = json.loads(capsys.readouterr().out)["stored"]["findings_sr"]
+    assert main(["archive", "list", chest["study"], "--series", stored["series_uid"]]) == 0
+    assert [i["sop_uid"] for i in json.loads(capsys.readouterr().out)] == [stored["sop_uid"]]
+    assert ACCESSION not in (tmp_path / "audit.jsonl").read_text()
