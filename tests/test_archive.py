@@ -337,10 +337,19 @@ def test_whole_study_job_scores_images_skips_non_images_and_stores_one_sr(client
     from medclip_core.tasks.zero_shot import zero_shot
 
     chest = archive["chest"]
+    from dataclasses import replace
+
+    from medclip_core.archive.client import ArchiveClient
+
+    # other tests store SR and SEG into this study: a limit above its size
+    client = ArchiveClient(replace(client.settings, max_series_instances=50), session_id="test-session")
     job = create_job(JobSpec("study", LABELS, study_uid=chest["study"], write_sr=True), root=tmp_path)
     state = run_job(job, _factory(client))
-    assert state["status"] == "done" and state["done"] == state["total"] == 4
+    total = len(client.list_instances(chest["study"])) - 1  # less the SR the job stored
+    assert state["status"] == "done" and state["done"] == state["total"] == total >= 4
     rows = {row.sop_uid: row for row in read_rows(job)}
+    assert {row.sop_uid for row in rows.values() if row.status == "scored"} == {
+        archive["first"].SOPInstanceUID, archive["second"].SOPInstanceUID}
     assert rows[archive["report"].SOPInstanceUID].status == "skipped"
     assert rows[archive["broken"].SOPInstanceUID].status == "failed"
     assert "incomplete or corrupt" in rows[archive["broken"].SOPInstanceUID].note
@@ -348,7 +357,7 @@ def test_whole_study_job_scores_images_skips_non_images_and_stores_one_sr(client
     on_disk = zero_shot(load_model(default_model_name()), load_image(EXAMPLE), LABELS)
     assert scored.probabilities == pytest.approx(on_disk.probabilities, abs=1e-5)
     csv_lines = (job / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == 5 and csv_lines[0].endswith(",".join(LABELS))
+    assert len(csv_lines) == total + 1 and csv_lines[0].endswith(",".join(LABELS))
     (stored,) = state["stored"]
     sr = client.fetch_dataset(chest["study"], stored["series_uid"], stored["sop_uid"])
     findings = read_findings_sr(sr)
