@@ -334,6 +334,113 @@ def cmd_embed(args: argparse.Namespace) -> Any:
     return result.to_dict()
 
 
+# --- archive (DICOMweb) -------------------------------------------------------------------------
+
+
+def cmd_archive(args: argparse.Namespace) -> Any:
+    """``archive search|list|fetch|zero-shot|push``: the host's DICOMweb archive (docs/archive.md)."""
+    from medclip_core.archive.client import ArchiveClient
+    from medclip_core.archive.config import ArchiveSettings
+
+    client = ArchiveClient(ArchiveSettings.from_env(), session_id=f"cli-{os.getpid()}")
+    if args.archive_command == "search":
+        studies = client.search_studies(args.accession, args.date, args.modality, args.study_uid, args.limit)
+        return [study.to_dict() for study in studies]
+    if args.archive_command == "list":
+        if args.series:
+            return [i.to_dict() for i in client.list_instances(args.study, args.series)]
+        return [s.to_dict() for s in client.list_series(args.study)]
+    if args.archive_command == "fetch":
+        image, dataset = client.fetch_image(args.study, args.series, args.instance, args.frame)
+        result: dict[str, Any] = {"study_uid": args.study, "series_uid": args.series, "sop_uid": args.instance,
+                                  "width": image.size[0], "height": image.size[1], "metadata": image.metadata}
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            image.to_pil().save(args.out)
+            result["preview"] = str(args.out)
+        return result
+    labels = _archive_labels(args)
+    if args.archive_command == "zero-shot" and not args.instance:
+        from medclip_core.archive.jobs import JobSpec, create_job, job_summary, read_rows, run_job
+
+        source = "series" if args.series else "study"
+        job = create_job(JobSpec(source, labels, study_uid=args.study, series_uid=args.series, model=args.model,
+                                 frame=args.frame, report=args.report, write_sr=args.write_sr,
+                                 threshold=args.threshold))
+        run_job(job, lambda: client)
+        return {**job_summary(job), "folder": str(job), "csv": str(job / "results.csv"),
+                "labels": labels, "rows": [row.__dict__ for row in read_rows(job)]}
+    from medclip_core.archive.writeback import diagnose_instance, push_findings, push_report, push_segmentation
+
+    if not (args.series and args.instance):
+        raise MedclipError("Give STUDY SERIES INSTANCE to score or push one image.")
+    result = diagnose_instance(client, args.study, args.series, args.instance, labels, args.model, args.frame)
+    payload = result.to_dict()
+    if args.archive_command == "push":
+        payload["stored"] = {"findings_sr": push_findings(client, result, args.threshold).to_dict()}
+        if args.report:
+            from medclip_core.tasks.report import draft_report
+
+            draft = draft_report(result.image, model=result.model)
+            sections = {"findings": draft.section_text("findings"), "impression": draft.section_text("impression")}
+            payload["stored"]["report_sr"] = push_report(client, result.source, sections, result.model,
+                                                         result.frame).to_dict()
+        if args.seg:
+            from medclip_core.tasks.grounding import check_phrases
+            from medclip_core.tasks.segmentation import segment
+
+            masks = segment(result.image, check_phrases(args.seg), model=result.model)
+            payload["stored"]["seg"] = push_segmentation(
+                client, result.source, dict(zip(masks.phrases, masks.masks)), result.model).to_dict()
+    return payload
+
+
+def _archive_labels(args: argparse.Namespace) -> list[str]:
+    from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
+
+    return parse_labels("\n".join(args.labels)) if args.labels else list(LABEL_PRESETS[args.preset])
+
+
+def add_archive_commands(sub: argparse._SubParsersAction) -> None:
+    """The ``archive`` command group (the archive is configured by MEDCLIP_DICOMWEB_* variables only)."""
+    p = sub.add_parser("archive", help="the host's DICOMweb archive: search, list, fetch, zero-shot, push "
+                                       "(MEDCLIP_DICOMWEB_URL; see docs/archive.md)")
+    commands = p.add_subparsers(dest="archive_command", required=True)
+    q = commands.add_parser("search", help="studies by accession number, study date, modality or study UID")
+    q.add_argument("--accession")
+    q.add_argument("--date", help="YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    q.add_argument("--modality", help="e.g. CR, DX, CT")
+    q.add_argument("--study-uid")
+    q.add_argument("--limit", type=int)
+    q = commands.add_parser("list", help="the series of a study, or the instances of a series (--series)")
+    q.add_argument("study")
+    q.add_argument("--series")
+    q = commands.add_parser("fetch", help="one instance decoded (safe metadata; --out writes a PNG preview)")
+    for name in ("study", "series", "instance"):
+        q.add_argument(name)
+    q.add_argument("--frame", help="middle (default), first, last or a 0-based frame number")
+    q.add_argument("--out", type=Path)
+    for name, text in (("zero-shot", "zero-shot findings of one instance, or of every image of a series or study "
+                                     "(a resumable job; --write-sr stores one SR per study)"),
+                       ("push", "diagnose one instance and store its findings SR (--report: a draft report SR, "
+                                "--seg PHRASE...: a DICOM SEG); needs MEDCLIP_DICOMWEB_WRITE=1")):
+        q = commands.add_parser(name, help=text)
+        q.add_argument("study")
+        q.add_argument("series", nargs="?")
+        q.add_argument("instance", nargs="?")
+        q.add_argument("--model")
+        q.add_argument("--labels", nargs="+")
+        q.add_argument("--preset", choices=("Phantom findings", "CheXpert findings"), default="Phantom findings")
+        q.add_argument("--frame", help="middle (default), first, last or a 0-based frame number")
+        q.add_argument("--threshold", type=float, default=0.5, help="decision threshold recorded in the SR")
+        q.add_argument("--report", action="store_true", help="also draft a report")
+        if name == "zero-shot":
+            q.add_argument("--write-sr", action="store_true", help="study/series: store one findings SR per study")
+        else:
+            q.add_argument("--seg", nargs="+", metavar="PHRASE", help="segment these phrases and store a DICOM SEG")
+    p.set_defaults(func=cmd_archive)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medclip_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -461,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--out", type=Path, help="where to write the JSON (default: next to a local model)")
     p.set_defaults(func=cmd_eval)
+    add_archive_commands(sub)
     return parser
 
 
