@@ -166,3 +166,14 @@ def test_ivf_pq_index_recalls_the_exact_neighbours(tmp_path):
     recall = np.mean([len(set(exact[q]) & {row for _, row in index.search(queries[q], 10)}) / 10
                       for q in range(len(queries))])
     assert recall >= 0.95
+
+
+def test_retrieve_tab_searches_a_registered_index_and_reads_thumbnails_from_the_archive(built, tiny_model_name,
+                                                                                      archive, monkeypatch):
+    from pages.retrieve import run_retrieval
+
+    monkeypatch.setenv("MEDCLIP_INDEX_ROOT", str(built.parent))
+    thumbnails, rows, summary, result = run_retrieval("image → images", "", str(archive / "right" / "004.png"),
+                                                      "phantom", 3, tiny_model_name, built.name)
+    assert len(thumbnails) == 3 and thumbnails[0][0].size == (64, 64) and "right/004.png" in thumbnails[0][1]
+    assert result["hits"][0]["id"] == "right/004.png" and f"{N_PNG + 1:,} images in archive index" in summary
