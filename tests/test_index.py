@@ -157,7 +157,7 @@ def test_ivf_pq_index_recalls_the_exact_neighbours(tmp_path):
     vectors = (centres[rng.integers(0, 40, 4000)] + 0.5 * rng.normal(size=(4000, 32))).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     faiss_index, params = build_faiss(vectors, exact_max=1000)
-    assert params["factory"] == "IVF64,PQ4" and params["train_size"] == 3200
+    assert params["factory"] == "IVF64,PQ8" and params["train_size"] == 3200
     faiss_index.nprobe = params["nprobe"]
     info = IndexInfo("random", "none", "", "", "folder", "", len(vectors), len(vectors), 0, 32, "ivfpq", params, 0.0)
     index = ArchiveIndex(tmp_path, info, faiss_index, vectors, np.zeros(len(vectors), np.int64))

@@ -14,8 +14,8 @@ Layout of an index folder (everything a search needs; copy the folder to move th
 Up to ``EXACT_INDEX_MAX`` vectors the index is exact (``IndexFlatIP``). Above, it is IVF-PQ (Jégou et
 al., "Product quantization for nearest neighbor search", TPAMI 2011; FAISS ``index_factory``
 "IVF{nlist},PQ{m}"): ``nlist`` ≈ sqrt(N) coarse cells trained by k-means on a sample of 50 vectors per
-cell, ``m`` = D/8 sub-quantisers of 8 bits, so a vector costs m bytes of codes + 8 bytes of id in RAM.
-A query visits ``nprobe`` cells and its ``RERANK`` × k best PQ candidates are re-scored exactly against
+cell, ``m`` = D/4 sub-quantisers of 8 bits, so a vector costs m bytes of codes + 8 bytes of id in RAM.
+A query visits ``nprobe`` cells and its ``RERANK`` best PQ candidates are re-scored exactly against
 ``vectors.npy``, read memory-mapped, as autofaiss/clip-retrieval advise for high recall at low memory.
 Both the IVF lists (``faiss.IO_FLAG_MMAP``) and the vectors are memory-mapped, so an index larger than
 RAM is searched from disk; the parameters chosen are recorded in ``index.json``.
@@ -56,7 +56,7 @@ SOURCES_ENV = "MEDCLIP_INDEX_SOURCES"  # NAME=DIR pairs (os.pathsep-separated): 
 EXACT_INDEX_MAX = 100_000
 TRAIN_PER_CELL = 50  # k-means training vectors per IVF cell (FAISS warns under 39)
 NPROBE = 32
-RERANK = 10  # PQ candidates re-scored exactly, per result asked
+RERANK = 1000  # PQ candidates re-scored exactly (at least 10 per result asked)
 ADD_CHUNK = 65_536
 
 
@@ -86,7 +86,7 @@ class IndexInfo:
 def ivfpq_parameters(n_vectors: int, dim: int) -> dict[str, Any]:
     """IVF-PQ settings for ``n_vectors`` of ``dim``: see the module docstring for the rules."""
     nlist = max(16, 2 ** round(math.log2(math.sqrt(n_vectors))))
-    m = max(1, dim // 8)
+    m = max(1, dim // 4)
     while dim % m:
         m -= 1
     return {"factory": f"IVF{nlist},PQ{m}", "nlist": nlist, "pq_m": m, "pq_bits": 8,
@@ -289,7 +289,7 @@ class ArchiveIndex:
             scores, rows = self.faiss_index.search(query, k)
             found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
         else:
-            _, candidates = self.faiss_index.search(query, min(len(self), max(k * RERANK, 100)))
+            _, candidates = self.faiss_index.search(query, min(len(self), max(k * 10, RERANK)))
             rows = np.sort(candidates[0][candidates[0] >= 0])
             exact = np.asarray(self.vectors[rows], dtype=np.float32) @ query[0]
             found = [(float(s), int(r)) for s, r in zip(exact, rows)]
