@@ -286,7 +286,7 @@ def _tqdm_progress(description: str):
     return update
 
 
-def cmd_index(args: argparse.Namespace) -> Any:
+def _gallery_index(args: argparse.Namespace) -> Any:
     from medclip_core.data.galleries import collection_from_spec
     from medclip_core.models import load_model
     from medclip_core.tasks.retrieval import build_index
@@ -306,6 +306,8 @@ def cmd_retrieve(args: argparse.Namespace) -> Any:
 
     if (args.text is None) == (args.image is None):
         raise MedclipError("Give exactly one query: --text TEXT or --image PATH.")
+    if args.index:
+        return _retrieve_from_archive_index(args)
     model = load_model(args.model)
     if args.reports:
         if args.image is None:
@@ -322,6 +324,68 @@ def cmd_retrieve(args: argparse.Namespace) -> Any:
     if collection.labelled and args.text is not None and labels_in_text(args.text):
         payload["precision_at_k"] = precision_at_k(result)
     return payload
+
+
+def add_index_commands(sub: Any) -> None:
+    """``index`` (the gallery cache, as before) and ``index build | list | info`` (archive indexes)."""
+    p = sub.add_parser("index", help="build (or reuse) the image index of a gallery for a model; "
+                                     "`index build` indexes an archive folder or CSV (see docs/scale.md)")
+    p.add_argument("--model")
+    p.add_argument("--gallery", default="phantom", help="phantom, phantom:N, a folder of images or a CSV")
+    p.set_defaults(func=cmd_index)
+    actions = p.add_subparsers(dest="index_action")
+    build = actions.add_parser("build", help="embed every image of a folder or CSV into a resumable index folder")
+    build.add_argument("--source", required=True, help="folder (recursive; PNG/JPEG/TIFF/DICOM) or CSV "
+                                                       "(image[,report][,labels])")
+    build.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
+    build.add_argument("--out", type=Path, required=True, help="the index folder (resumes the job it holds)")
+    build.add_argument("--engine", choices=("local", "ray"), default="local")
+    build.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a Ray instance on this machine)")
+    build.add_argument("--workers", type=int, default=2, help="local: decode processes; ray: model replicas")
+    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--shard-size", type=int, default=1024, help="images per shard (the most a crash loses)")
+    build.add_argument("--exact-max", type=int, help="largest exact index; above it IVF-PQ (default 100000)")
+    build.set_defaults(func=cmd_index)
+    listing = actions.add_parser("list", help="the indexes registered under MEDCLIP_INDEX_ROOT")
+    listing.set_defaults(func=cmd_index)
+    info = actions.add_parser("info", help="what an index holds (index.json)")
+    info.add_argument("name", help="a name under MEDCLIP_INDEX_ROOT, or an index folder")
+    info.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> Any:
+    action = getattr(args, "index_action", None)
+    if action is None:
+        return _gallery_index(args)
+    from medclip_core.index import ArchiveIndex, BuildOptions, build_index, registered_indexes, resolve_index
+
+    if action == "list":
+        return registered_indexes()
+    if action == "info":
+        return ArchiveIndex.open(resolve_index(args.name)).info.to_dict()
+    options = BuildOptions(engine=args.engine, address=args.address, workers=args.workers,
+                           batch_size=args.batch_size, shard_size=args.shard_size,
+                           **({"exact_max": args.exact_max} if args.exact_max is not None else {}))
+    try:
+        info = build_index(args.source, args.model, args.out, options)
+    except KeyboardInterrupt:
+        raise MedclipError(f"Interrupted; the finished shards are kept in {args.out}. Run the same command "
+                           "again to resume.") from None
+    return {**info.to_dict(), "path": str(args.out)}
+
+
+def _retrieve_from_archive_index(args: argparse.Namespace) -> Any:
+    from medclip_core.index import ArchiveIndex, resolve_index, search_index_image, search_index_text
+    from medclip_core.io import load_image
+    from medclip_core.models import load_model
+
+    if args.reports:
+        raise MedclipError("--reports searches the report corpus, not an archive index; leave out --index.")
+    index = ArchiveIndex.open(resolve_index(args.index))
+    model = load_model(args.model or index.info.model)
+    if args.text is not None:
+        return search_index_text(model, index, args.text, k=args.k).to_dict()
+    return search_index_image(model, index, load_image(args.image), k=args.k).to_dict()
 
 
 def cmd_embed(args: argparse.Namespace) -> Any:
@@ -478,10 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int)
     p.set_defaults(func=cmd_zero_shot)
 
-    p = sub.add_parser("index", help="build (or reuse) the image index of a gallery for a model")
-    p.add_argument("--model")
-    p.add_argument("--gallery", default="phantom", help="phantom, phantom:N, a folder of images or a CSV")
-    p.set_defaults(func=cmd_index)
+    add_index_commands(sub)
 
     p = sub.add_parser("retrieve", help="text -> images, image -> images, or image -> reports (--reports)")
     p.add_argument("--model")
@@ -489,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text")
     p.add_argument("--image", type=Path)
     p.add_argument("--reports", action="store_true", help="search the Open-i report corpus with --image")
+    p.add_argument("--index", help="search an archive index (a name under MEDCLIP_INDEX_ROOT, or its folder) "
+                                   "instead of --gallery; see `index build`")
     p.add_argument("--k", type=int, default=10)
     p.set_defaults(func=cmd_retrieve)
 

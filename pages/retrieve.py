@@ -2,7 +2,10 @@
 
 The gallery is the phantom test split by default (labelled, so precision@k is shown); a server
 folder or CSV can be used when the host sets ``MEDCLIP_GALLERY_ROOT`` (galleries must lie inside
-it). A query image stays in the user's session: it is embedded, never added to an index.
+it). An archive index built with ``python -m medclip_core index build`` and registered by the host
+under ``MEDCLIP_INDEX_ROOT`` can be chosen instead: it is searched from disk and only the result
+thumbnails are read from the archive. A query image stays in the user's session: it is embedded,
+never added to an index.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import Any
 import gradio as gr
 
 from medclip_core.data.galleries import collection_from_spec
-from medclip_core.errors import TaskInputError
+from medclip_core.errors import ImageLoadError, TaskInputError
+from medclip_core.index import ArchiveIndex, registered_indexes, resolve_index, search_index_image, search_index_text
 from medclip_core.io import load_image
 from medclip_core.models import load_model
 from medclip_core.tasks.retrieval import (
@@ -22,6 +26,7 @@ from pages.common import image_examples, image_upload, ui_errors
 
 MODES = ("text → images", "image → images", "image → reports")
 GALLERY_ROOT_ENV = "MEDCLIP_GALLERY_ROOT"
+NO_ARCHIVE_INDEX = "(none: search the gallery)"
 
 
 def gallery_collection(spec: str):
@@ -30,16 +35,44 @@ def gallery_collection(spec: str):
     return collection_from_spec(spec, allowed_root=root, allow_paths=root is not None)
 
 
+def search_archive_index(name: str, mode: str, query_text: str, query_path: str | None, k: int,
+                         model_name: str) -> tuple[list, list[list[Any]], str, dict]:
+    """Search a host-registered archive index; thumbnails are read from the archive for the hits only."""
+    if mode == "image → reports":
+        raise TaskInputError("An archive index holds images; choose text → images or image → images.")
+    index = ArchiveIndex.open(resolve_index(name, allow_paths=False))
+    model = load_model(model_name or index.info.model)
+    if mode == "text → images":
+        result = search_index_text(model, index, query_text, k=k)
+    else:
+        result = search_index_image(model, index, load_image(query_path), k=k)
+    thumbnails, missing = [], 0
+    for hit in result.hits:
+        try:
+            thumbnails.append((index.load_image(hit.item_id).to_pil(), f"{hit.rank}. {hit.score:.3f} — {hit.item_id}"))
+        except ImageLoadError:
+            missing += 1
+    summary = f"{len(result.hits)} of {len(index):,} images in archive index *{index.info.name}* ({result.index_kind})."
+    if missing:
+        summary += (f" {missing} result image(s) could not be read from {index.source_root}; the host can point "
+                    "the index at its images with MEDCLIP_INDEX_SOURCES.")
+    rows = [[h.rank, round(h.score, 4), ", ".join(h.labels or []) or h.item_id, h.report or ""] for h in result.hits]
+    return thumbnails, rows, summary + "".join(f"\n\n{note}" for note in result.notes), result.to_dict()
+
+
 @ui_errors
 def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: str, k: float, model_name: str,
+                  archive_index: str = NO_ARCHIVE_INDEX,
                   progress: gr.Progress = gr.Progress()) -> tuple[list, list[list[Any]], str, dict]:
     """Returns gallery thumbnails with captions, a hits table, a summary and the JSON result."""
-    model = load_model(model_name)
     k = int(k)
     if mode not in MODES:
         raise TaskInputError(f"Choose one of: {', '.join(MODES)}.")
     if mode != "text → images" and not query_path:
         raise TaskInputError("Upload a query image (PNG, JPEG, TIFF or DICOM) for an image query.")
+    if archive_index and archive_index != NO_ARCHIVE_INDEX:
+        return search_archive_index(archive_index, mode, query_text, query_path, k, model_name)
+    model = load_model(model_name)
 
     def report(done: int, total: int) -> None:
         progress(done / max(total, 1), desc=f"embedding {total} items")
@@ -77,11 +110,15 @@ def build(model_picker: gr.Dropdown) -> None:
                 gallery = gr.Textbox(value="phantom", label="Gallery", elem_id="retrieve-collection",
                                      info="phantom (test split, 392 images), phantom:N, or a folder / CSV inside "
                                           "MEDCLIP_GALLERY_ROOT when the host allows it")
+                archive = gr.Dropdown([NO_ARCHIVE_INDEX, *registered_indexes()], value=NO_ARCHIVE_INDEX,
+                                      label="Archive index", elem_id="retrieve-archive-index",
+                                      info="an index the host built with `index build` under MEDCLIP_INDEX_ROOT; "
+                                           "searched instead of the gallery, with the model it was built with")
                 k = gr.Slider(1, 50, value=8, step=1, label="Results (k)")
                 button = gr.Button("Search", variant="primary")
         summary = gr.Markdown()
         results = gr.Gallery(label="Results", columns=4, height="auto", elem_id="retrieve-gallery")
         table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True)
         details = gr.JSON(label="Result")
-        button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker],
+        button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker, archive],
                      outputs=[results, table, summary, details], api_name="retrieve")

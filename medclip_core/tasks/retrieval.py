@@ -32,7 +32,7 @@ from medclip_core.data.findings import FINDINGS
 from medclip_core.data.galleries import Collection, GalleryItem, sorted_labels
 from medclip_core.data.labeller import label_text
 from medclip_core.data.reports import Report, load_reports, report_splits
-from medclip_core.errors import MedclipError
+from medclip_core.errors import MedclipError, TaskInputError
 from medclip_core.io import MedicalImage
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.models.embedding_cache import (
@@ -254,9 +254,10 @@ class RetrievalResult:
                 "notes": self.notes}
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """``k`` as an int, or a clear error when it is not a whole number from 1 to ``MAX_K``."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise MedclipError(f"k (the number of results) must be a whole number from 1 to {MAX_K}, got {k!r}.")
+        raise TaskInputError(f"k (the number of results) must be a whole number from 1 to {MAX_K}, got {k!r}.")
     return int(k)
 
 
@@ -289,7 +290,7 @@ def _gallery_notes(index: VectorIndex, k: int) -> list[str]:
 
 def search_text(model: ClipModel, index: VectorIndex, text: str, k: int = 10) -> RetrievalResult:
     """The ``k`` gallery images most similar to ``text`` (e.g. "left pleural effusion")."""
-    k = _check_k(k)
+    k = check_k(k)
     if not isinstance(text, str) or not text.strip():
         raise MedclipError("Type a description to search for, e.g. 'pleural effusion'.")
     text = text.strip()
@@ -306,7 +307,7 @@ def search_text(model: ClipModel, index: VectorIndex, text: str, k: int = 10) ->
 
 def search_image(model: ClipModel, index: VectorIndex, image: ImageLike, k: int = 10) -> RetrievalResult:
     """The ``k`` gallery images most similar to ``image``; the query is only embedded, never stored."""
-    k = _check_k(k)
+    k = check_k(k)
     _check_model(model, index)
     hits = index.search(model.encode_image([image]).cpu().numpy(), k)
     return RetrievalResult("image", None, k, index.name, model.card.name, index.kind, hits, _gallery_notes(index, k))
@@ -315,7 +316,7 @@ def search_image(model: ClipModel, index: VectorIndex, image: ImageLike, k: int 
 def image_to_reports(model: ClipModel, image: ImageLike, k: int = 5, corpus: Sequence[Report | str] | None = None,
                      cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> RetrievalResult:
     """The ``k`` whole reports of ``corpus`` (see :func:`build_report_index`) closest to ``image``."""
-    k = _check_k(k)
+    k = check_k(k)
     index = build_report_index(model, corpus, cache_dir=cache_dir, progress=progress)
     hits = index.search(model.encode_image([image]).cpu().numpy(), k)
     return RetrievalResult("image", None, k, index.name, model.card.name, index.kind, hits, _gallery_notes(index, k))

@@ -1,0 +1,212 @@
+"""Archive indexing benchmark (issue 17): engine throughput, memory, Ray scaling, and the index at 1M vectors.
+
+    PYTHONPATH=. nice python bench/bench_index.py --part throughput|rss|ray|ann [--n N] [--work DIR]
+
+Each part merges its figures into bench/results/index.json (with the command, the machine and its load).
+
+* throughput: local engine images/s on N phantom PNGs (224 px, default model) against bare batched
+  ``encode_image`` of the same model on already-preprocessed tensors (same batch size).
+* rss: peak RSS (driver + decode workers) of the local engine at 10k and 40k images. The images are
+  48 rendered phantom PNGs hard-linked under distinct names (rendering 40k phantoms takes hours on two
+  cores; every file is still opened and decoded), encoded with a tiny open_clip model so the pipeline,
+  not the model, is what grows.
+* ray: Ray engine images/s with 1 and 2 model workers, and the local engine with 1 decode worker.
+* ann: 1,000,000 model-like vectors (the default model's embeddings of phantom images, replicated with
+  Gaussian noise and renormalised): IVF-PQ build time, bytes/vector, recall@10 against exact search,
+  and query latency (FAISS + exact re-rank from the memory-mapped vectors).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "index.json"
+BATCH = 32
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average_1m_at_start": os.getloadavg()[0],
+            "note": "2 shared cores; other helpers' tests and benches were running at the same time (see load)"}
+
+
+def save(part: str, figures: dict, argv: list[str]) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    figures.update(command=f"PYTHONPATH=. nice python bench/bench_index.py {' '.join(argv)}", machine=machine(),
+                   date=time.strftime("%Y-%m-%d %H:%M"))
+    results[part] = figures
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(figures, indent=1))
+
+
+def phantom_folder(folder: Path, n: int, rendered: int = 48) -> Path:
+    """``n`` phantom PNGs: ``rendered`` distinct renders hard-linked under n distinct names."""
+    from medclip_core.data.phantom import write_examples
+
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == n:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    renders = folder.parent / f"{folder.name}-renders"
+    if not renders.is_dir():
+        write_examples(renders, n=rendered, size=224)
+    sources = sorted(renders.glob("[0-9]*.png"))
+    folder.mkdir(parents=True)
+    for i in range(n):
+        os.link(sources[i % len(sources)], folder / f"{i:06d}.png")
+    return folder
+
+
+def run_build(source: Path, out: Path, model: str | None, engine: str, workers: int) -> float:
+    """Seconds of one fresh build (the index folder is removed first)."""
+    from medclip_core.index import BuildOptions, build_index
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    build_index(source, model, out, BuildOptions(engine=engine, workers=workers, batch_size=BATCH, progress=False))
+    return time.perf_counter() - start
+
+
+def part_throughput(args: argparse.Namespace) -> dict:
+    import torch
+
+    from medclip_core.io import load_image
+    from medclip_core.models import load_model
+
+    source = phantom_folder(args.work / f"phantom-{args.n}", args.n)
+    model = load_model(None)
+    pixels = torch.stack([model.preprocess(load_image(p)) for p in sorted(source.glob("*.png"))[:256]])
+    model.encode_image(pixels[:BATCH])
+    start = time.perf_counter()
+    for _ in range(2):
+        for i in range(0, len(pixels), BATCH):
+            model.encode_image(pixels[i:i + BATCH])
+    bare = 2 * len(pixels) / (time.perf_counter() - start)
+    engine = {w: args.n / run_build(source, args.work / "out", None, "local", w) for w in (1, 2)}
+    return {"model": model.card.name, "n_images": args.n, "batch_size": BATCH, "torch_threads": torch.get_num_threads(),
+            "bare_encode_images_per_s": round(bare, 1),
+            "local_engine_images_per_s": {f"{w}_decode_workers": round(v, 1) for w, v in engine.items()},
+            "ratio_best_vs_bare": round(max(engine.values()) / bare, 3),
+            "target": ">= 0.9 x bare encode"}
+
+
+def part_rss(args: argparse.Namespace) -> dict:
+    from tests.conftest import save_open_clip_layout
+
+    tiny = save_open_clip_layout(args.work / "tiny-model")
+    figures = {}
+    for n in (10_000, 40_000):
+        source = phantom_folder(args.work / f"rss-{n}", n)
+        out = args.work / f"rss-out-{n}"
+        shutil.rmtree(out, ignore_errors=True)
+        code = ("import resource,sys,time;from medclip_core.index import build_index,BuildOptions;t=time.time();"
+                f"build_index('{source}','local-dir:{tiny}','{out}',BuildOptions(workers=1,batch_size={BATCH},"
+                "progress=False));print(time.time()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        seconds, own, children = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, text=True,
+                                                capture_output=True).stdout.split()
+        figures[str(n)] = {"seconds": round(float(seconds), 1), "images_per_s": round(n / float(seconds), 1),
+                           "peak_rss_mib_driver": round(int(own) / 1024, 1),
+                           "peak_rss_mib_largest_decode_worker": round(int(children) / 1024, 1)}
+        shutil.rmtree(source)
+    growth = figures["40000"]["peak_rss_mib_driver"] / figures["10000"]["peak_rss_mib_driver"] - 1
+    return {"model": "tiny open_clip ViT (tests/conftest.py), so the pipeline dominates", "images": figures,
+            "driver_peak_rss_growth_10k_to_40k": round(growth, 3), "target": "within 10 %",
+            "images_note": "48 phantom renders hard-linked under distinct names; each file decoded"}
+
+
+def part_ray(args: argparse.Namespace) -> dict:
+    import ray
+
+    source = phantom_folder(args.work / f"phantom-{args.n}", args.n)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    run_build(source, args.work / "ray-warm", None, "ray", 1)
+    rates = {w: args.n / run_build(source, args.work / "ray-out", None, "ray", w) for w in (1, 2)}
+    ray.shutdown()
+    local = args.n / run_build(source, args.work / "local-out", None, "local", 1)
+    return {"model": "medclip-phantom", "n_images": args.n, "batch_size": BATCH,
+            "ray_images_per_s": {f"{w}_workers": round(v, 1) for w, v in rates.items()},
+            "local_images_per_s_1_worker": round(local, 1),
+            "ray_2_vs_1": round(rates[2] / rates[1], 3), "ray_1_vs_local_1": round(rates[1] / local, 3),
+            "targets": {"ray_2_vs_1": ">= 1.6", "ray_1_vs_local_1": ">= 0.85"}}
+
+
+def part_ann(args: argparse.Namespace) -> dict:
+    import faiss
+
+    from medclip_core.data.phantom import phantom_dataset
+    from medclip_core.index.store import ArchiveIndex, IndexInfo, build_faiss
+    from medclip_core.io import image_from_array
+    from medclip_core.models import load_model
+
+    model = load_model(None)
+    dataset = phantom_dataset("test", 0, 224)
+    real = np.concatenate([model.encode_image([image_from_array(dataset[i].image) for i in range(s, min(s + 32, 392))])
+                           .numpy() for s in range(0, 392, 32)])
+    n, dim = args.n, real.shape[1]
+    rng = np.random.default_rng(0)
+    noise = float(np.std(real - real.mean(0))) * 0.5  # copies stay closer to their source than to others
+    vectors_path = args.work / "ann-vectors.npy"
+    vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n, dim))
+    for start in range(0, n, 100_000):
+        block = real[rng.integers(0, len(real), min(100_000, n - start))]
+        block = block + noise * rng.standard_normal(block.shape, dtype=np.float32)
+        vectors[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    vectors.flush()
+    vectors = np.load(vectors_path, mmap_mode="r")
+    start = time.perf_counter()
+    index, params = build_faiss(vectors)
+    build_seconds = time.perf_counter() - start
+    faiss.write_index(index, str(args.work / "ann.faiss"))
+    del index
+    mapped = faiss.read_index(str(args.work / "ann.faiss"), faiss.IO_FLAG_MMAP)
+    mapped.nprobe = params["nprobe"]
+    info = IndexInfo("ann", model.card.name, "", "", "folder", "", n, n, 0, dim, "ivfpq", params, build_seconds)
+    archive = ArchiveIndex(args.work, info, mapped, vectors, np.zeros(n, np.int64))
+    queries = real[rng.integers(0, len(real), 200)] + noise * rng.standard_normal((200, dim), dtype=np.float32)
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    exact = faiss.IndexFlatIP(dim)
+    for s in range(0, n, 100_000):
+        exact.add(np.ascontiguousarray(vectors[s:s + 100_000]))
+    _, truth = exact.search(queries, 10)
+    del exact
+    latencies, recalls = [], []
+    for q, query in enumerate(queries):
+        t = time.perf_counter()
+        found = archive.search(query, 10)
+        latencies.append(time.perf_counter() - t)
+        recalls.append(len(set(truth[q]) & {row for _, row in found}) / 10)
+    return {"n_vectors": n, "dim": dim, "vectors": "default model embeddings of 392 phantom test images, "
+            f"replicated with N(0, {noise:.4f}) noise per dimension and renormalised",
+            "faiss": params, "build_seconds": round(build_seconds, 1),
+            "recall_at_10_vs_exact": round(float(np.mean(recalls)), 4),
+            "query_ms_median": round(1000 * float(np.median(latencies)), 2),
+            "query_ms_p95": round(1000 * float(np.percentile(latencies, 95)), 2),
+            "index_file_mib": round((args.work / "ann.faiss").stat().st_size / 2 ** 20, 1),
+            "bytes_per_vector_ram": params["bytes_per_vector_ram"], "bytes_per_vector_disk": params["bytes_per_vector_disk"],
+            "targets": {"recall_at_10": ">= 0.95", "query_ms": "< 10"}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("throughput", "rss", "ray", "ann"), required=True)
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-index"))
+    args = parser.parse_args()
+    args.n = args.n or {"throughput": 512, "rss": 0, "ray": 512, "ann": 1_000_000}[args.part]
+    args.work.mkdir(parents=True, exist_ok=True)
+    figures = globals()[f"part_{args.part}"](args)
+    save(args.part, figures, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
