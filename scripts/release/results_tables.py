@@ -202,6 +202,15 @@ def few_shot(_: str | None = None) -> str:
     return _table(["series", "train images per label", "macro AUC", "top label is the image's own"], rows)
 
 
+def zero_shot_devices(_: str | None = None) -> str:
+    result = _json("experiments/results/zero_shot_devices.json")
+    same = result["same_top_label_and_calibration"]
+    rows = [[case, f"{difference:.1e}", ("yes" if same[case] else "**no**") if case in same else "–"]
+            for case, difference in result["max_probability_difference"].items()]
+    return _table([f"`{result['model']}`, {result['examples']} examples: {result['device']} (torch {result['torch']}) vs CPU",
+                   "largest probability difference", "same top label"], rows)
+
+
 def ablation_local_loss(_: str | None = None) -> str:
     result = _json("experiments/results/ablation_local_loss.json")
     rows = [[arm, _fmt(r["macro_auc"]), _fmt(r["retrieval"]["image_to_text"]["recall@10"]),
@@ -222,12 +231,179 @@ def report_retrieval_tuning(model: str) -> str:
                    "micro finding F1", "macro"], rows)
 
 
+# -- speed and memory benchmarks: bench/results/*.json ---------------------------------------------
+# One row function per results file; each returns table rows (what, command, result). The command is
+# the one the JSON records, else the script's plain invocation.
+
+Row = list[str]
+
+
+def _bench(name: str) -> tuple[dict, Callable[[dict | None], str]]:
+    """The results of ``bench/bench_NAME.py`` and a function giving the command that made a part of them."""
+    data = _json(f"bench/results/{name}.json")
+
+    def command(part: dict | None = None) -> str:
+        recorded = (part or {}).get("command") or data.get("command")
+        return f"`{recorded or f'python bench/bench_{name}.py'}`"
+    return data, command
+
+
+def bench_io() -> list[Row]:
+    data, command = _bench("io")
+    rows = []
+    for key, label in (("dicom_16bit", "16-bit DICOM"), ("png_16bit", "16-bit PNG")):
+        r = data["results"][key]
+        rows.append([f"`load_image` vs `{r['baseline']}`: {label}, {data['image']}", command(),
+                     f"{r['load_image_s']:.3g} s vs {r['baseline_s']:.3g} s ({r['ratio_load_image_to_baseline']:.2f}×)"])
+    return rows
+
+
+def bench_render() -> list[Row]:
+    data, command = _bench("render")
+    return [[f"phantom renderer, {data['size']} px, one core, steady state", command(),
+             f"{data['images_per_s']:.0f} images/s ({data['ms_per_image']:.2f} ms/image)"]]
+
+
+def bench_models() -> list[Row]:
+    data, command = _bench("models")
+    loaded = {name: m for name, m in data["models"].items() if m["loaded"]}
+    offline = sorted(set(data["models"]) - set(loaded))
+    return [[f"load `{name}` / encode one image / one text, 2 threads"
+             + (f" ({len(offline)} hub models not in the cache when measured)" if offline else ""), command(),
+             f"{m['load_s']:.2f} s, +{m['rss_growth_mb']:.0f} MB RSS; {m['encode_image_ms_median']:.0f} ms; "
+             f"{m['encode_text_ms']:.0f} ms"] for name, m in loaded.items()]
+
+
+def bench_train() -> list[Row]:
+    data, command = _bench("train")
+    return [[f"trainer vs a bare open_clip loop, same model, batch {data['batch']}, "
+             f"{data['machine']['threads']} threads", command(),
+             f"{data['medclip_trainer_global_loss']:.1f} vs {data['bare_open_clip_loop']:.1f} images/s "
+             f"(ratio {data['ratio_trainer_to_bare']:.2f}: the frozen text tower is cached); "
+             f"{data['medclip_trainer_global_plus_local_loss']:.1f} with the local loss "
+             f"({data['ratio_trainer_with_local_to_bare']:.2f})"]]
+
+
+def bench_grounding() -> list[Row]:
+    data, command = _bench("grounding")
+    models = data["models"]
+
+    def cell(method: str) -> str:
+        parts = []
+        for result in models.values():
+            m = result["methods"][method]
+            parts.append("–" if "unavailable" in m else f"{m['ms']:,.0f} ms ({m['ratio_to_forward']:.1f}×)")
+        return f"{method} " + " / ".join(parts)
+    methods = next(iter(models.values()))["methods"]
+    return [[f"one heatmap (one phrase, 512² input), {data['threads']} thread, vs one bare forward: "
+             + " / ".join(f"`{name}`" for name in models), command(), "; ".join(cell(m) for m in methods)]]
+
+
+def bench_runs() -> list[Row]:
+    data, command = _bench("runs")
+    manager, ddp = data["manager_vs_direct"], data["ddp"]
+    return [
+        [f"a run through the run manager vs `train()` called directly ({data['model']}, batch {data['batch']}, "
+         f"{data['steps']} steps, side by side)", f"{command()[:-1]} --part manager`",
+         f"{manager['manager_images_per_s']:.2f} vs {manager['direct_images_per_s']:.2f} images/s (ratio "
+         f"{manager['ratio_manager_to_direct']:.2f}; pairs {', '.join(f'{r:.2f}' for r in manager['ratio_per_pair'])})"],
+        [f"DDP, `torchrun` with 2 gloo CPU processes (1 thread each) vs one process, global batch {data['batch']}",
+         f"{command()[:-1]} --part ddp`",
+         f"{ddp['torchrun_2_processes_1_thread_each_images_per_s']:.2f} vs "
+         f"{ddp['one_process_1_thread_images_per_s']:.2f} images/s with 1 thread "
+         f"({ddp['ddp_speedup_vs_1_process_1_thread']:.2f}×), vs {ddp['one_process_2_threads_images_per_s']:.2f} "
+         f"with 2 threads; start-up {ddp['startup_s']['torchrun_2']:.0f} vs {ddp['startup_s']['one_process']:.0f} s"],
+    ]
+
+
+def bench_report() -> list[Row]:
+    data, command = _bench("report")
+    methods = data["methods"]
+    return [[f"draft one report from a loaded image, `medclip-phantom` ({' / '.join(methods)}: first call, then "
+             f"median of {data['n']}), {data['torch_threads']} threads", f"{command()[:-1]} --n {data['n']}`",
+             " / ".join(f"{m['first_call_s']:.2f} s then {m['median_s']:.2f} s" for m in methods.values())]]
+
+
+def bench_concurrency() -> list[Row]:
+    data, command = _bench("concurrency")
+    median = data["median_s"]
+    return [[f"encode one image in the app process on {data['cores']} cores: alone / {data['callers']} requests "
+             "at once / beside a busy 2-thread torch process; app torch threads 2 (1)", command(),
+             " / ".join(f"{median[f'2 thread(s), {case}'] * 1000:.0f} ({median[f'1 thread(s), {case}'] * 1000:.0f}) ms"
+                        for case in ("1 caller", f"{data['callers']} callers", "1 caller, background process on 2"))]]
+
+
+def bench_tasks() -> list[Row]:
+    data, command = _bench("tasks")
+    latency, build = data["zero_shot_latency"], data["index_build"]
+    exact, approx = data["query_latency"]
+    efs = approx["image_like_recall_at_10_by_ef_search"]
+    umap = data["umap"]
+    return [
+        [f"`zero_shot` / `diagnose` ({latency['labels']} labels, warm prompt cache) vs the bare forward", command(),
+         f"{latency['zero_shot_ms']:.1f} / {latency['diagnose_ms']:.1f} ms vs {latency['module_forward_ms']:.1f} ms "
+         f"(ratio {latency['zero_shot_over_module_forward']:.2f}; target {latency['target']})"],
+        [f"gallery index build ({build['images']} PNGs from a folder) vs loading them and batched `encode_image`",
+         command(), f"{build['build_index_images_per_s']:.1f} vs {build['bare_images_per_s']:.1f} images/s (ratio "
+         f"{build['ratio']:.2f}; target {build['target']}); cached reload {build['cached_reload_s'] * 1000:.0f} ms"],
+        [f"query latency, search alone / text query with encoding: {exact['vectors']:,} vectors ({exact['kind']}) "
+         f"and {approx['vectors']:,} vectors ({approx['kind']})", command(),
+         f"{exact['search_ms']:.2f} / {exact['text_query_ms']:.1f} ms and {approx['search_ms']:.2f} / "
+         f"{approx['text_query_ms']:.1f} ms; HNSW recall@10 against exact "
+         f"{approx['recall_at_10_image_like_queries']:.2f} for image-like queries (efSearch "
+         + ", ".join(f"{ef}: {r:.2f}" for ef, r in efs.items())
+         + f"), {approx['recall_at_10_random_directions']:.2f} for random directions; build {approx['build_s']:.1f} s"],
+        ["UMAP (`project(..., \"umap\")`, one thread)", command(),
+         " / ".join(f"{run['points']:,} points {run['seconds']:.1f} s" for run in umap["runs"])
+         + f", plus {umap['first_call_200_points_s']:.1f} s for the first call (import and JIT)"],
+    ]
+
+
+def bench_index() -> list[Row]:
+    data, command = _bench("index")
+    throughput, ray, rss = data["throughput"], data["ray"], data["rss"]
+    workers = throughput["local_engine_images_per_s"]
+    sizes = rss["images"]
+    return [
+        [f"archive index, local engine ({throughput['n_images']} images, batch {throughput['batch_size']}) vs bare "
+         "batched encode", command(throughput),
+         f"{' / '.join(f'{v:.1f}' for v in workers.values())} images/s with "
+         f"{' / '.join(k.split('_')[0] for k in workers)} decode workers vs {throughput['bare_encode_images_per_s']:.1f} "
+         f"(best ratio {throughput['ratio_best_vs_bare']:.2f}; target {throughput['target']})"],
+        ["archive index, Ray engine, 1 / 2 workers vs the local engine with 1", command(ray),
+         f"{' / '.join(f'{v:.1f}' for v in ray['ray_images_per_s'].values())} vs "
+         f"{ray['local_images_per_s_1_worker']:.1f} images/s (2 vs 1: {ray['ray_2_vs_1']:.2f}, target "
+         f"{ray['targets']['ray_2_vs_1']}; Ray 1 vs local 1: {ray['ray_1_vs_local_1']:.2f}, target "
+         f"{ray['targets']['ray_1_vs_local_1']})"],
+        [f"archive index memory, {rss['model']}", command(rss),
+         "; ".join(f"{int(n):,} images: {s['images_per_s']:.0f} images/s, driver peak {s['peak_rss_mib_driver']:.0f} MiB"
+                   for n, s in sizes.items())
+         + f" (growth {rss['driver_peak_rss_growth_10k_to_40k']:.1%}; target {rss['target']})"],
+    ]
+
+
+def bench_archive() -> list[Row]:
+    data, command = _bench("archive")
+    return [[f"{data['what']} ({data['images']} images, {data['labels']} labels, {data['torch_threads']} thread)",
+             command(), f"{data['dicomweb_seconds']:.2f} s vs {data['disk_seconds']:.2f} s (ratio {data['ratio']:.2f}; "
+             f"target ≤ {data['target_ratio']:g}); fetch alone {data['dicomweb_fetch_only_seconds']:.2f} s"]]
+
+
+BENCHMARKS = (bench_io, bench_render, bench_models, bench_train, bench_grounding, bench_runs, bench_report,
+              bench_concurrency, bench_tasks, bench_index, bench_archive)
+
+
+def benchmarks(_: str | None = None) -> str:
+    """Every benchmark of ``bench/``, one or more rows per results file."""
+    return _table(["what", "command", "result"], [row for rows in BENCHMARKS for row in rows()])
+
+
 TABLES: dict[str, Callable[[str | None], str]] = {
     "embedded-models": embedded_models, "zero-shot-auc": zero_shot_auc, "retrieval": retrieval, "pointing": pointing,
     "grounding-methods": grounding_methods, "grounding-dice": grounding_dice, "segmentation": segmentation,
     "report": report, "report-labeller": report_labeller, "zero-shot-negatives": zero_shot_negatives,
-    "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "ablation-local-loss": ablation_local_loss,
-    "report-retrieval-tuning": report_retrieval_tuning,
+    "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
+    "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks,
 }
 
 
