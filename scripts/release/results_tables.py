@@ -160,6 +160,14 @@ def report(model: str) -> str:
                    "BLEU-3", "BLEU-4", "ROUGE-L", "words"], rows)
 
 
+def report_margins(model: str) -> str:
+    """How far each drafting method beats each baseline in micro finding F1 (negative: it does not)."""
+    margins = _json(f"assets/{model}/report/eval_report.json")["margins"]
+    baselines = list(next(iter(margins.values())))
+    return _table(["micro finding F1 over", *baselines],
+                  [[method, *(f"{by_baseline[b]:+.3f}" for b in baselines)] for method, by_baseline in margins.items()])
+
+
 def report_labeller(model: str) -> str:
     labeller = _json(f"assets/{model}/report/eval_report.json")["labeller"]
     return _table(["reports", "micro F1", "macro F1", "same label set"],
@@ -401,7 +409,7 @@ def benchmarks(_: str | None = None) -> str:
 TABLES: dict[str, Callable[[str | None], str]] = {
     "embedded-models": embedded_models, "zero-shot-auc": zero_shot_auc, "retrieval": retrieval, "pointing": pointing,
     "grounding-methods": grounding_methods, "grounding-dice": grounding_dice, "segmentation": segmentation,
-    "report": report, "report-labeller": report_labeller, "zero-shot-negatives": zero_shot_negatives,
+    "report": report, "report-margins": report_margins, "report-labeller": report_labeller, "zero-shot-negatives": zero_shot_negatives,
     "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
     "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks,
 }
