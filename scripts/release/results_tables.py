@@ -9,7 +9,7 @@ A table lives between two markers in a markdown file::
 ``NAME`` picks a table below, ``ARG`` (optional) the model folder under ``assets/``. Each figure is
 thus written once, in its JSON; the prose around a table points at it instead of repeating figures.
 
-    python scripts/release/results_tables.py           # rewrite the blocks of README.md, docs/*.md, assets/*/MODEL_CARD.md
+    python scripts/release/results_tables.py           # rewrite the blocks of README.md, docs/*.md, assets/*/MODEL_CARD.md, experiments/results/*.md
     python scripts/release/results_tables.py --check   # exit 1 and name the blocks that differ from their JSON
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ CORE_FINDINGS = ("normal", "cardiomegaly", "pleural effusion", "opacity", "atele
 
 def markdown_files(root: Path = ROOT) -> list[Path]:
     """The files whose result blocks this script owns."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "assets").glob("*/MODEL_CARD.md"))]
+    return [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "assets").glob("*/MODEL_CARD.md")),
+            *sorted((root / "experiments" / "results").glob("*.md"))]
 
 
 def _json(path: str) -> dict:
@@ -217,6 +218,23 @@ def zero_shot_devices(_: str | None = None) -> str:
             for case, difference in result["max_probability_difference"].items()]
     return _table([f"`{result['model']}`, {result['examples']} examples: {result['device']} (torch {result['torch']}) vs CPU",
                    "largest probability difference", "same top label"], rows)
+
+
+def variants(_: str | None = None) -> str:
+    """The image towers tried for the embedded models (a record of past runs, not re-run)."""
+    rows = [[v["image_tower"] + (f" — released as **`{v['released_as']}`**" if "released_as" in v else ""),
+             f"{v['steps']:,}", v["train_images_seen"], v["global_loss"],
+             f"{_fmt(v['macro_auc'], 2)} ({v['findings']} findings, n={v['n']})", v["note"]]
+            for v in _json("experiments/results/default_model_variants.json")["variants"]]
+    return _table(["image tower", "steps", "train images seen", "global loss (chance ≈ 4.85)", "zero-shot macro AUC",
+                   "note"], rows)
+
+
+def zero_shot_summary(model: str) -> str:
+    zero_shot = _json(f"assets/{model}/eval_phantom.json")["zero_shot"]
+    return _table(["macro AUC", "highest-scoring finding is one of the image's own", "calibration error (ECE)"],
+                  [[f"**{_fmt(zero_shot['macro_auc'])}**", f"**{_fmt(zero_shot['top_finding_accuracy'])}**",
+                    _fmt(zero_shot["calibration_error"])]])
 
 
 def ablation_local_loss(_: str | None = None) -> str:
@@ -411,6 +429,7 @@ TABLES: dict[str, Callable[[str | None], str]] = {
     "grounding-methods": grounding_methods, "grounding-dice": grounding_dice, "segmentation": segmentation,
     "report": report, "report-margins": report_margins, "report-labeller": report_labeller, "zero-shot-negatives": zero_shot_negatives,
     "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
+    "variants": variants, "zero-shot-summary": zero_shot_summary,
     "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks,
 }
 
