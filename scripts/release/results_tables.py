@@ -169,6 +169,26 @@ def report_margins(model: str) -> str:
                   [[method, *(f"{by_baseline[b]:+.3f}" for b in baselines)] for method, by_baseline in margins.items()])
 
 
+def report_per_finding(model: str) -> str:
+    """Finding F1 of each drafting method, per finding (from ``per_label_f1``)."""
+    systems = _json(f"assets/{model}/report/eval_report.json")["systems"]
+    methods = [m for m in ("retrieval", "generative") if m in systems]
+    findings = systems[methods[0]]["per_label_f1"]
+    return _table(["finding", *methods], [[f, *(_fmt(systems[m]["per_label_f1"].get(f), 2) for m in methods)]
+                                          for f in findings])
+
+
+def report_decoder_history(_: str | None = None) -> str:
+    """The report decoder's development steps (a record of past runs, not re-run)."""
+    result = _json("experiments/results/report_decoder_history.json")
+    rows = [[v["decoder"], _fmt(v["micro_f1"]), _fmt(v["macro_f1"]), _fmt(v["bleu_1"])] for v in result["variants"]]
+    subset = result["subset_80_images"]
+    rows += [[f"the last two, {name} (first 80 images)", " / ".join(_fmt(f) for f in subset[key]), "", ""]
+             for name, key in (("beam search only", "beam_search_only_micro_f1"),
+                               ("with the choice among samples", "choice_among_samples_micro_f1"))]
+    return _table(["decoder variant", "micro F1", "macro F1", "BLEU-1"], rows)
+
+
 def report_labeller(model: str) -> str:
     labeller = _json(f"assets/{model}/report/eval_report.json")["labeller"]
     return _table(["reports", "micro F1", "macro F1", "same label set"],
@@ -427,7 +447,8 @@ def benchmarks(_: str | None = None) -> str:
 TABLES: dict[str, Callable[[str | None], str]] = {
     "embedded-models": embedded_models, "zero-shot-auc": zero_shot_auc, "retrieval": retrieval, "pointing": pointing,
     "grounding-methods": grounding_methods, "grounding-dice": grounding_dice, "segmentation": segmentation,
-    "report": report, "report-margins": report_margins, "report-labeller": report_labeller, "zero-shot-negatives": zero_shot_negatives,
+    "report": report, "report-margins": report_margins, "report-labeller": report_labeller,
+    "report-per-finding": report_per_finding, "report-decoder-history": report_decoder_history, "zero-shot-negatives": zero_shot_negatives,
     "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
     "variants": variants, "zero-shot-summary": zero_shot_summary,
     "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks,
