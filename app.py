@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from pages import common, diagnose, embeddings, grounding, inspect, report, retrieve, segment, train  # noqa: E402
+from medclip_core.archive.config import archive_configured  # noqa: E402
+from pages import archive, common, diagnose, embeddings, grounding, inspect, report, retrieve, segment, train  # noqa: E402
 
 TITLE = "MedCLIP Explorer"
 MODEL_CONCURRENCY = int(os.environ.get("MEDCLIP_CONCURRENCY", "2"))
@@ -31,6 +32,9 @@ def build_app() -> gr.Blocks:
         report.build(picker)
         inspect.build()
         train.build(picker)
+        if archive_configured():  # the Archive tab exists only where the host set MEDCLIP_DICOMWEB_URL
+            archive.build(picker)
+            archive.resume_jobs()
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
     return demo
 

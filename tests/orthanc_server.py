@@ -5,6 +5,7 @@ remote access refused), stopped when the fixture ends. Test files reach it only 
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import socket
@@ -15,11 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import pydicom
 import requests
+from pydicom.uid import generate_uid
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 START_SECONDS = 30.0
+EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phantom_effusion.dcm"
+ACCESSION = "MEDCLIP-ACC-1"
+PATIENT = "ARCHIVE^TESTPATIENT"
 REJECTED_DESCRIPTION = "REJECTED BY ARCHIVE POLICY"
 # An archive-side policy (Orthanc's Lua filter): instances whose series description is
 # REJECTED_DESCRIPTION are refused, as a PACS refuses objects it does not accept.
@@ -46,6 +52,19 @@ def orthanc_missing_reason() -> str | None:
     if dicomweb_plugin() is None:
         return "the orthanc-dicomweb plugin is not installed (bash .ci/run installs it)"
     return None
+
+
+def rehome(dataset: pydicom.Dataset, study: str, series: str, number: int,
+           accession: str = ACCESSION) -> pydicom.Dataset:
+    """A copy of ``dataset`` as instance ``number`` of ``series`` in ``study``, with a new SOP Instance
+    UID, an accession number, a study date and a test patient (what the archive tests search by)."""
+    copied = copy.deepcopy(dataset)
+    copied.StudyInstanceUID, copied.SeriesInstanceUID = study, series
+    copied.SOPInstanceUID = copied.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    copied.InstanceNumber = number
+    copied.AccessionNumber, copied.StudyDate, copied.PatientName, copied.PatientID = (
+        accession, "20240102", PATIENT, "PID-998877")
+    return copied
 
 
 def free_port() -> int:

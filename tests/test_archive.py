@@ -6,7 +6,6 @@ second image, an SR and an instance whose pixel data is cut short. Everything go
 """
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import threading
@@ -19,32 +18,14 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tests.orthanc_server import REJECTED_DESCRIPTION, orthanc_missing_reason, run_orthanc
+from medclip_core.archive.client import dataset_bytes
+from tests.orthanc_server import ACCESSION, EXAMPLE, PATIENT, REJECTED_DESCRIPTION, orthanc_missing_reason, rehome, \
+    run_orthanc
 
 pytestmark = pytest.mark.skipif(orthanc_missing_reason() is not None, reason=str(orthanc_missing_reason()))
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phantom_effusion.dcm"
 BUNDLED = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "examples_ybr_color.dcm", "test-SR.dcm", "rtplan.dcm")
-ACCESSION = "MEDCLIP-ACC-1"
-PATIENT = "ARCHIVE^TESTPATIENT"
 LABELS = ["pleural effusion", "cardiomegaly", "calcified granuloma"]
-
-
-def _rehome(dataset: pydicom.Dataset, study: str, series: str, number: int,
-            accession: str = ACCESSION) -> pydicom.Dataset:
-    copied = copy.deepcopy(dataset)
-    copied.StudyInstanceUID, copied.SeriesInstanceUID = study, series
-    copied.SOPInstanceUID = copied.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    copied.InstanceNumber = number
-    copied.AccessionNumber, copied.StudyDate, copied.PatientName, copied.PatientID = (
-        accession, "20240102", PATIENT, "PID-998877")
-    return copied
-
-
-def _bytes(dataset: pydicom.Dataset) -> bytes:
-    from medclip_core.archive.client import dataset_bytes
-
-    return dataset_bytes(dataset)
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +37,18 @@ def archive(tmp_path_factory):
         server.upload(EXAMPLE)
         phantom = pydicom.dcmread(EXAMPLE)
         chest = {"study": generate_uid(), "images": generate_uid(), "reports": generate_uid()}
-        first = _rehome(phantom, chest["study"], chest["images"], 1)
-        second = _rehome(phantom, chest["study"], chest["images"], 2)
+        first = rehome(phantom, chest["study"], chest["images"], 1)
+        second = rehome(phantom, chest["study"], chest["images"], 2)
         second.PixelData = (np.flipud(phantom.pixel_array)).astype(np.uint16).tobytes()
-        broken = _rehome(phantom, chest["study"], chest["images"], 3)
+        broken = rehome(phantom, chest["study"], chest["images"], 3)
         broken.PixelData = phantom.PixelData[: len(phantom.PixelData) // 2]  # cut short: does not decode
-        report = _rehome(pydicom.dcmread(get_testdata_file("test-SR.dcm")), chest["study"], chest["reports"], 1)
+        report = rehome(pydicom.dcmread(get_testdata_file("test-SR.dcm")), chest["study"], chest["reports"], 1)
         for dataset in (first, second, broken, report):
-            server.upload(_bytes(dataset))
+            server.upload(dataset_bytes(dataset))
         big = {"study": generate_uid(), "series": generate_uid()}
         ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
         for number in range(1, 7):
-            server.upload(_bytes(_rehome(ct, big["study"], big["series"], number, "MEDCLIP-ACC-2")))
+            server.upload(dataset_bytes(rehome(ct, big["study"], big["series"], number, "MEDCLIP-ACC-2")))
         yield {"server": server, "chest": chest, "first": first, "second": second, "broken": broken,
                "report": report, "big": big, "phantom": phantom}
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 import requests
+from PIL import Image
 from pydicom.dataset import Dataset
 
 from medclip_core.archive.audit import AuditLog
@@ -331,6 +332,21 @@ class ArchiveClient:
         frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
         image = load_image(dataset_bytes(dataset), frame=frame_index(frame, frames))
         return image, dataset
+
+    def thumbnails(self, instances: Sequence[InstanceSummary], limit: int = 12,
+                   size: int = 160) -> list[tuple[Image.Image, InstanceSummary]]:
+        """Small previews (default frame) of the first ``limit`` instances that hold an image; an
+        instance whose image does not decode gets no preview (diagnosing it says why)."""
+        previews = []
+        for instance in [i for i in instances if not i.skip_reason][:limit]:
+            try:
+                image, _ = self.fetch_image(instance.study_uid, instance.series_uid, instance.sop_uid)
+            except ImageLoadError:
+                continue
+            preview = image.to_pil()
+            preview.thumbnail((size, size))
+            previews.append((preview, instance))
+        return previews
 
     def fetch_metadata(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
         """The instance's attributes without bulk data (enough to reference it from an SR)."""

@@ -289,19 +289,26 @@ def _store_study_srs(folder: Path, client: ArchiveClient, spec: JobSpec, name: s
         _log(folder, f"findings SR stored: series {stored.series_uid}")
 
 
-def write_csv(folder: Path) -> Path:
-    """``results.csv``: one row per instance or file, one column per label (probability), status and note."""
+def job_table(folder: Path) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) of a job so far: one row per instance or file, one column per label (probability),
+    status and note. The UI shows it while the job runs; :func:`write_csv` writes it at the end."""
     spec = read_spec(folder)
+    header = ["item", "status", "note", "study_uid", "series_uid", "sop_uid", "frame", *spec.labels,
+              *(["report"] if spec.report else [])]
+    rows = [[row.key, row.status, row.note, row.study_uid, row.series_uid, row.sop_uid,
+             "" if row.frame is None else row.frame, *(row.probabilities or [""] * len(spec.labels)),
+             *([row.report] if spec.report else [])] for row in read_rows(folder)]
+    return header, rows
+
+
+def write_csv(folder: Path) -> Path:
+    """``results.csv``: the job's table (:func:`job_table`)."""
+    header, rows = job_table(folder)
     path = Path(folder) / "results.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["item", "status", "note", "study_uid", "series_uid", "sop_uid", "frame", *spec.labels,
-                         *(["report"] if spec.report else [])])
-        for row in read_rows(folder):
-            probabilities = row.probabilities or [""] * len(spec.labels)
-            writer.writerow([row.key, row.status, row.note, row.study_uid, row.series_uid, row.sop_uid,
-                             "" if row.frame is None else row.frame, *probabilities,
-                             *([row.report] if spec.report else [])])
+        writer.writerow(header)
+        writer.writerows(rows)
     return path
 
 
@@ -328,6 +335,12 @@ def unfinished_jobs(root: Path | None = None) -> Iterator[Path]:
     for folder in sorted((root or jobs_root()).iterdir()):
         if (folder / "state.json").exists() and read_state(folder).get("status") in ACTIVE:
             yield folder
+
+
+def recent_jobs(root: Path | None = None, limit: int = 20) -> list[Path]:
+    """The newest job folders first (folder names start with their creation time)."""
+    folders = [folder for folder in (root or jobs_root()).iterdir() if (folder / "state.json").exists()]
+    return sorted(folders, key=lambda folder: folder.name, reverse=True)[:limit]
 
 
 def resume_unfinished(client_factory: ClientFactory | None = None, root: Path | None = None) -> list[Path]:

@@ -21,6 +21,9 @@ from medclip_core.dicom_seg import write_dicom_seg
 from medclip_core.io import MedicalImage
 from medclip_core.models import default_model_name, load_model
 from medclip_core.tasks.diagnose import Diagnosis, diagnose
+from medclip_core.tasks.grounding import check_phrases
+from medclip_core.tasks.report import draft_report
+from medclip_core.tasks.segmentation import segment
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -84,3 +87,19 @@ def push_segmentation(client: ArchiveClient, source: Dataset, masks: dict[str, n
         path = write_dicom_seg(source, masks, Path(folder) / "segmentation.dcm")
         segmentation = pydicom.dcmread(path)
     return client.store(segmentation, str(source.StudyInstanceUID), model=model)
+
+
+def push_draft_report(client: ArchiveClient, result: ArchivedDiagnosis) -> StoredObject:
+    """Draft a report of a diagnosed instance with its model (:func:`draft_report`) and store it as a text SR."""
+    draft = draft_report(result.image, model=result.model)
+    sections = {"findings": draft.section_text("findings"), "impression": draft.section_text("impression")}
+    return push_report(client, result.source, sections, result.model, result.frame)
+
+
+def push_segment(client: ArchiveClient, result: ArchivedDiagnosis, phrases: Sequence[str],
+                 method: str | None = None) -> StoredObject:
+    """Segment ``phrases`` on a diagnosed instance (the Segment task, its default method unless given)
+    and store the masks as a DICOM SEG in its study."""
+    options = {"method": method} if method else {}
+    masks = segment(result.image, check_phrases(phrases), model=result.model, **options)
+    return push_segmentation(client, result.source, dict(zip(masks.phrases, masks.masks)), result.model)
