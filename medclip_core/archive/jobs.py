@@ -195,8 +195,8 @@ def run_job(folder: Path, client_factory: ClientFactory | None = None,
     done = {row.key for row in read_rows(folder)}
     state.update(status="running", started=state.get("started") or _now(), error=None)
     _write_state(folder, state)
-    client = client_factory() if spec.source != "folder" else None
     try:
+        client = client_factory() if spec.source != "folder" else None
         items: list[Any] = _archive_items(client, spec) if client else _folder_items(spec)
         total = len(items)
         _log(folder, f"{'resuming' if done else 'starting'}: {len(done)} of {total} already done")
@@ -226,9 +226,10 @@ def run_job(folder: Path, client_factory: ClientFactory | None = None,
         write_csv(folder)
         state.update(status="done", finished=_now())
         _log(folder, "done")
-    except MedclipError as exc:
-        state.update(status="failed", error=str(exc), finished=_now())
-        _log(folder, f"failed: {exc}")
+    except Exception as exc:  # a background job records every failure instead of dying as "running"
+        message = str(exc) if isinstance(exc, MedclipError) else f"unexpected error ({type(exc).__name__}): {exc}"
+        state.update(status="failed", error=message, finished=_now())
+        _log(folder, f"failed: {message}")
     _write_state(folder, state)
     return state
 
