@@ -82,6 +82,15 @@ def image_examples(upload: gr.File) -> gr.Examples:
     return gr.Examples(examples=[[path] for path in example_files()], inputs=[upload], label="Examples")
 
 
+def image_input_column(elem_id: str, preview: bool = False) -> tuple[gr.File, gr.Image | None]:
+    """The left column of an image tab: the upload, a preview of the decoded image if asked, the examples."""
+    with gr.Column():
+        upload = image_upload(elem_id)
+        shown = gr.Image(label="Image", type="pil", interactive=False, height=300) if preview else None
+        image_examples(upload)
+    return upload, shown
+
+
 def load_upload(path: str | None) -> MedicalImage:
     """The uploaded image of a tab, decoded; no upload is a readable error, not a crash."""
     if not path:

@@ -8,7 +8,7 @@ import gradio as gr
 from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS
 from medclip_core.tasks.diagnose import diagnose, probability_figure
 from medclip_core.tasks.zero_shot import resolve_labels
-from pages.common import image_examples, image_upload, load_upload, model_choices, ui_errors
+from pages.common import image_input_column, load_upload, model_choices, ui_errors
 
 NO_COMPARISON = "(none)"
 MODEL_NEGATIVES = "the model's own"
@@ -33,10 +33,7 @@ def build(model_picker: gr.Dropdown) -> None:
         gr.Markdown("Zero-shot findings: each label is written as report sentences (a prompt ensemble) and "
                     "scored per label against negative sentences (CheXzero style), or as a softmax across labels.")
         with gr.Row():
-            with gr.Column():
-                upload = image_upload("diagnose-upload")
-                preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
-                image_examples(upload)
+            upload, preview = image_input_column("diagnose-upload", preview=True)
             with gr.Column():
                 preset = gr.Dropdown(list(LABEL_PRESETS), value=DEFAULT_PRESET, label="Label set")
                 custom = gr.Textbox(lines=4, label="Or your own labels, one per line",

@@ -9,7 +9,7 @@ from PIL import Image
 from medclip_core.errors import TaskInputError
 from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
 from medclip_core.tasks.saving import saved_paths
-from pages.common import image_examples, image_upload, load_upload, ui_errors
+from pages.common import image_input_column, load_upload, ui_errors
 
 
 def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image.Image, str]]:
@@ -47,9 +47,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "Of the shipped models, **medclip-phantom-grounding** localises best; the default "
                     "medclip-phantom classifies better but its maps often peak beside the finding.")
         with gr.Row():
-            with gr.Column():
-                upload = image_upload("grounding-upload")
-                image_examples(upload)
+            upload, _ = image_input_column("grounding-upload")
             with gr.Column():
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line",
                                      placeholder="left basal effusion\nright upper lobe nodule")

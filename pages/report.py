@@ -10,7 +10,7 @@ import gradio as gr
 from medclip_core.errors import TaskInputError
 from medclip_core.tasks.grounding import ground
 from medclip_core.tasks.report import METHODS, draft_report
-from pages.common import image_examples, image_upload, load_upload, ui_errors
+from pages.common import image_input_column, load_upload, ui_errors
 
 TABLE_HEADERS = ["section", "sentence", "similarity", "states"]
 
@@ -56,10 +56,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "**generative** is a small decoder trained over the model's image features (embedded model "
                     "only). Edit the draft freely: it is a starting point, not a diagnosis.")
         with gr.Row():
-            with gr.Column():
-                upload = image_upload("report-upload")
-                preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
-                image_examples(upload)
+            upload, preview = image_input_column("report-upload", preview=True)
             with gr.Column():
                 method = gr.Radio(list(METHODS), value=METHODS[0], label="Method")
                 k = gr.Slider(1, 8, value=4, step=1, label="Findings sentences (retrieval)")

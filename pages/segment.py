@@ -11,7 +11,7 @@ from pydicom.misc import is_dicom
 from medclip_core.tasks.grounding import parse_phrases
 from medclip_core.tasks.saving import saved_paths
 from medclip_core.tasks.segmentation import SEGMENT_METHODS, segment
-from pages.common import image_examples, image_upload, load_upload, ui_errors
+from pages.common import image_input_column, load_upload, ui_errors
 
 
 @ui_errors
@@ -32,9 +32,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "(half its peak, the peak's connected region, holes filled); *trained* uses the "
                     "text-conditioned decoder shipped with the model. A DICOM input also gets a DICOM SEG.")
         with gr.Row():
-            with gr.Column():
-                upload = image_upload("segment-upload")
-                image_examples(upload)
+            upload, _ = image_input_column("segment-upload")
             with gr.Column():
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line")
                 method = gr.Dropdown(list(SEGMENT_METHODS), value="trained", label="Method")
