@@ -12,12 +12,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS
 from medclip_core.errors import MedclipError
 from medclip_core.train.runs import METHODS
 from medclip_core.train.tasks import TRAINING_TASKS, run_manager_tasks
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
+
+
+def _answer(result: Any, out: Path | None, **save_options: Any) -> dict[str, Any]:
+    """A command's JSON answer: the result's ``to_dict()``, plus the files its ``save()`` wrote with ``--out``."""
+    payload = result.to_dict()
+    if out is not None:
+        payload.update(result.save(out, **save_options))
+    return payload
 
 
 def cmd_models(args: argparse.Namespace) -> Any:
@@ -183,11 +192,14 @@ def cmd_report(args: argparse.Namespace) -> Any:
     from medclip_core.tasks.report import METHODS, SUPPORT, draft_report
 
     image = load_image(args.image, frame=args.frame)
-    methods = METHODS if args.method == "both" else (args.method,)
     support = SUPPORT if args.support is None else args.support
+    if args.method != "both":
+        draft = draft_report(image, args.method, args.model, k=args.k, impression_k=args.impression_k,
+                             beam=args.beam, support=support)
+        return _answer(draft, args.out)
     drafts = {m: draft_report(image, m, args.model, k=args.k, impression_k=args.impression_k, beam=args.beam,
-                              support=support).to_dict() for m in methods}
-    return drafts[args.method] if args.method != "both" else drafts
+                              support=support) for m in METHODS}
+    return {m: _answer(draft, args.out, prefix=f"{m}-") for m, draft in drafts.items()}
 
 
 def _eval_path_next_to(model_name: str | None, file_name: str) -> Path | None:
@@ -205,70 +217,34 @@ def _eval_path_next_to(model_name: str | None, file_name: str) -> Path | None:
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> Any:
-    from medclip_core.data.findings import LABEL_PRESETS
     from medclip_core.io import load_image
     from medclip_core.tasks.diagnose import diagnose
-    from medclip_core.tasks.zero_shot import parse_labels
+    from medclip_core.tasks.zero_shot import resolve_labels
 
-    if args.labels:
-        labels = parse_labels("\n".join(args.labels))
-    else:
-        labels = list(LABEL_PRESETS[args.preset])
-    result = diagnose(load_image(args.image, frame=args.frame), labels, mode=args.mode, model=args.model,
-                      compare_with=args.compare_with, shots=args.shots, support_csv=args.support_csv,
-                      negatives=args.negatives)
-    return result.to_dict()
-
-
-def _phrases_from(args: argparse.Namespace) -> list[str]:
-    from medclip_core.tasks.grounding import check_phrases
-
-    return check_phrases(args.phrases or [])
+    result = diagnose(load_image(args.image, frame=args.frame), resolve_labels(args.labels, args.preset),
+                      mode=args.mode, model=args.model, compare_with=args.compare_with, shots=args.shots,
+                      support_csv=args.support_csv, negatives=args.negatives)
+    return _answer(result, args.out)
 
 
 def cmd_heatmap(args: argparse.Namespace) -> Any:
-    from PIL import Image
-
     from medclip_core.io import load_image
     from medclip_core.tasks.grounding import ground
 
-    result = ground(load_image(args.image, frame=args.frame), _phrases_from(args), model=args.model,
+    result = ground(load_image(args.image, frame=args.frame), args.phrases, model=args.model,
                     method=args.method)
-    payload = result.to_dict()
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        np_path = args.out / "heatmaps.npy"
-        np_path.write_bytes(result.npy_bytes())
-        payload["npy"] = str(np_path)
-        payload["png"] = []
-        for index, heatmap in enumerate(result.maps):
-            path = args.out / f"heatmap-{index}.png"
-            Image.fromarray((heatmap * 255).round().astype("uint8")).save(path)
-            result.overlay(index, args.opacity).save(args.out / f"overlay-{index}.png")
-            payload["png"].append(str(path))
-    return payload
+    return _answer(result, args.out, opacity=args.opacity)
 
 
 def cmd_segment(args: argparse.Namespace) -> Any:
     from medclip_core.io import load_image
     from medclip_core.tasks.segmentation import segment
 
-    result = segment(load_image(args.image, frame=args.frame), _phrases_from(args), model=args.model,
+    if args.dicom_seg and args.out is None:
+        raise MedclipError("--dicom-seg writes a file: give --out FOLDER too.")
+    result = segment(load_image(args.image, frame=args.frame), args.phrases, model=args.model,
                      method=args.method)
-    payload = result.to_dict()
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        payload["masks"] = []
-        for index in range(len(result.phrases)):
-            path = args.out / f"mask-{index}.png"
-            path.write_bytes(result.mask_png(index))
-            payload["masks"].append(str(path))
-        if args.dicom_seg:
-            from medclip_core.dicom_seg import write_dicom_seg
-
-            path = write_dicom_seg(args.image, dict(zip(result.phrases, result.masks)), args.out / "segmentation.dcm")
-            payload["dicom_seg"] = str(path)
-    return payload
+    return _answer(result, args.out, dicom_source=args.image if args.dicom_seg else None)
 
 
 def _tqdm_progress(description: str):
@@ -301,7 +277,7 @@ def cmd_retrieve(args: argparse.Namespace) -> Any:
     from medclip_core.io import load_image
     from medclip_core.models import load_model
     from medclip_core.tasks.retrieval import (
-        build_index, image_to_reports, labels_in_text, precision_at_k, search_image, search_text,
+        build_index, image_to_reports, labelled_precision, search_image, search_text,
     )
 
     if (args.text is None) == (args.image is None):
@@ -312,17 +288,18 @@ def cmd_retrieve(args: argparse.Namespace) -> Any:
     if args.reports:
         if args.image is None:
             raise MedclipError("--reports searches the report corpus with an image: give --image PATH.")
-        return image_to_reports(model, load_image(args.image), k=args.k,
-                                progress=_tqdm_progress("embedding reports")).to_dict()
+        return _answer(image_to_reports(model, load_image(args.image), k=args.k,
+                                        progress=_tqdm_progress("embedding reports")), args.out)
     collection = collection_from_spec(args.gallery)
     index = build_index(model, collection, progress=_tqdm_progress("embedding gallery"))
     if args.text is not None:
         result = search_text(model, index, args.text, k=args.k)
     else:
         result = search_image(model, index, load_image(args.image), k=args.k)
-    payload = result.to_dict()
-    if collection.labelled and args.text is not None and labels_in_text(args.text):
-        payload["precision_at_k"] = precision_at_k(result)
+    payload = _answer(result, args.out)
+    precision = labelled_precision(result, collection)
+    if precision is not None:
+        payload["precision_at_k"] = precision
     return payload
 
 
@@ -395,7 +372,7 @@ def cmd_embed(args: argparse.Namespace) -> Any:
 
     result = embedding_map(load_model(args.model), collection_from_spec(args.gallery), method=args.method,
                            color_by=args.color_by, seed=args.seed, progress=_tqdm_progress("embedding"))
-    return result.to_dict()
+    return _answer(result, args.out)
 
 
 # --- archive (DICOMweb) -------------------------------------------------------------------------
@@ -531,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
     p.add_argument("--labels", nargs="+", help="labels to score (default: the --preset label set)")
-    p.add_argument("--preset", choices=("Phantom findings", "CheXpert findings"), default="Phantom findings")
+    p.add_argument("--preset", choices=tuple(LABEL_PRESETS), default=DEFAULT_PRESET)
     p.add_argument("--mode", choices=("pairwise", "softmax"), default="pairwise")
     p.add_argument("--negatives", choices=("negated", "normal"),
                    help="pairwise negative prompts: 'No {finding}.' (negated) or a normal study's sentences "
@@ -540,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=0, help="phantom examples per label for Tip-Adapter / linear probe")
     p.add_argument("--support-csv", type=Path, help="few-shot support set: CSV with columns image,labels")
     p.add_argument("--frame", type=int)
+    p.add_argument("--out", type=Path, help="folder to save the result in (diagnosis.json)")
     p.set_defaults(func=cmd_zero_shot)
 
     add_index_commands(sub)
@@ -553,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="search an archive index (a name under MEDCLIP_INDEX_ROOT, or its folder) "
                                    "instead of --gallery; see `index build`")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", type=Path, help="folder to save the result in (retrieval.json; gallery or --reports)")
     p.set_defaults(func=cmd_retrieve)
 
     p = sub.add_parser("embed", help="2-D map of a gallery's image and report embeddings, with the modality gap")
@@ -561,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("umap", "pca", "tsne"), default="umap")
     p.add_argument("--color-by", choices=("label", "modality"), default="label")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="folder to save the map in (embedding_map.json)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("report", help="draft a report for an image: sentence retrieval or the trained decoder")
@@ -574,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.1, best on the validation split; 0: no check)")
     p.add_argument("--beam", type=int, default=3, help="generative: beam width")
     p.add_argument("--frame", type=int)
+    p.add_argument("--out", type=Path, help="folder to save the draft in (report.json; both: METHOD-report.json)")
     p.set_defaults(func=cmd_report)
 
     for name, func, default_method, methods_help in (
@@ -585,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
         p.add_argument("--method", default=default_method, help=methods_help)
         p.add_argument("--frame", type=int)
-        p.add_argument("--out", type=Path, help="folder for the PNG / .npy outputs")
+        p.add_argument("--out", type=Path, help="folder for the JSON, PNG and .npy outputs")
         p.set_defaults(func=func)
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     p_heatmap = sub.choices["heatmap"]

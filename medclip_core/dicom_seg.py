@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from medclip_core.errors import ImageLoadError, TaskInputError
+
+if TYPE_CHECKING:
+    import pydicom
+
+# A source image: a DICOM file's path or its pydicom Dataset.
+DicomSource = Union[str, Path, "pydicom.Dataset"]
 
 _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                    "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -25,7 +32,7 @@ _PROPERTY_WORDS = (("effusion", "PleuralEffusion"), ("pneumothorax", "Pneumothor
                    ("mass", "Mass"), ("atelectasis", "Atelectasis"), ("cardiomegaly", "Cardiomegaly"))
 
 
-def _read_source(source_dicom):
+def _read_source(source_dicom: DicomSource) -> "pydicom.Dataset":
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -94,7 +101,7 @@ def _mask_stack(source, masks: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack(stack, axis=-1)[None]
 
 
-def write_dicom_seg(source_dicom, masks: dict[str, np.ndarray], out_path: str | Path) -> Path:
+def write_dicom_seg(source_dicom: DicomSource, masks: dict[str, np.ndarray], out_path: str | Path) -> Path:
     """Write a binary DICOM SEG of ``masks`` (phrase -> bool mask) referencing ``source_dicom``.
 
     ``source_dicom`` is a path or a pydicom Dataset of a single-frame image; masks are (rows,

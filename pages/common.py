@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from medclip_core.errors import MedclipError
+from medclip_core.errors import ImageLoadError, MedclipError
+from medclip_core.io import MedicalImage, load_image
 from medclip_core.models import default_model_name, describe_models, get_spec
 
 log = logging.getLogger("medclip_explorer")
@@ -79,3 +80,19 @@ def image_upload(elem_id: str | None = None, label: str = "Image (PNG, JPEG, TIF
 
 def image_examples(upload: gr.File) -> gr.Examples:
     return gr.Examples(examples=[[path] for path in example_files()], inputs=[upload], label="Examples")
+
+
+def image_input_column(elem_id: str, preview: bool = False) -> tuple[gr.File, gr.Image | None]:
+    """The left column of an image tab: the upload, a preview of the decoded image if asked, the examples."""
+    with gr.Column():
+        upload = image_upload(elem_id)
+        shown = gr.Image(label="Image", type="pil", interactive=False, height=300) if preview else None
+        image_examples(upload)
+    return upload, shown
+
+
+def load_upload(path: str | None) -> MedicalImage:
+    """The uploaded image of a tab, decoded; no upload is a readable error, not a crash."""
+    if not path:
+        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
+    return load_image(path)

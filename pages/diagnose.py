@@ -5,12 +5,10 @@ from typing import Any
 
 import gradio as gr
 
-from medclip_core.data.findings import LABEL_PRESETS
-from medclip_core.errors import ImageLoadError, TaskInputError
-from medclip_core.io import load_image
+from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS
 from medclip_core.tasks.diagnose import diagnose, probability_figure
-from medclip_core.tasks.zero_shot import parse_labels
-from pages.common import image_examples, image_upload, model_choices, ui_errors
+from medclip_core.tasks.zero_shot import resolve_labels
+from pages.common import image_input_column, load_upload, model_choices, ui_errors
 
 NO_COMPARISON = "(none)"
 MODEL_NEGATIVES = "the model's own"
@@ -22,16 +20,8 @@ NEGATIVE_CHOICES = [(MODEL_NEGATIVES, MODEL_NEGATIVES), ('"No {finding}." (CheXz
 def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, model: str, compare_with: str,
                   shots: float, negatives: str = MODEL_NEGATIVES) -> tuple[Any, Any, Any, dict]:
     """Image file + labels -> (preview, bar chart, table, full JSON result)."""
-    if not path:
-        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
-    image = load_image(path)
-    if custom_labels and custom_labels.strip():
-        labels = parse_labels(custom_labels)
-    elif preset in LABEL_PRESETS:
-        labels = list(LABEL_PRESETS[preset])
-    else:
-        raise TaskInputError(f"Unknown label preset '{preset}'.")
-    result = diagnose(image, labels, mode=mode, model=model,
+    image = load_upload(path)
+    result = diagnose(image, resolve_labels(custom_labels, preset), mode=mode, model=model,
                       compare_with=None if compare_with in (None, "", NO_COMPARISON) else compare_with,
                       shots=int(shots or 0), negatives=None if negatives in (None, "", MODEL_NEGATIVES) else negatives)
     header, rows = result.table()
@@ -43,12 +33,9 @@ def build(model_picker: gr.Dropdown) -> None:
         gr.Markdown("Zero-shot findings: each label is written as report sentences (a prompt ensemble) and "
                     "scored per label against negative sentences (CheXzero style), or as a softmax across labels.")
         with gr.Row():
+            upload, preview = image_input_column("diagnose-upload", preview=True)
             with gr.Column():
-                upload = image_upload("diagnose-upload")
-                preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
-                image_examples(upload)
-            with gr.Column():
-                preset = gr.Dropdown(list(LABEL_PRESETS), value="Phantom findings", label="Label set")
+                preset = gr.Dropdown(list(LABEL_PRESETS), value=DEFAULT_PRESET, label="Label set")
                 custom = gr.Textbox(lines=4, label="Or your own labels, one per line",
                                     placeholder="pleural effusion\ncardiomegaly\npneumothorax")
                 mode = gr.Radio(["pairwise", "softmax"], value="pairwise", label="Scoring",

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import gradio as gr
-import numpy as np
 from PIL import Image
 
-from medclip_core.errors import ImageLoadError, TaskInputError
-from medclip_core.io import load_image
+from medclip_core.errors import TaskInputError
 from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
-from pages.common import image_examples, image_upload, ui_errors
+from medclip_core.tasks.saving import saved_paths
+from pages.common import image_input_column, load_upload, ui_errors
 
 
 def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image.Image, str]]:
@@ -19,34 +17,23 @@ def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image
             for r in results for i, phrase in enumerate(r.phrases)]
 
 
-def _downloads(results: list[GroundingResult]) -> list[str]:
-    """Raw maps for download: one 8-bit PNG per phrase and method, and a .npy per method."""
-    folder = Path(tempfile.mkdtemp(prefix="medclip-heatmaps-"))
-    files = []
-    for r in results:
-        npy = folder / f"{r.method}.npy"
-        npy.write_bytes(r.npy_bytes())
-        files.append(str(npy))
-        for i, heatmap in enumerate(r.maps):
-            png = folder / f"{r.method}-{i}.png"
-            Image.fromarray((heatmap * 255).round().astype(np.uint8)).save(png)
-            files.append(str(png))
-    return files
+def _downloads(results: list[GroundingResult], opacity: float) -> list[str]:
+    """Every method's saved files (JSON, .npy, map and overlay PNGs), named after the method."""
+    folder = tempfile.mkdtemp(prefix="medclip-heatmaps-")
+    return [path for r in results for path in saved_paths(r.save(folder, prefix=f"{r.method}-", opacity=opacity))]
 
 
 @ui_errors
 def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacity: float,
                  model: str) -> tuple[list, dict, list[str], list[GroundingResult]]:
     """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, results for re-blending)."""
-    if not path:
-        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
     if not methods:
         raise TaskInputError("Pick at least one heatmap method.")
     phrases = parse_phrases(phrases_text)
-    image = load_image(path)
+    image = load_upload(path)
     results = [ground(image, phrases, model=model, method=method) for method in methods]
     summary = {"model": results[0].model, "phrases": phrases, "methods": [r.to_dict() for r in results]}
-    return _gallery(results, opacity), summary, _downloads(results), results
+    return _gallery(results, opacity), summary, _downloads(results, opacity), results
 
 
 def reblend(results: list[GroundingResult] | None, opacity: float) -> list:
@@ -60,9 +47,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "Of the shipped models, **medclip-phantom-grounding** localises best; the default "
                     "medclip-phantom classifies better but its maps often peak beside the finding.")
         with gr.Row():
-            with gr.Column():
-                upload = image_upload("grounding-upload")
-                image_examples(upload)
+            upload, _ = image_input_column("grounding-upload")
             with gr.Column():
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line",
                                      placeholder="left basal effusion\nright upper lobe nodule")
@@ -74,7 +59,7 @@ def build(model_picker: gr.Dropdown) -> None:
         gallery = gr.Gallery(label="Heatmaps (phrase · method)", columns=3, height="auto")
         with gr.Row():
             details = gr.JSON(label="Result")
-            files = gr.File(label="Raw maps (PNG, .npy)", file_count="multiple")
+            files = gr.File(label="Maps and overlays (JSON, PNG, .npy)", file_count="multiple")
         state = gr.State([])
         button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker],
                      outputs=[gallery, details, files, state], api_name="heatmap")

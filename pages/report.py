@@ -7,11 +7,10 @@ from typing import Any
 
 import gradio as gr
 
-from medclip_core.errors import ImageLoadError, TaskInputError
-from medclip_core.io import load_image
+from medclip_core.errors import TaskInputError
 from medclip_core.tasks.grounding import ground
 from medclip_core.tasks.report import METHODS, draft_report
-from pages.common import image_examples, image_upload, ui_errors
+from pages.common import image_input_column, load_upload, ui_errors
 
 TABLE_HEADERS = ["section", "sentence", "similarity", "states"]
 
@@ -25,9 +24,7 @@ def _states(labels: dict[str, list[str]]) -> str:
 @ui_errors
 def run_report(path: str | None, method: str, k: float, model: str) -> tuple[Any, str, str, Any, dict]:
     """Image file -> (preview, caution, editable draft, sentence table, JSON result)."""
-    if not path:
-        raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
-    image = load_image(path)
+    image = load_upload(path)
     draft = draft_report(image, method, model, k=int(k))
     caution = f"⚠️ **{draft.caution}**" if draft.caution else ""
     if draft.prompted is not None:
@@ -41,11 +38,9 @@ def run_report(path: str | None, method: str, k: float, model: str) -> tuple[Any
 @ui_errors
 def sentence_heatmap(path: str | None, sentence: str, model: str) -> tuple[Any, str]:
     """Where the model finds one sentence of the draft (patch-similarity heatmap of the Grounding tab)."""
-    if not path:
-        raise ImageLoadError("Please upload an image first.")
     if not sentence or not sentence.strip():
         raise TaskInputError("Pick a sentence of the draft.")
-    result = ground(load_image(path), [sentence.strip()], model=model, method="similarity")
+    result = ground(load_upload(path), [sentence.strip()], model=model, method="similarity")
     return result.overlay(0, 0.5), f"Heatmap of: *{sentence.strip()}*"
 
 
@@ -61,10 +56,7 @@ def build(model_picker: gr.Dropdown) -> None:
                     "**generative** is a small decoder trained over the model's image features (embedded model "
                     "only). Edit the draft freely: it is a starting point, not a diagnosis.")
         with gr.Row():
-            with gr.Column():
-                upload = image_upload("report-upload")
-                preview = gr.Image(label="Image", type="pil", interactive=False, height=300)
-                image_examples(upload)
+            upload, preview = image_input_column("report-upload", preview=True)
             with gr.Column():
                 method = gr.Radio(list(METHODS), value=METHODS[0], label="Method")
                 k = gr.Slider(1, 8, value=4, step=1, label="Findings sentences (retrieval)")

@@ -20,7 +20,7 @@ from medclip_core.index import ArchiveIndex, registered_indexes, resolve_index, 
 from medclip_core.io import load_image
 from medclip_core.models import load_model
 from medclip_core.tasks.retrieval import (
-    build_index, image_to_reports, labels_in_text, precision_at_k, search_image, search_text,
+    build_index, image_to_reports, labelled_precision, search_image, search_text,
 )
 from pages.common import image_examples, image_upload, ui_errors
 
@@ -88,8 +88,9 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
     else:
         result = search_image(model, index, load_image(query_path), k=k)
     summary = f"{len(result.hits)} of {len(index)} images in *{index.name}* ({index.kind} index)."
-    if collection.labelled and mode == "text → images" and labels_in_text(result.query or ""):
-        summary += f" Precision@{len(result.hits)} against the labels: **{precision_at_k(result):.2f}**."
+    precision = labelled_precision(result, collection)
+    if precision is not None:
+        summary += f" Precision@{len(result.hits)} against the labels: **{precision:.2f}**."
     thumbnails = [(index.item(h.item_id).image().to_pil(), f"{h.rank}. {h.score:.3f} — {', '.join(h.labels or [])}")
                   for h in result.hits]
     rows = [[h.rank, round(h.score, 4), ", ".join(h.labels or []), h.report or ""] for h in result.hits]

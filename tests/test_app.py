@@ -1,6 +1,7 @@
 """The app through a real client: launch on a free local port, call the endpoints, close."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -113,9 +114,13 @@ def test_heatmap_endpoint_with_dicom_several_phrases_and_methods(client, open_cl
     assert len(gallery) == 4                                  # 2 phrases x 2 methods
     assert [m["method"] for m in result["methods"]] == ["similarity", "gradcam"]
     assert all(m["size"] == [224, 224] for m in result["methods"])
-    assert sorted(Path(f).suffix for f in files) == [".npy", ".npy"] + [".png"] * 4
-    maps = np.load(next(f for f in files if f.endswith("similarity.npy")))
+    assert sorted(Path(f).suffix for f in files) == [".json"] * 2 + [".npy"] * 2 + [".png"] * 8
+    maps = np.load(next(f for f in files if f.endswith("similarity-heatmaps.npy")))
     assert maps.shape == (2, 224, 224) and maps.min() >= 0 and maps.max() <= 1
+    saved = json.loads(Path(next(f for f in files if f.endswith("gradcam-heatmap.json"))).read_text())
+    assert saved == result["methods"][1]
+    overlay = Image.open(next(f for f in files if f.endswith("similarity-overlay-1.png")))
+    assert overlay.size == (224, 224) and overlay.mode == "RGB"
     _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "nodule", ["relevance"],
                                      0.5, f"local-dir:{open_clip_dir}", api_name="/heatmap")
     assert result["methods"][0]["method"] == "relevance"
@@ -150,7 +155,7 @@ def test_segment_endpoint_gives_masks_and_a_dicom_seg_for_a_dicom(client) -> Non
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     _, result, files = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "pleural effusion",
                                       "zero-shot:similarity", "medclip-phantom", api_name="/segment")
-    assert result["method"] == "zero-shot:similarity" and [Path(f).suffix for f in files] == [".png"]
+    assert result["method"] == "zero-shot:similarity" and [Path(f).suffix for f in files] == [".json", ".png"]
     with pytest.raises(Exception, match="at least one phrase"):
         client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), " ", "trained", "medclip-phantom",
                        api_name="/segment")

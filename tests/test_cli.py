@@ -78,14 +78,19 @@ def test_phantom_writes_images_reports_and_contact_sheet(tmp_path: Path) -> None
     assert Image.open(tmp_path / "ph" / "000.png").size == (96, 96)
 
 
-def test_zero_shot_and_retrieve_commands(open_clip_dir: Path) -> None:
+def test_zero_shot_and_retrieve_commands(open_clip_dir: Path, tmp_path: Path) -> None:
     image = str(ROOT / "assets" / "examples" / "phantom_effusion.dcm")
     model = f"local-dir:{open_clip_dir}"
     result = run_cli("zero-shot", image, "--model", model, "--labels", "pleural effusion", "nodule",
-                     "--negatives", "normal")
+                     "--negatives", "normal", "--out", str(tmp_path / "zs"))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["labels"] == ["pleural effusion", "nodule"] and len(payload["scores"][model]) == 2
+    assert Path(payload.pop("json")) == tmp_path / "zs" / "diagnosis.json"
+    assert json.loads((tmp_path / "zs" / "diagnosis.json").read_text()) == payload
+    result = run_cli("zero-shot", image, "--model", model, "--preset", "CheXpert findings")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["labels"]) > 2
     assert payload["negatives"] == "normal" and payload["prompts"]["nodule"]["negative"][0].startswith("No acute")
     result = run_cli("zero-shot", image, "--model", model, "--negatives", "absent")
     assert result.returncode == 2 and "invalid choice: 'absent'" in result.stderr
@@ -103,8 +108,10 @@ def test_heatmap_and_segment_write_maps_masks_and_a_dicom_seg(tmp_path: Path) ->
                      "--out", str(tmp_path / "maps"))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert payload["method"] == "gradcam" and len(payload["png"]) == 2
+    assert payload["method"] == "gradcam" and len(payload["png"]) == 2 and len(payload["overlays"]) == 2
     assert np.load(payload["npy"]).shape == (2, 224, 224)
+    assert Image.open(payload["overlays"][1]).size == (224, 224)
+    assert json.loads(Path(payload["json"]).read_text())["peaks_xy"] == payload["peaks_xy"]
     result = run_cli("segment", str(dicom), "pleural effusion", "--method", "trained", "--dicom-seg",
                      "--out", str(tmp_path / "masks"))
     assert result.returncode == 0, result.stderr
@@ -112,5 +119,7 @@ def test_heatmap_and_segment_write_maps_masks_and_a_dicom_seg(tmp_path: Path) ->
     seg = pydicom.dcmread(payload["dicom_seg"])
     mask = np.asarray(Image.open(payload["masks"][0])) > 0
     assert seg.Modality == "SEG" and np.array_equal(seg.pixel_array.astype(bool), mask)
+    result = run_cli("segment", str(dicom), "pleural effusion", "--dicom-seg")
+    assert result.returncode == 2 and "--out" in result.stderr
     result = run_cli("heatmap", str(dicom), "nodule", "--method", "relevance")
     assert result.returncode == 2 and result.stderr.startswith("error:") and "class token" in result.stderr

@@ -14,12 +14,15 @@ from medclip_core.errors import TaskInputError
 from medclip_core.models import default_model_name, load_model
 from medclip_core.models.base import ImageLike
 from medclip_core.tasks.few_shot import SUPPORT_CACHE, csv_support, few_shot_scores
+from medclip_core.tasks.saving import SavesJson
 from medclip_core.tasks.zero_shot import SCORE_MODES, zero_shot
 
 
 @dataclass
-class Diagnosis:
+class Diagnosis(SavesJson):
     """``scores[series][i]`` is the probability of ``labels[i]`` under that series."""
+
+    SAVED_NAME = "diagnosis"
 
     labels: list[str]
     mode: str

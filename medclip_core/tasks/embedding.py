@@ -36,6 +36,7 @@ from medclip_core.models.base import ClipModel, ImageLike, image_to_rgb_array
 from medclip_core.models.embedding_cache import model_fingerprint
 from medclip_core.tasks import embed_in_batches
 from medclip_core.tasks.retrieval import Progress, build_index
+from medclip_core.tasks.saving import SavesJson
 
 METHODS: tuple[str, ...] = ("umap", "pca", "tsne")
 COLOR_BY: tuple[str, ...] = ("label", "modality")
@@ -73,7 +74,7 @@ def modality_gap(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> M
 
 
 @dataclass
-class EmbeddingMap:
+class EmbeddingMap(SavesJson):
     """One 2-D point per input: images first, then texts, in input order.
 
     ``label`` is the point's colour group (its one finding, ``"several findings"``, or
@@ -82,6 +83,8 @@ class EmbeddingMap:
     image for a report text), None where there is no image. ``modality_gap`` and
     ``centroid_cosine`` are None without both images and texts.
     """
+
+    SAVED_NAME = "embedding_map"
 
     method: str
     color_by: str

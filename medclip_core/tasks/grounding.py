@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,7 @@ from medclip_core.models.base import (
 )
 from medclip_core.models.geometry import heatmap_from_patches
 from medclip_core.tasks import check_text_items
+from medclip_core.tasks.saving import SavedFiles, SavesJson
 
 METHODS = ("similarity", "surgery", "gradcam", "gscorecam", "relevance")
 METHOD_TITLES = {
@@ -61,8 +63,10 @@ _BINOMIAL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 
 
 
 @dataclass
-class GroundingResult:
+class GroundingResult(SavesJson):
     """One map per phrase over the original image, plus the raw patch-grid scores."""
+
+    SAVED_NAME = "heatmap"
 
     phrases: list[str]
     method: str
@@ -81,6 +85,26 @@ class GroundingResult:
         buffer = io.BytesIO()
         np.save(buffer, self.maps)
         return buffer.getvalue()
+
+    def heatmap_image(self, index: int) -> Image.Image:
+        """Map ``index`` as an 8-bit greyscale image (0 -> 0, 1 -> 255) at the original resolution."""
+        return Image.fromarray((self.maps[index] * 255).round().astype(np.uint8))
+
+    def save(self, out_dir: str | Path, *, prefix: str = "", opacity: float = 0.5) -> SavedFiles:
+        """Write into ``out_dir``: ``heatmap.json``, the maps as ``heatmaps.npy`` (P, H, W float32), and per
+        phrase ``heatmap-N.png`` (8-bit map) and ``overlay-N.png`` (blended at ``opacity``), each name
+        after ``prefix``. Returns ``{"json", "npy", "png": [maps], "overlays": [overlays]}``."""
+        saved = super().save(out_dir, prefix=prefix)
+        folder = Path(out_dir)
+        npy = folder / f"{prefix}heatmaps.npy"
+        npy.write_bytes(self.npy_bytes())
+        maps, overlays = [], []
+        for index in range(len(self.phrases)):
+            maps.append(folder / f"{prefix}heatmap-{index}.png")
+            overlays.append(folder / f"{prefix}overlay-{index}.png")
+            self.heatmap_image(index).save(maps[-1])
+            self.overlay(index, opacity).save(overlays[-1])
+        return {**saved, "npy": str(npy), "png": list(map(str, maps)), "overlays": list(map(str, overlays))}
 
     def to_dict(self) -> dict[str, Any]:
         peaks = [np.unravel_index(int(m.argmax()), m.shape) for m in self.maps]

@@ -51,6 +51,7 @@ from medclip_core.io import MedicalImage, image_from_array
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.models.report_decoder import LoadedDecoder, beam_search, load_decoder, sample_reports
 from medclip_core.tasks.report_features import encode_for_report, phantom_features
+from medclip_core.tasks.saving import SavesJson
 from medclip_core.tasks.zero_shot import score_images
 
 METHODS: tuple[str, ...] = ("retrieval", "generative")
@@ -117,8 +118,10 @@ class DraftSentence:
 
 
 @dataclass
-class ReportDraft:
+class ReportDraft(SavesJson):
     """A draft report for one image and how it was made."""
+
+    SAVED_NAME = "report"
 
     method: str
     model: str

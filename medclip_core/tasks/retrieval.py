@@ -39,6 +39,7 @@ from medclip_core.models.embedding_cache import (
     content_digest, default_cache_dir, load_vectors, model_fingerprint, save_entry,
 )
 from medclip_core.tasks import embed_in_batches
+from medclip_core.tasks.saving import SavesJson
 
 INDEX_FORMAT = 1  # bump when the layout of a cache entry changes
 INDEX_NAME = "index.faiss"
@@ -236,8 +237,10 @@ def _no_image() -> MedicalImage:
 
 
 @dataclass
-class RetrievalResult:
+class RetrievalResult(SavesJson):
     """The hits of one query, best first; ``notes`` tell the user about truncation or a short gallery."""
+
+    SAVED_NAME = "retrieval"
 
     query_kind: str  # "text" or "image"
     query: str | None  # the query text; None for an image query
@@ -357,3 +360,13 @@ def precision_at_k(result: RetrievalResult, query_labels: str | Iterable[str] | 
         raise MedclipError(f"'{result.gallery}' has no finding labels, so precision@k cannot be measured; "
                            "use the phantom gallery or a CSV with a 'labels' column.")
     return float(np.mean([wanted <= set(hit.labels) for hit in result.hits]))
+
+
+def labelled_precision(result: RetrievalResult, collection: Collection) -> float | None:
+    """precision@k of a text query whose findings the gallery's labels can judge (a labelled
+    ``collection`` and a query naming a known finding); None otherwise. What the CLI and the
+    Retrieve tab show beside a gallery search."""
+    if not (collection.labelled and result.query_kind == "text" and result.hits
+            and labels_in_text(result.query or "")):
+        return None
+    return precision_at_k(result)

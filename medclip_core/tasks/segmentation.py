@@ -16,17 +16,20 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from medclip_core.dicom_seg import DicomSource, write_dicom_seg
 from medclip_core.errors import TaskInputError
 from medclip_core.models import default_model_name, load_model
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.models.segmentation_decoder import load_segmentation_decoder
 from medclip_core.tasks.grounding import METHODS as HEATMAP_METHODS, check_phrases, ground, original_image
+from medclip_core.tasks.saving import SavedFiles, SavesJson
 
 HEATMAP_THRESHOLD = 0.5
 KEEP_PEAK = 0.9
@@ -35,8 +38,10 @@ SEGMENT_METHODS = tuple(f"zero-shot:{m}" for m in HEATMAP_METHODS) + (TRAINED,)
 
 
 @dataclass
-class SegmentationResult:
+class SegmentationResult(SavesJson):
     """Boolean masks (P, H, W) on the original image, with the scores they were cut from."""
+
+    SAVED_NAME = "segmentation"
 
     phrases: list[str]
     method: str
@@ -55,6 +60,22 @@ class SegmentationResult:
         buffer = io.BytesIO()
         Image.fromarray(self.masks[index].astype(np.uint8) * 255).save(buffer, format="PNG")
         return buffer.getvalue()
+
+    def save(self, out_dir: str | Path, *, prefix: str = "", dicom_source: DicomSource | None = None) -> SavedFiles:
+        """Write into ``out_dir``: ``segmentation.json``, ``mask-N.png`` per phrase (see :meth:`mask_png`)
+        and, given the DICOM image the masks were drawn on (a path or a pydicom Dataset), a DICOM SEG
+        ``segmentation.dcm`` referencing it (:func:`~medclip_core.dicom_seg.write_dicom_seg`), each name
+        after ``prefix``. Returns ``{"json", "masks": [PNGs]}`` and ``"dicom_seg"`` when written."""
+        saved = super().save(out_dir, prefix=prefix)
+        folder = Path(out_dir)
+        masks = [folder / f"{prefix}mask-{index}.png" for index in range(len(self.phrases))]
+        for index, path in enumerate(masks):
+            path.write_bytes(self.mask_png(index))
+        saved["masks"] = [str(path) for path in masks]
+        if dicom_source is not None:
+            seg = folder / f"{prefix}segmentation.dcm"
+            saved["dicom_seg"] = str(write_dicom_seg(dicom_source, dict(zip(self.phrases, self.masks)), seg))
+        return saved
 
     def to_dict(self) -> dict[str, Any]:
         areas = self.masks.reshape(len(self.masks), -1).mean(axis=1)

@@ -39,6 +39,7 @@ from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS, LABEL_SYNO
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.tasks import check_text_items
+from medclip_core.tasks.saving import SavesJson
 
 ScoreMode = Literal["pairwise", "softmax"]
 SCORE_MODES: tuple[str, ...] = ("pairwise", "softmax")
@@ -246,9 +247,11 @@ def score_images(model: ClipModel, image_embeddings: torch.Tensor, labels: Seque
 
 
 @dataclass
-class ZeroShotResult:
+class ZeroShotResult(SavesJson):
     """Zero-shot scores of one image: ``probabilities[i]`` belongs to ``labels[i]``; ``negatives`` is
     the pairwise negative style (None in softmax mode)."""
+
+    SAVED_NAME = "zero_shot"
 
     labels: list[str]
     probabilities: list[float]
