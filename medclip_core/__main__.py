@@ -400,7 +400,9 @@ def cmd_archive(args: argparse.Namespace) -> Any:
             image.to_pil().save(args.out)
             result["preview"] = str(args.out)
         return result
-    labels = _archive_labels(args)
+    from medclip_core.tasks.zero_shot import resolve_labels
+
+    labels = resolve_labels(args.labels, args.preset)
     if args.archive_command == "zero-shot" and not args.instance:
         from medclip_core.archive.jobs import JobSpec, create_job, job_summary, read_rows, run_job
 
@@ -434,12 +436,6 @@ def cmd_archive(args: argparse.Namespace) -> Any:
             payload["stored"]["seg"] = push_segmentation(
                 client, result.source, dict(zip(masks.phrases, masks.masks)), result.model).to_dict()
     return payload
-
-
-def _archive_labels(args: argparse.Namespace) -> list[str]:
-    from medclip_core.tasks.zero_shot import LABEL_PRESETS, parse_labels
-
-    return parse_labels("\n".join(args.labels)) if args.labels else list(LABEL_PRESETS[args.preset])
 
 
 def add_archive_commands(sub: argparse._SubParsersAction) -> None:
