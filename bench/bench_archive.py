@@ -29,7 +29,8 @@ from medclip_core.archive.client import ArchiveClient
 from medclip_core.archive.config import ArchiveSettings
 from medclip_core.io import load_image
 from medclip_core.models import default_model_name, load_model
-from medclip_core.tasks.zero_shot import LABEL_PRESETS, zero_shot
+from medclip_core.data.findings import LABEL_PRESETS
+from medclip_core.tasks.zero_shot import zero_shot
 from tests.orthanc_server import run_orthanc
 
 ROOT = Path(__file__).resolve().parents[1]

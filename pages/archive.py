@@ -36,11 +36,11 @@ from medclip_core.archive.writeback import (
     push_findings,
     push_segment,
 )
+from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.errors import MedclipError, TaskInputError
 from medclip_core.tasks.diagnose import probability_figure
 from medclip_core.tasks.grounding import parse_phrases
 from medclip_core.tasks.segmentation import SEGMENT_METHODS
-from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.tasks.zero_shot import resolve_labels
 from pages.common import ui_errors
 
