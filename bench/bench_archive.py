@@ -27,9 +27,9 @@ from pydicom.uid import generate_uid
 from bench.timing import median_seconds
 from medclip_core.archive.client import ArchiveClient
 from medclip_core.archive.config import ArchiveSettings
+from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.io import load_image
 from medclip_core.models import default_model_name, load_model
-from medclip_core.data.findings import LABEL_PRESETS
 from medclip_core.tasks.zero_shot import zero_shot
 from tests.orthanc_server import run_orthanc
 
