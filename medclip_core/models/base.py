@@ -72,8 +72,8 @@ class ViTParts:
 
 
 @dataclass(frozen=True)
-class ModelCard:
-    """What a user needs to know to choose and cite a model."""
+class ModelDescription:
+    """The fields a registry spec and a loaded model's card share: what the model is and where it comes from."""
 
     name: str
     backend: str
@@ -86,9 +86,15 @@ class ModelCard:
     url: str = ""
     context_length: int | None = None
     gated: bool = False
+    zero_shot_negatives: str = "negated"  # pairwise zero-shot negatives, see tasks.zero_shot.NEGATIVE_STYLES
+
+
+@dataclass(frozen=True)
+class ModelCard(ModelDescription):
+    """What a user needs to know to choose and cite a model."""
+
     clinical_use: str = "research only, not for diagnosis"
     metrics: dict[str, Any] = field(default_factory=dict)
-    zero_shot_negatives: str = "negated"  # pairwise zero-shot negatives, see tasks.zero_shot.NEGATIVE_STYLES
     zero_shot_calibration: dict[str, Any] | None = None  # Platt scaling of pairwise scores, see tasks.zero_shot.LogitMap
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 
 from medclip_core.errors import ModelUnavailableError
 from medclip_core.models import checkpoint, hub
-from medclip_core.models.base import ClipModel, ModelCard
+from medclip_core.models.base import ClipModel, ModelCard, ModelDescription
 from medclip_core.models.open_clip_backend import (
     OPEN_CLIP_CONFIG,
     OPEN_CLIP_WEIGHTS,
@@ -45,22 +45,10 @@ BACKENDS = ("checkpoint", "open_clip", "transformers")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(ModelDescription):
     """Declarative description of a registry model (one JSON file in ``specs/``)."""
 
-    name: str
-    backend: str
-    source: str
-    modality: str
-    image_size: int
-    embed_dim: int
-    licence: str
-    description: str = ""
-    url: str = ""
     pretrained: str | None = None
-    context_length: int | None = None
-    gated: bool = False
-    zero_shot_negatives: str = "negated"
 
     def card(self) -> ModelCard:
         shared = {k: v for k, v in asdict(self).items() if k in ModelCard.__dataclass_fields__}
