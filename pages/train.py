@@ -3,7 +3,7 @@
 Runs are separate processes owned by the run manager (``medclip_core.train.runs``); this tab only
 starts, lists and cancels them, so closing the browser or restarting the app does not stop a run.
 Finished runs join every tab's model picker under their run name. When ``MEDCLIP_ADMIN_TOKEN``
-is set, anyone can look but starting and cancelling need the token.
+is set, anyone can look but starting and cancelling runs and uploading datasets need the token.
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ from pages.common import model_choices, ui_errors
 
 TABLE_HEADERS = ["run", "state", "task", "method", "base model", "data", "device", "started", "minutes", "step",
                  "loss", "problem"]
-TOKEN_NOTE = ("🔒 Starting and cancelling runs needs the admin token on this server (`MEDCLIP_ADMIN_TOKEN` is set): "
-              "the buttons stay disabled until you enter it. Anyone can watch the runs.")
+TOKEN_NOTE = ("🔒 Starting and cancelling runs and validating dataset uploads need the admin token on this "
+              "server (`MEDCLIP_ADMIN_TOKEN` is set): the buttons stay disabled until you enter it. "
+              "Anyone can watch the runs.")
 DATASETS = ["phantom:64", "phantom:512", "phantom"]
 
 
@@ -95,11 +96,15 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         return f"Run **{record.name}** is {record.state}.", record.to_dict()
 
     @ui_errors
-    def validate(files: list[str] | None) -> tuple[str, list[list[Any]], Any]:
-        """Import an uploaded zip (or CSV + images) and report what is wrong with it."""
+    def validate(files: list[str] | None, token: str | None = None) -> tuple[str, list[list[Any]], Any]:
+        """Import an uploaded zip (or CSV + images) and report what is wrong with it; an unusable upload
+        is deleted. ``token`` defaults to None so that API callers of a server without a token may omit it."""
+        check_admin_token(token)
         dataset, report = register_upload(files or [], datasets_root)
         rows = [[p.line, p.kind, p.message] for p in report.problems]
-        choice = gr.update(choices=DATASETS + [dataset], value=dataset) if report.usable else gr.skip()
+        if not report.usable:
+            return f"{report.summary()} The upload was deleted: fix it and upload it again.", rows, gr.skip()
+        choice = gr.update(choices=DATASETS + [dataset], value=dataset)
         return f"**{dataset}**: {report.summary()}", rows, choice
 
     def refresh_choices(known: dict[str, list[str]]) -> tuple[Any, Any, Any, dict[str, list[str]]]:
@@ -130,7 +135,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
                 upload = gr.File(label="Your dataset: a zip of images with a CSV (image,report[,labels]), "
                                        "or a CSV with its image files", file_count="multiple", type="filepath",
                                  file_types=[".zip", ".csv", ".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff"])
-                validate_button = gr.Button("Validate dataset")
+                validate_button = gr.Button("Validate dataset", interactive=not needs_token)
                 dataset_summary = gr.Markdown()
                 problems = gr.Dataframe(headers=["line", "problem", "message"], label="Dataset problems",
                                         interactive=False, wrap=True)
@@ -158,8 +163,8 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         timer = gr.Timer(2.0)
         known = gr.State({"finished": list(finished_runs(manager.root)), "runs": [r.name for r in manager.list_runs()]})
 
-        token.change(lambda t: (gr.update(interactive=bool(t)),) * 2, inputs=token, outputs=[start, cancel],
-                     api_visibility="private")
+        token.change(lambda t: (gr.update(interactive=bool(t)),) * 3, inputs=token,
+                     outputs=[start, cancel, validate_button], api_visibility="private")
         start.click(start_run, inputs=[run_name, base_model, dataset, task, method, epochs, batch_size, lr, seed,
                                        max_steps, processes, token], outputs=[message, run_json, selected],
                     api_name="train_start")
@@ -170,5 +175,5 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
                    show_progress="hidden")
         timer.tick(refresh_choices, inputs=known, outputs=[model_picker, base_model, selected, known],
                    api_visibility="private", show_progress="hidden")
-        validate_button.click(validate, inputs=upload, outputs=[dataset_summary, problems, dataset],
+        validate_button.click(validate, inputs=[upload, token], outputs=[dataset_summary, problems, dataset],
                               api_name="train_validate")

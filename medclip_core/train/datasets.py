@@ -7,14 +7,26 @@ dataset with a path leaving its folder is refused as a whole; otherwise the good
 copy of a duplicate) are written to ``pairs.clean.csv`` next to the CSV, which is what a run trains on.
 ``import_upload`` puts uploaded files (a zip, or a CSV with its images) into a fresh folder under
 the runs folder, refusing zip members whose names leave it.
+
+Zips are bounded before anything is written, from their central directory: at most
+``MAX_UNZIPPED_BYTES`` unpacked (2 GiB), ``MAX_ZIP_MEMBERS`` entries (50,000) and, for members over
+``RATIO_CHECKED_BYTES`` (1 MiB), ``MAX_COMPRESSION_RATIO`` (200) unpacked bytes per stored byte; images,
+DICOM files and CSVs stay far below that, a zip bomb (deflate reaches about 1,000) does not. The first
+two can be changed with ``MEDCLIP_UPLOAD_MAX_UNZIPPED_BYTES`` and
+``MEDCLIP_UPLOAD_MAX_MEMBERS``. While unpacking,
+each member is cut off at the size its header declares, so a lying header gets no further. An upload
+that is refused or not usable is deleted with its folder.
 """
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import uuid
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +36,11 @@ from medclip_core.errors import ImageLoadError, TaskInputError
 
 CLEAN_NAME = "pairs.clean.csv"
 MIN_PAIRS = 2
-MAX_UNZIPPED_BYTES = 4 * 1024 ** 3
+MAX_UNZIPPED_BYTES = int(os.environ.get("MEDCLIP_UPLOAD_MAX_UNZIPPED_BYTES", 2 * 1024 ** 3))
+MAX_ZIP_MEMBERS = int(os.environ.get("MEDCLIP_UPLOAD_MAX_MEMBERS", 50_000))
+MAX_COMPRESSION_RATIO = 200
+RATIO_CHECKED_BYTES = 1024 ** 2  # smaller members may compress better (a CSV of similar rows); the total bounds them
+COPY_CHUNK = 1024 ** 2
 PROBLEM_KINDS = {
     "outside_folder": "image path leaves the dataset folder (refused)",
     "missing_file": "image file not found",
@@ -121,43 +137,90 @@ def validate_pairs_csv(csv_path: str | Path) -> DatasetReport:
     return report
 
 
+def _mib(size: int) -> str:
+    return f"{size / 1024 ** 2:,.1f} MiB"
+
+
+def _check_zip_directory(zf: zipfile.ZipFile, name: str) -> list[zipfile.ZipInfo]:
+    """The file members of a zip, after checking its directory against the upload limits."""
+    entries = zf.infolist()
+    if len(entries) > MAX_ZIP_MEMBERS:
+        raise TaskInputError(f"{name} holds {len(entries):,} entries; an upload may hold at most {MAX_ZIP_MEMBERS:,}.")
+    members = [m for m in entries if not m.is_dir()]
+    total = sum(m.file_size for m in members)
+    if total > MAX_UNZIPPED_BYTES:
+        raise TaskInputError(f"{name} unpacks to {_mib(total)}; an upload may unpack to at most "
+                             f"{_mib(MAX_UNZIPPED_BYTES)}.")
+    for m in members:
+        if m.file_size > RATIO_CHECKED_BYTES and m.file_size > MAX_COMPRESSION_RATIO * m.compress_size:
+            raise TaskInputError(f"{name}: member {m.filename} is compressed "
+                                 f"{m.file_size / max(m.compress_size, 1):,.0f} times ({_mib(m.file_size)} from "
+                                 f"{m.compress_size:,} bytes), more than the {MAX_COMPRESSION_RATIO} times "
+                                 "images and tables reach: refused as a zip bomb.")
+    return members
+
+
+def _copy_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) -> None:
+    """Copy one member, stopping as soon as it yields more bytes than its header declares (zipfile
+    itself stops there and fails the CRC; counting keeps the bound independent of that)."""
+    written = 0
+    with zf.open(member) as source, open(target, "wb") as out:
+        while chunk := source.read(COPY_CHUNK):
+            written += len(chunk)
+            if written > member.file_size:
+                raise TaskInputError(f"Member {member.filename} holds more than the {member.file_size:,} bytes "
+                                     "its header declares: refused.")
+            out.write(chunk)
+
+
 def _extract_zip(archive: Path, folder: Path) -> None:
-    """Unpack ``archive`` into ``folder``, refusing members that would land outside it or a zip bomb."""
+    """Create ``folder`` and unpack ``archive`` into it, after checking the zip's directory against the
+    limits, refusing members that would land outside the folder or unpack beyond their declared size."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
-                raise TaskInputError(f"{archive.name} unpacks to more than {MAX_UNZIPPED_BYTES // 1024 ** 3} GB.")
+            members = _check_zip_directory(zf, archive.name)
+            folder.mkdir(parents=True)
             for member in members:
                 target = image_path_in(folder, member.filename, f"{archive.name}, member {member.filename}")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out)
-    except zipfile.BadZipFile as exc:
+                _copy_member(zf, member, target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
         raise TaskInputError(f"{archive.name} is not a readable zip file ({exc}).") from exc
+
+
+@contextmanager
+def _discarded_on_error(folder: Path) -> Iterator[None]:
+    """Delete ``folder`` (an upload's own) if the block fails, so refused uploads leave nothing behind."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def import_upload(files: list[str | Path], datasets_root: Path) -> Path:
     """Copy uploaded files into a new folder under ``datasets_root``; return the dataset CSV in it.
 
-    Either one zip (holding a CSV and its images) or a CSV with the image files it names."""
+    Either one zip (holding a CSV and its images) or a CSV with the image files it names. A refused
+    upload leaves no folder."""
     files = [Path(f) for f in files or []]
     if not files:
         raise TaskInputError("Upload a zip of images with a CSV, or a CSV with its image files.")
-    folder = Path(datasets_root) / uuid.uuid4().hex[:12]
-    folder.mkdir(parents=True)
     zips = [f for f in files if f.suffix.lower() == ".zip"]
-    if zips:
-        if len(files) > 1:
-            raise TaskInputError("Upload either one zip or a CSV with its images, not both.")
-        _extract_zip(zips[0], folder)
-    else:
-        for f in files:
-            shutil.copyfile(f, folder / f.name)
-    csvs = sorted((p for p in folder.rglob("*.csv") if p.name != CLEAN_NAME),
-                  key=lambda p: (len(p.relative_to(folder).parts), str(p)))
-    if not csvs:
-        raise TaskInputError("The upload holds no CSV file (columns image,report[,labels]).")
+    if zips and len(files) > 1:
+        raise TaskInputError("Upload either one zip or a CSV with its images, not both.")
+    folder = Path(datasets_root) / uuid.uuid4().hex[:12]
+    with _discarded_on_error(folder):
+        if zips:
+            _extract_zip(zips[0], folder)
+        else:
+            folder.mkdir(parents=True)
+            for f in files:
+                shutil.copyfile(f, folder / f.name)
+        csvs = sorted((p for p in folder.rglob("*.csv") if p.name != CLEAN_NAME),
+                      key=lambda p: (len(p.relative_to(folder).parts), str(p)))
+        if not csvs:
+            raise TaskInputError("The upload holds no CSV file (columns image,report[,labels]).")
     return csvs[0]
 
 
@@ -165,10 +228,16 @@ UPLOAD_PREFIX = "upload:"
 
 
 def register_upload(files: list[str | Path], datasets_root: Path) -> tuple[str, DatasetReport]:
-    """Import uploaded files and validate them; returns the dataset name a run takes (``upload:ID``)."""
+    """Import uploaded files and validate them; returns the dataset name a run takes (``upload:ID``).
+    An upload that is not usable is deleted: its report is all that is left of it."""
     csv_path = import_upload(files, datasets_root)
     dataset_id = csv_path.relative_to(datasets_root).parts[0]
-    return f"{UPLOAD_PREFIX}{dataset_id}", validate_pairs_csv(csv_path)
+    folder = Path(datasets_root) / dataset_id
+    with _discarded_on_error(folder):
+        report = validate_pairs_csv(csv_path)
+    if not report.usable:
+        shutil.rmtree(folder, ignore_errors=True)
+    return f"{UPLOAD_PREFIX}{dataset_id}", report
 
 
 def resolve_dataset(name: str, datasets_root: Path) -> str:
