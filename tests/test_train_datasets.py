@@ -197,9 +197,9 @@ def test_with_an_admin_token_set_uploads_need_it(tmp_path: Path, monkeypatch) ->
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
-        with pytest.raises(Exception, match="needs the admin token"):
+        with pytest.raises(Exception, match="need the admin token"):
             client.predict(files, api_name="/train_validate")  # the token may be left out, not bypassed
-        with pytest.raises(Exception, match="needs the admin token"):
+        with pytest.raises(Exception, match="need the admin token"):
             client.predict(files, "", api_name="/train_validate")
         with pytest.raises(Exception, match="wrong"):
             client.predict(files, "guess", api_name="/train_validate")

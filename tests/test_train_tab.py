@@ -51,7 +51,7 @@ def test_runs_start_queue_cancel_and_finish_through_the_api(client, monkeypatch)
     assert short_run["state"] == "queued"  # one run per device
 
     monkeypatch.setenv("MEDCLIP_ADMIN_TOKEN", "s3cret")
-    with pytest.raises(Exception, match="needs the admin token"):
+    with pytest.raises(Exception, match="need the admin token"):
         client.predict("api-long", "", api_name="/train_cancel")
     with pytest.raises(Exception, match="wrong"):
         client.predict("api-other", *TINY_RUN, "guess", api_name="/train_start")

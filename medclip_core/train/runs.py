@@ -64,7 +64,7 @@ def check_admin_token(token: str | None) -> None:
     if not expected:
         return
     if not token:
-        raise AccessDeniedError("Starting and cancelling runs needs the admin token on this server "
+        raise AccessDeniedError("Training and dataset uploads need the admin token on this server "
                                 f"({ADMIN_TOKEN_ENV} is set): enter it first.")
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise AccessDeniedError("The admin token is wrong.")
