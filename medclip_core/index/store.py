@@ -103,6 +103,7 @@ def build_faiss(vectors: np.ndarray, exact_max: int = EXACT_INDEX_MAX) -> tuple[
     else:
         params = ivfpq_parameters(n, dim)
         index = faiss.index_factory(dim, params["factory"], faiss.METRIC_INNER_PRODUCT)
+        index.do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
         sample = np.sort(np.random.default_rng(0).choice(n, params["train_size"], replace=False))
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
     for start in range(0, n, ADD_CHUNK):
@@ -290,7 +291,8 @@ class ArchiveIndex:
             scores, rows = self.faiss_index.search(query, k)
             found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
         else:
-            _, candidates = self.faiss_index.search(query, min(len(self), max(k * 10, RERANK)))
+            rerank = self.info.faiss["rerank"]
+            _, candidates = self.faiss_index.search(query, min(len(self), max(k * 10, rerank)))
             rows = np.sort(candidates[0][candidates[0] >= 0])
             exact = np.asarray(self.vectors[rows], dtype=np.float32) @ query[0]
             found = [(float(s), int(r)) for s, r in zip(exact, rows)]
