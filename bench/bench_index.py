@@ -48,7 +48,8 @@ def machine() -> dict:
 
 def save(part: str, figures: dict, argv: list[str]) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    figures.update(command=f"nice python bench/bench_index.py {' '.join(argv)}", machine=machine(),
+    shown = [a for i, a in enumerate(argv) if a != "--work" and (i == 0 or argv[i - 1] != "--work")]  # no machine paths
+    figures.update(command=f"nice python bench/bench_index.py {' '.join(shown)}", machine=machine(),
                    date=time.strftime("%Y-%m-%d %H:%M"))
     results[part] = figures
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
@@ -296,7 +297,7 @@ def part_ann(args: argparse.Namespace) -> dict:
                 "query_ms_p95": round(1000 * float(np.percentile(latencies, 95)), 2)}
 
     chosen = measure(params["nprobe"], params["rerank"])
-    grid = [measure(nprobe, rerank) for nprobe in (8, 16, 32, 64) for rerank in (100, 300, 1000, 3000)]
+    grid = [measure(params["nlist"] // cells, rerank) for cells in (16, 8, 4) for rerank in (100, 1000)]
     return {"n_vectors": n, "dim": dim, "vectors": "default model embeddings of 392 phantom test images, "
             f"replicated with N(0, {noise:.4f}) noise per dimension and renormalised",
             "faiss": params, "build_seconds": round(build_seconds, 1), **chosen,
