@@ -17,7 +17,7 @@ al., "Product quantization for nearest neighbor search", TPAMI 2011; FAISS ``ind
 cell, ``m`` = D/2 sub-quantisers of 8 bits (2 dimensions each), so a vector costs m bytes of codes + 8
 bytes of id in RAM. D/4 was tried first: on model-like vectors (bench/bench_index.py --part ann) its
 scores were too coarse for the exact re-ranking to recover the true neighbours (recall@10 ≤ 0.94 at any
-nprobe or re-rank count). A query visits ``nprobe`` = nlist/8 cells and its ``RERANK`` best PQ
+nprobe tried). A query visits ``nprobe`` = nlist/8 cells and its ``RERANK`` best PQ
 candidates are re-scored exactly against
 ``vectors.npy``, read memory-mapped, as autofaiss/clip-retrieval advise for high recall at low memory.
 Both the IVF lists (``faiss.IO_FLAG_MMAP``) and the vectors are memory-mapped, so an index larger than
