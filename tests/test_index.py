@@ -160,7 +160,7 @@ def test_ivf_pq_index_recalls_the_exact_neighbours(tmp_path):
     vectors = (centres[rng.integers(0, 40, 2000)] + 0.5 * rng.normal(size=(2000, 32))).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     faiss_index, params = build_faiss(vectors, exact_max=1000)
-    assert params["factory"] == "IVF32,PQ16" and params["nprobe"] == 4 and params["train_size"] == 1600
+    assert params["factory"] == "IVF32,PQ16" and params["nprobe"] == 2 and params["train_size"] == 1600
     assert faiss_index.ntotal == 2000
     params.update(nprobe=8, rerank=100)
     faiss_index.nprobe = params["nprobe"]

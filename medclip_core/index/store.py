@@ -17,7 +17,7 @@ al., "Product quantization for nearest neighbor search", TPAMI 2011; FAISS ``ind
 cell, ``m`` = D/2 sub-quantisers of 8 bits (2 dimensions each), so a vector costs m bytes of codes + 8
 bytes of id in RAM. D/4 was tried first: on model-like vectors (bench/bench_index.py --part ann) its
 scores were too coarse for the exact re-ranking to recover the true neighbours (recall@10 ≤ 0.94 at any
-nprobe tried). A query visits ``nprobe`` = nlist/8 cells and its ``RERANK`` best PQ
+nprobe tried). A query visits ``nprobe`` = nlist/16 cells and its ``RERANK`` best PQ
 candidates are re-scored exactly against
 ``vectors.npy``, read memory-mapped, as autofaiss/clip-retrieval advise for high recall at low memory.
 Both the IVF lists (``faiss.IO_FLAG_MMAP``) and the vectors are memory-mapped, so an index larger than
@@ -59,7 +59,7 @@ INDEX_ROOT_ENV = "MEDCLIP_INDEX_ROOT"
 SOURCES_ENV = "MEDCLIP_INDEX_SOURCES"  # NAME=DIR pairs (os.pathsep-separated): where a moved index's images live
 EXACT_INDEX_MAX = 100_000
 TRAIN_PER_CELL = 50  # k-means training vectors per IVF cell (FAISS warns under 39)
-NPROBE_FRACTION = 8  # a query visits 1/8 of the IVF cells (bench/bench_index.py --part ann)
+NPROBE_FRACTION = 16  # a query visits 1/16 of the IVF cells (bench/bench_index.py --part ann)
 RERANK = 1000  # PQ candidates re-scored exactly (at least 10 per result asked)
 ADD_CHUNK = 65_536
 
