@@ -1,6 +1,6 @@
 """Archive indexing benchmark (issue 17): engine throughput, memory, Ray scaling, and the index at 1M vectors.
 
-    PYTHONPATH=. nice python bench/bench_index.py --part throughput|rss|ray|ann [--n N] [--work DIR]
+    nice python bench/bench_index.py --part throughput|rss|ray|ann|engines-agree [--n N] [--work DIR]
 
 Each part merges its figures into bench/results/index.json (with the command, the machine and its load).
 
@@ -13,7 +13,11 @@ Each part merges its figures into bench/results/index.json (with the command, th
 * ray: Ray engine images/s with 1 and 2 model workers, and the local engine with 1 decode worker.
 * ann: 1,000,000 model-like vectors (the default model's embeddings of phantom images, replicated with
   Gaussian noise and renormalised): IVF-PQ build time, bytes/vector, recall@10 against exact search,
-  and query latency (FAISS + exact re-rank from the memory-mapped vectors).
+  and query latency (FAISS + exact re-rank from the memory-mapped vectors) at the recorded nprobe and
+  re-rank count, and for a grid of other settings on the same index.
+* engines-agree: 2,000 phantom PNGs (the 392 test renders, hard-linked under distinct names) indexed
+  with the default model by the local engine and by Ray Data (local instance): same ids, embeddings
+  within 1e-5 (the issue's done-when check).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "index.json"
+DOCS = REPO / "docs" / "scale.md"
+TABLE_START, TABLE_END = "<!-- table: bench/bench_index.py --part docs -->\n", "<!-- /table -->"
 BATCH = 32
 
 
@@ -42,11 +48,66 @@ def machine() -> dict:
 
 def save(part: str, figures: dict, argv: list[str]) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    figures.update(command=f"PYTHONPATH=. nice python bench/bench_index.py {' '.join(argv)}", machine=machine(),
+    shown = [a for i, a in enumerate(argv) if a != "--work" and (i == 0 or argv[i - 1] != "--work")]  # no machine paths
+    figures.update(command=f"nice python bench/bench_index.py {' '.join(shown)}", machine=machine(),
                    date=time.strftime("%Y-%m-%d %H:%M"))
     results[part] = figures
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
+    write_docs(results)
+
+
+def docs_table(results: dict) -> str:
+    """The figures table of docs/scale.md, from the results (so each figure is written once, in the JSON)."""
+    rows = []
+    if "throughput" in results:
+        t = results["throughput"]
+        best = max(t["local_engine_images_per_s"].values())
+        rows.append([f"local engine vs bare `encode_image` ({t['model']}, {t['n_images']} PNGs, batch {t['batch_size']}, "
+                     "CPU)", f"{best} vs {t['bare_encode_images_per_s']} img/s = {t['ratio_best_vs_bare']}×", t["target"]])
+    if "ray" in results:
+        r = results["ray"]
+        rows.append([f"Ray 2 workers vs 1 (local Ray, {r['machine']['cpus']} shared cores)",
+                     f"{r['ray_images_per_s']['2_workers']} vs {r['ray_images_per_s']['1_workers']} img/s = "
+                     f"{r['ray_2_vs_1']}×", r["targets"]["ray_2_vs_1"]])
+        rows.append(["Ray 1 worker vs local engine 1 worker", f"{r['ray_images_per_s']['1_workers']} vs "
+                     f"{r['local_images_per_s_1_worker']} img/s = {r['ray_1_vs_local_1']}×", r["targets"]["ray_1_vs_local_1"]])
+    if "rss" in results:
+        m = results["rss"]
+        small, large = (m["images"][n]["peak_rss_mib_driver"] for n in sorted(m["images"], key=int))
+        rows.append([f"driver peak RSS, {' vs '.join(f'{int(n):,}' for n in sorted(m['images'], key=int))} images "
+                     "(tiny model, hard-linked phantom PNGs)",
+                     f"{small} vs {large} MiB ({100 * m['driver_peak_rss_growth_10k_to_40k']:+.1f} %)", m["target"]])
+    if "ann" in results:
+        a = results["ann"]
+        rows.append([f"IVF-PQ at {a['n_vectors']:,} model-like vectors ({a['faiss']['factory']}, nprobe {a['nprobe']}, "
+                     f"{a['rerank']} re-ranked): recall@10 vs exact / query median (p95)",
+                     f"{a['recall_at_10_vs_exact']} / {a['query_ms_median']} ({a['query_ms_p95']}) ms",
+                     f"{a['targets']['recall_at_10']} / {a['targets']['query_ms']} ms"])
+        rows.append(["same index: bytes per vector (RAM: PQ code + id / disk: + float32 vector), build time",
+                     f"{a['bytes_per_vector_ram']} / {a['bytes_per_vector_disk']} B, {a['build_seconds']} s", "stated"])
+    if "engines-agree" in results:
+        e = results["engines-agree"]
+        rows.append([f"local vs Ray engine on {e['n_images']:,} phantom PNGs ({e['model']}): same ids, largest "
+                     "embedding difference", f"{'yes' if e['ids_identical'] else 'NO'}, "
+                     f"{e['max_abs_embedding_difference']:.1e}", "same ids, ≤ 1e-5"])
+    table = "| figure | measured | target |\n|---|---|---|\n" + "".join(f"| {' | '.join(map(str, row))} |\n" for row in rows)
+    if "ann" in results:
+        grid = results["ann"]["other_settings"]
+        probes = sorted({g["nprobe"] for g in grid})
+        reranks = sorted({g["rerank"] for g in grid})
+        cell = {(g["nprobe"], g["rerank"]): f"{g['recall_at_10_vs_exact']} / {g['query_ms_median']} ms" for g in grid}
+        table += (f"\nRecall@10 / median query time at {results['ann']['n_vectors']:,} vectors, other settings "
+                  "(same index):\n\n| nprobe \\ re-ranked | " + " | ".join(map(str, reranks)) + " |\n|---|"
+                  + "---|" * len(reranks) + "\n" + "".join(
+                      f"| {p} | " + " | ".join(cell[p, r] for r in reranks) + " |\n" for p in probes))
+    return table
+
+
+def write_docs(results: dict) -> None:
+    text = DOCS.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    DOCS.write_text(text[:start] + docs_table(results) + text[end:])
 
 
 def phantom_folder(folder: Path, n: int, rendered: int = 48) -> Path:
@@ -140,11 +201,36 @@ def part_ray(args: argparse.Namespace) -> dict:
             "targets": {"ray_2_vs_1": ">= 1.6", "ray_1_vs_local_1": ">= 0.85"}}
 
 
-def part_ann(args: argparse.Namespace) -> dict:
-    import faiss
+def part_engines_agree(args: argparse.Namespace) -> dict:
+    """The issue's done-when check: both engines on the same folder give the same ids and embeddings."""
+    import ray
 
+    from medclip_core.index import ArchiveIndex
+
+    rendered = 392  # every phantom test render; the rest of the n files are hard links under other names
+    source = phantom_folder(args.work / f"agree-{args.n}", args.n, rendered=rendered)
+    seconds = {"local": run_build(source, args.work / "agree-local", None, "local", 2)}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    seconds["ray"] = run_build(source, args.work / "agree-ray", None, "ray", 2)
+    ray.shutdown()
+    local, on_ray = ArchiveIndex.open(args.work / "agree-local"), ArchiveIndex.open(args.work / "agree-ray")
+    local_ids = [local.row(i)["id"] for i in range(len(local))]
+    ray_ids = [on_ray.row(i)["id"] for i in range(len(on_ray))]
+    difference = float(np.max(np.abs(np.asarray(local.vectors) - np.asarray(on_ray.vectors)))) \
+        if local_ids == ray_ids else None
+    return {"model": local.info.model, "n_images": args.n, "distinct_renders": rendered, "batch_size": BATCH,
+            "workers": 2, "n_indexed": {"local": len(local), "ray": len(on_ray)},
+            "ids_identical": local_ids == ray_ids, "max_abs_embedding_difference": difference,
+            "embeddings_within_1e-5": difference is not None and difference <= 1e-5,
+            "seconds": {engine: round(s, 1) for engine, s in seconds.items()}}
+
+
+def phantom_embeddings(work: Path) -> np.ndarray:
+    """The default model's embeddings of the 392 phantom test images (cached in ``work``)."""
+    cached = work / "ann-real.npy"
+    if cached.is_file():
+        return np.load(cached)
     from medclip_core.data.phantom import phantom_dataset
-    from medclip_core.index.store import ArchiveIndex, IndexInfo, build_faiss
     from medclip_core.io import image_from_array
     from medclip_core.models import load_model
 
@@ -152,26 +238,42 @@ def part_ann(args: argparse.Namespace) -> dict:
     dataset = phantom_dataset("test", 0, 224)
     real = np.concatenate([model.encode_image([image_from_array(dataset[i].image) for i in range(s, min(s + 32, 392))])
                            .numpy() for s in range(0, 392, 32)])
-    n, dim = args.n, real.shape[1]
-    rng = np.random.default_rng(0)
-    noise = float(np.std(real - real.mean(0))) * 0.5  # copies stay closer to their source than to others
-    vectors_path = args.work / "ann-vectors.npy"
-    vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n, dim))
+    np.save(cached, real)
+    return real
+
+
+def model_like_vectors(path: Path, real: np.ndarray, n: int, noise: float, seed: int = 0) -> np.ndarray:
+    """``n`` rows of ``real`` picked at random, plus N(0, noise) per dimension, renormalised (memory-mapped)."""
+    rng = np.random.default_rng(seed)
+    vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, real.shape[1]))
     for start in range(0, n, 100_000):
         block = real[rng.integers(0, len(real), min(100_000, n - start))]
         block = block + noise * rng.standard_normal(block.shape, dtype=np.float32)
         vectors[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     vectors.flush()
-    vectors = np.load(vectors_path, mmap_mode="r")
+    return np.load(path, mmap_mode="r")
+
+
+def part_ann(args: argparse.Namespace) -> dict:
+    """IVF-PQ at ``args.n`` vectors; recall and latency at the recorded (nprobe, rerank) and around them."""
+    from dataclasses import replace
+
+    import faiss
+
+    from medclip_core.index.store import ArchiveIndex, IndexInfo, build_faiss
+
+    real = phantom_embeddings(args.work)
+    n, dim = args.n, real.shape[1]
+    noise = float(np.std(real - real.mean(0))) * 0.5  # copies stay closer to their source than to others
+    vectors = model_like_vectors(args.work / "ann-vectors.npy", real, n, noise)
     start = time.perf_counter()
     index, params = build_faiss(vectors)
     build_seconds = time.perf_counter() - start
     faiss.write_index(index, str(args.work / "ann.faiss"))
     del index
     mapped = faiss.read_index(str(args.work / "ann.faiss"), faiss.IO_FLAG_MMAP)
-    mapped.nprobe = params["nprobe"]
-    info = IndexInfo("ann", model.card.name, "", "", "folder", "", n, n, 0, dim, "ivfpq", params, build_seconds)
-    archive = ArchiveIndex(args.work, info, mapped, vectors, np.zeros(n, np.int64))
+    info = IndexInfo("ann", "medclip-phantom", "", "", "folder", "", n, n, 0, dim, "ivfpq", params, build_seconds)
+    rng = np.random.default_rng(1)
     queries = real[rng.integers(0, len(real), 200)] + noise * rng.standard_normal((200, dim), dtype=np.float32)
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     exact = faiss.IndexFlatIP(dim)
@@ -179,32 +281,45 @@ def part_ann(args: argparse.Namespace) -> dict:
         exact.add(np.ascontiguousarray(vectors[s:s + 100_000]))
     _, truth = exact.search(queries, 10)
     del exact
-    latencies, recalls = [], []
-    for q, query in enumerate(queries):
-        t = time.perf_counter()
-        found = archive.search(query, 10)
-        latencies.append(time.perf_counter() - t)
-        recalls.append(len(set(truth[q]) & {row for _, row in found}) / 10)
+
+    def measure(nprobe: int, rerank: int) -> dict:
+        mapped.nprobe = nprobe
+        archive = ArchiveIndex(args.work, replace(info, faiss={**params, "rerank": rerank}), mapped, vectors,
+                               np.zeros(n, np.int64))
+        latencies, recalls = [], []
+        for q, query in enumerate(queries):
+            t = time.perf_counter()
+            found = archive.search(query, 10)
+            latencies.append(time.perf_counter() - t)
+            recalls.append(len(set(truth[q]) & {row for _, row in found}) / 10)
+        return {"nprobe": nprobe, "rerank": rerank, "recall_at_10_vs_exact": round(float(np.mean(recalls)), 4),
+                "query_ms_median": round(1000 * float(np.median(latencies)), 2),
+                "query_ms_p95": round(1000 * float(np.percentile(latencies, 95)), 2)}
+
+    chosen = measure(params["nprobe"], params["rerank"])
+    grid = [measure(params["nlist"] // cells, rerank) for cells in (16, 8, 4) for rerank in (100, 1000)]
     return {"n_vectors": n, "dim": dim, "vectors": "default model embeddings of 392 phantom test images, "
             f"replicated with N(0, {noise:.4f}) noise per dimension and renormalised",
-            "faiss": params, "build_seconds": round(build_seconds, 1),
-            "recall_at_10_vs_exact": round(float(np.mean(recalls)), 4),
-            "query_ms_median": round(1000 * float(np.median(latencies)), 2),
-            "query_ms_p95": round(1000 * float(np.percentile(latencies, 95)), 2),
+            "faiss": params, "build_seconds": round(build_seconds, 1), **chosen,
             "index_file_mib": round((args.work / "ann.faiss").stat().st_size / 2 ** 20, 1),
             "bytes_per_vector_ram": params["bytes_per_vector_ram"], "bytes_per_vector_disk": params["bytes_per_vector_disk"],
+            "other_settings": grid, "queries": len(queries), "faiss_threads": faiss.omp_get_max_threads(),
             "targets": {"recall_at_10": ">= 0.95", "query_ms": "< 10"}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("throughput", "rss", "ray", "ann"), required=True)
+    parser.add_argument("--part", choices=("throughput", "rss", "ray", "ann", "engines-agree", "docs"), required=True,
+                        help="docs: only rewrite the table of docs/scale.md from the committed results")
     parser.add_argument("--n", type=int)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-index"))
     args = parser.parse_args()
-    args.n = args.n or {"throughput": 512, "rss": 0, "ray": 512, "ann": 1_000_000}[args.part]
+    if args.part == "docs":
+        write_docs(json.loads(RESULTS.read_text()))
+        return
+    args.n = args.n or {"throughput": 512, "rss": 0, "ray": 512, "ann": 1_000_000, "engines-agree": 2000}[args.part]
     args.work.mkdir(parents=True, exist_ok=True)
-    figures = globals()[f"part_{args.part}"](args)
+    figures = globals()[f"part_{args.part.replace('-', '_')}"](args)
     save(args.part, figures, sys.argv[1:])
 
 

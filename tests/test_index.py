@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medclip_core.data.phantom import write_examples
 from medclip_core.errors import TaskInputError
 from medclip_core.index import ArchiveIndex, BuildOptions, build_index, search_index_image, search_index_text
 from medclip_core.index.store import IndexInfo, build_faiss
@@ -23,30 +22,29 @@ from medclip_core.io import load_image
 from medclip_core.models import load_model
 from tests.test_io import write_dicom
 
-N_PNG = 24
 REPO = Path(__file__).resolve().parents[1]
+PHANTOMS = sorted((REPO / "assets" / "examples" / "phantom").glob("[0-9]*.png"))  # committed renders, 224 px
+N_PNG = len(PHANTOMS)
 
 
 def make_archive(folder: Path, copies: int = 0) -> Path:
-    """N_PNG phantom PNGs in two sub-folders, one DICOM plus a copy with the same SOP Instance UID,
-    a corrupt PNG, and ``copies`` extra hard links of the PNGs (cheap bulk for timing-sensitive tests)."""
-    rendered = folder / "rendered"
-    write_examples(rendered, n=N_PNG, size=64)
-    for i, png in enumerate(sorted(rendered.glob("[0-9]*.png"))):
+    """The N_PNG committed phantom PNGs in two sub-folders, one DICOM plus a copy with the same SOP
+    Instance UID, a corrupt PNG, and ``copies`` extra hard links of each PNG (cheap bulk for tests
+    that must catch a job while it runs)."""
+    for i, png in enumerate(PHANTOMS):
         target = folder / ("left" if i % 2 else "right") / png.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(png, target)
-    shutil.rmtree(rendered)
+        shutil.copy(png, target)
     pixels = (np.asarray(load_image(folder / "left" / "001.png").pixels) * 4095).astype(np.uint16)
     (folder / "study" / "copy").mkdir(parents=True)
     dicom = write_dicom(folder / "study" / "image.dcm", pixels, bits_stored=12)
     shutil.copy(dicom, folder / "study" / "copy" / "same-instance.dcm")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    if copies:
+        (folder / "bulk").mkdir()
     for i in range(copies):
-        for png in sorted((folder / "left").glob("*.png"))[:12]:
-            bulk = folder / "bulk" / f"{i:03d}-{png.name}"
-            bulk.parent.mkdir(exist_ok=True)
-            os.link(png, bulk)
+        for png in PHANTOMS:
+            os.link(folder / ("left" if int(png.stem) % 2 else "right") / png.name, folder / "bulk" / f"{i:03d}-{png.name}")
     return folder
 
 
@@ -107,7 +105,7 @@ def test_a_copied_index_finds_its_images_through_the_host_setting(built, archive
     monkeypatch.setenv("MEDCLIP_INDEX_SOURCES", f"moved={moved_images}")
     index = ArchiveIndex.open(copied)
     assert index.image_path("left/001.png") == moved_images / "left" / "001.png"
-    assert index.load_image("left/001.png").size == (64, 64)
+    assert index.load_image("left/001.png").size == (224, 224)
 
 
 def test_another_model_is_refused(built, clip_dir):
@@ -116,17 +114,21 @@ def test_another_model_is_refused(built, clip_dir):
         search_index_text(other, ArchiveIndex.open(built), "pleural effusion")
 
 
-def run_build(source: Path, model: str, out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "medclip_core", "index", "build", "--source", str(source), "--model", model,
-               "--out", str(out), "--workers", "0", "--batch-size", "2", "--shard-size", "6"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def build_command(source: Path, model: str, out: Path) -> list[str]:
+    return ["index", "build", "--source", str(source), "--model", model, "--out", str(out), "--workers", "0",
+            "--batch-size", "2", "--shard-size", "6"]
 
 
-def test_ctrl_c_then_the_same_command_resumes_to_the_same_index(tmp_path, tiny_model_name, built):
-    source = make_archive(tmp_path / "archive", copies=25)  # 300 extra images, so the job is still running
+def test_ctrl_c_then_the_same_command_resumes_to_the_same_index(tmp_path, tiny_model_name, built, capsys):
+    from medclip_core.__main__ import main
+
+    copies = 30  # 270 extra images, so the job is still running when interrupted
+    source = make_archive(tmp_path / "archive", copies=copies)
     out = tmp_path / "index"
-    job = run_build(source, tiny_model_name, out)
+    command = build_command(source, tiny_model_name, out)
+    job = subprocess.Popen([sys.executable, "-m", "medclip_core", *command], cwd=REPO,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
     deadline = time.time() + 60
     while len(list((out / "shards").glob("*.jsonl"))) < 2 and time.time() < deadline and job.poll() is None:
         time.sleep(0.05)
@@ -135,12 +137,11 @@ def test_ctrl_c_then_the_same_command_resumes_to_the_same_index(tmp_path, tiny_m
     assert job.returncode == 2 and "resume" in stderr
     kept = len(list((out / "shards").glob("*.jsonl")))
     assert kept >= 2 and not (out / "index.json").exists()
-    resumed = run_build(source, tiny_model_name, out)
-    stdout, stderr = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, stderr
+    assert main(command) == 0  # the same command again, in this process (no second interpreter start-up)
+    stdout, stderr = capsys.readouterr()
     assert f"{kept}/" in stderr  # the progress line says how many shards were already done
     info = json.loads(stdout)
-    assert info["n_vectors"] == N_PNG + 1 + 300 and info["n_problems"] == 2
+    assert info["n_vectors"] == N_PNG + 1 + copies * N_PNG and info["n_problems"] == 2
     index = ArchiveIndex.open(out)
     reference = ArchiveIndex.open(built)  # the same images (and more) indexed in one go elsewhere
     ids = [index.row(i)["id"] for i in range(len(index))]
@@ -152,20 +153,27 @@ def test_ctrl_c_then_the_same_command_resumes_to_the_same_index(tmp_path, tiny_m
 
 
 def test_ivf_pq_index_recalls_the_exact_neighbours(tmp_path):
+    """Clustered vectors above ``exact_max``: IVF-PQ visiting 8 of 32 cells and re-ranking its 100 best PQ
+    candidates (of 2,000) finds the exact top 10 of queries near the data."""
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(40, 32))
-    vectors = (centres[rng.integers(0, 40, 4000)] + 0.5 * rng.normal(size=(4000, 32))).astype(np.float32)
+    vectors = (centres[rng.integers(0, 40, 2000)] + 0.5 * rng.normal(size=(2000, 32))).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     faiss_index, params = build_faiss(vectors, exact_max=1000)
-    assert params["factory"] == "IVF64,PQ8" and params["train_size"] == 3200
+    assert params["factory"] == "IVF32,PQ16" and params["nprobe"] == 2 and params["train_size"] == 1600
+    assert faiss_index.ntotal == 2000
+    params.update(nprobe=8, rerank=100)
     faiss_index.nprobe = params["nprobe"]
     info = IndexInfo("random", "none", "", "", "folder", "", len(vectors), len(vectors), 0, 32, "ivfpq", params, 0.0)
     index = ArchiveIndex(tmp_path, info, faiss_index, vectors, np.zeros(len(vectors), np.int64))
     queries = vectors[:50] + 0.1 * rng.normal(size=(50, 32)).astype(np.float32)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-    recall = np.mean([len(set(exact[q]) & {row for _, row in index.search(queries[q], 10)}) / 10
-                      for q in range(len(queries))])
+    found = [index.search(queries[q], 10) for q in range(len(queries))]
+    recall = np.mean([len(set(exact[q]) & {row for _, row in found[q]}) / 10 for q in range(len(queries))])
     assert recall >= 0.95
+    scores = [score for score, _ in found[0]]
+    assert scores == sorted(scores, reverse=True)
+    np.testing.assert_allclose(scores, queries[0] @ vectors[[row for _, row in found[0]]].T, atol=1e-5)  # exact re-rank
 
 
 def test_retrieve_tab_searches_a_registered_index_and_reads_thumbnails_from_the_archive(built, tiny_model_name,
@@ -175,5 +183,5 @@ def test_retrieve_tab_searches_a_registered_index_and_reads_thumbnails_from_the_
     monkeypatch.setenv("MEDCLIP_INDEX_ROOT", str(built.parent))
     thumbnails, rows, summary, result = run_retrieval("image → images", "", str(archive / "right" / "004.png"),
                                                       "phantom", 3, tiny_model_name, built.name)
-    assert len(thumbnails) == 3 and thumbnails[0][0].size == (64, 64) and "right/004.png" in thumbnails[0][1]
+    assert len(thumbnails) == 3 and thumbnails[0][0].size == (224, 224) and "right/004.png" in thumbnails[0][1]
     assert result["hits"][0]["id"] == "right/004.png" and f"{N_PNG + 1:,} images in archive index" in summary

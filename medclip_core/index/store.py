@@ -14,8 +14,11 @@ Layout of an index folder (everything a search needs; copy the folder to move th
 Up to ``EXACT_INDEX_MAX`` vectors the index is exact (``IndexFlatIP``). Above, it is IVF-PQ (Jégou et
 al., "Product quantization for nearest neighbor search", TPAMI 2011; FAISS ``index_factory``
 "IVF{nlist},PQ{m}"): ``nlist`` ≈ sqrt(N) coarse cells trained by k-means on a sample of 50 vectors per
-cell, ``m`` = D/4 sub-quantisers of 8 bits, so a vector costs m bytes of codes + 8 bytes of id in RAM.
-A query visits ``nprobe`` cells and its ``RERANK`` best PQ candidates are re-scored exactly against
+cell, ``m`` = D/2 sub-quantisers of 8 bits (2 dimensions each), so a vector costs m bytes of codes + 8
+bytes of id in RAM. D/4 was tried first: on model-like vectors (bench/bench_index.py --part ann) its
+scores were too coarse for the exact re-ranking to recover the true neighbours (recall@10 ≤ 0.94 at any
+nprobe tried). A query visits ``nprobe`` = nlist/16 cells and its ``RERANK`` best PQ
+candidates are re-scored exactly against
 ``vectors.npy``, read memory-mapped, as autofaiss/clip-retrieval advise for high recall at low memory.
 Both the IVF lists (``faiss.IO_FLAG_MMAP``) and the vectors are memory-mapped, so an index larger than
 RAM is searched from disk; the parameters chosen are recorded in ``index.json``.
@@ -56,7 +59,7 @@ INDEX_ROOT_ENV = "MEDCLIP_INDEX_ROOT"
 SOURCES_ENV = "MEDCLIP_INDEX_SOURCES"  # NAME=DIR pairs (os.pathsep-separated): where a moved index's images live
 EXACT_INDEX_MAX = 100_000
 TRAIN_PER_CELL = 50  # k-means training vectors per IVF cell (FAISS warns under 39)
-NPROBE = 32
+NPROBE_FRACTION = 16  # a query visits 1/16 of the IVF cells (bench/bench_index.py --part ann)
 RERANK = 1000  # PQ candidates re-scored exactly (at least 10 per result asked)
 ADD_CHUNK = 65_536
 
@@ -87,11 +90,12 @@ class IndexInfo:
 def ivfpq_parameters(n_vectors: int, dim: int) -> dict[str, Any]:
     """IVF-PQ settings for ``n_vectors`` of ``dim``: see the module docstring for the rules."""
     nlist = max(16, 2 ** round(math.log2(math.sqrt(n_vectors))))
-    m = max(1, dim // 4)
+    m = max(1, dim // 2)
     while dim % m:
         m -= 1
     return {"factory": f"IVF{nlist},PQ{m}", "nlist": nlist, "pq_m": m, "pq_bits": 8,
-            "train_size": min(n_vectors, TRAIN_PER_CELL * nlist), "nprobe": NPROBE, "rerank": RERANK,
+            "train_size": min(n_vectors, TRAIN_PER_CELL * nlist), "nprobe": max(1, nlist // NPROBE_FRACTION),
+            "rerank": RERANK,
             "bytes_per_vector_ram": m + 8, "bytes_per_vector_disk": m + 8 + 4 * dim}
 
 
@@ -103,6 +107,7 @@ def build_faiss(vectors: np.ndarray, exact_max: int = EXACT_INDEX_MAX) -> tuple[
     else:
         params = ivfpq_parameters(n, dim)
         index = faiss.index_factory(dim, params["factory"], faiss.METRIC_INNER_PRODUCT)
+        index.do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
         sample = np.sort(np.random.default_rng(0).choice(n, params["train_size"], replace=False))
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
     for start in range(0, n, ADD_CHUNK):
@@ -290,7 +295,8 @@ class ArchiveIndex:
             scores, rows = self.faiss_index.search(query, k)
             found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
         else:
-            _, candidates = self.faiss_index.search(query, min(len(self), max(k * 10, RERANK)))
+            rerank = self.info.faiss["rerank"]
+            _, candidates = self.faiss_index.search(query, min(len(self), max(k * 10, rerank)))
             rows = np.sort(candidates[0][candidates[0] >= 0])
             exact = np.asarray(self.vectors[rows], dtype=np.float32) @ query[0]
             found = [(float(s), int(r)) for s, r in zip(exact, rows)]
