@@ -36,8 +36,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "index.json"
-DOCS = REPO / "docs" / "scale.md"
-TABLE_START, TABLE_END = "<!-- table: bench/bench_index.py --part docs -->\n", "<!-- /table -->"
 BATCH = 32
 
 
@@ -54,60 +52,6 @@ def save(part: str, figures: dict, argv: list[str]) -> None:
     results[part] = figures
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
-    write_docs(results)
-
-
-def docs_table(results: dict) -> str:
-    """The figures table of docs/scale.md, from the results (so each figure is written once, in the JSON)."""
-    rows = []
-    if "throughput" in results:
-        t = results["throughput"]
-        best = max(t["local_engine_images_per_s"].values())
-        rows.append([f"local engine vs bare `encode_image` ({t['model']}, {t['n_images']} PNGs, batch {t['batch_size']}, "
-                     "CPU)", f"{best} vs {t['bare_encode_images_per_s']} img/s = {t['ratio_best_vs_bare']}×", t["target"]])
-    if "ray" in results:
-        r = results["ray"]
-        rows.append([f"Ray 2 workers vs 1 (local Ray, {r['machine']['cpus']} shared cores)",
-                     f"{r['ray_images_per_s']['2_workers']} vs {r['ray_images_per_s']['1_workers']} img/s = "
-                     f"{r['ray_2_vs_1']}×", r["targets"]["ray_2_vs_1"]])
-        rows.append(["Ray 1 worker vs local engine 1 worker", f"{r['ray_images_per_s']['1_workers']} vs "
-                     f"{r['local_images_per_s_1_worker']} img/s = {r['ray_1_vs_local_1']}×", r["targets"]["ray_1_vs_local_1"]])
-    if "rss" in results:
-        m = results["rss"]
-        small, large = (m["images"][n]["peak_rss_mib_driver"] for n in sorted(m["images"], key=int))
-        rows.append([f"driver peak RSS, {' vs '.join(f'{int(n):,}' for n in sorted(m['images'], key=int))} images "
-                     "(tiny model, hard-linked phantom PNGs)",
-                     f"{small} vs {large} MiB ({100 * m['driver_peak_rss_growth_10k_to_40k']:+.1f} %)", m["target"]])
-    if "ann" in results:
-        a = results["ann"]
-        rows.append([f"IVF-PQ at {a['n_vectors']:,} model-like vectors ({a['faiss']['factory']}, nprobe {a['nprobe']}, "
-                     f"{a['rerank']} re-ranked): recall@10 vs exact / query median (p95)",
-                     f"{a['recall_at_10_vs_exact']} / {a['query_ms_median']} ({a['query_ms_p95']}) ms",
-                     f"{a['targets']['recall_at_10']} / {a['targets']['query_ms']} ms"])
-        rows.append(["same index: bytes per vector (RAM: PQ code + id / disk: + float32 vector), build time",
-                     f"{a['bytes_per_vector_ram']} / {a['bytes_per_vector_disk']} B, {a['build_seconds']} s", "stated"])
-    if "engines-agree" in results:
-        e = results["engines-agree"]
-        rows.append([f"local vs Ray engine on {e['n_images']:,} phantom PNGs ({e['model']}): same ids, largest "
-                     "embedding difference", f"{'yes' if e['ids_identical'] else 'NO'}, "
-                     f"{e['max_abs_embedding_difference']:.1e}", "same ids, ≤ 1e-5"])
-    table = "| figure | measured | target |\n|---|---|---|\n" + "".join(f"| {' | '.join(map(str, row))} |\n" for row in rows)
-    if "ann" in results:
-        grid = results["ann"]["other_settings"]
-        probes = sorted({g["nprobe"] for g in grid})
-        reranks = sorted({g["rerank"] for g in grid})
-        cell = {(g["nprobe"], g["rerank"]): f"{g['recall_at_10_vs_exact']} / {g['query_ms_median']} ms" for g in grid}
-        table += (f"\nRecall@10 / median query time at {results['ann']['n_vectors']:,} vectors, other settings "
-                  "(same index):\n\n| nprobe \\ re-ranked | " + " | ".join(map(str, reranks)) + " |\n|---|"
-                  + "---|" * len(reranks) + "\n" + "".join(
-                      f"| {p} | " + " | ".join(cell[p, r] for r in reranks) + " |\n" for p in probes))
-    return table
-
-
-def write_docs(results: dict) -> None:
-    text = DOCS.read_text()
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    DOCS.write_text(text[:start] + docs_table(results) + text[end:])
 
 
 def phantom_folder(folder: Path, n: int, rendered: int = 48) -> Path:
@@ -309,14 +253,11 @@ def part_ann(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("throughput", "rss", "ray", "ann", "engines-agree", "docs"), required=True,
-                        help="docs: only rewrite the table of docs/scale.md from the committed results")
+    parser.add_argument("--part", choices=("throughput", "rss", "ray", "ann", "engines-agree"), required=True,
+                        help="what to measure; docs/scale.md's table follows with scripts/release/results_tables.py")
     parser.add_argument("--n", type=int)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-index"))
     args = parser.parse_args()
-    if args.part == "docs":
-        write_docs(json.loads(RESULTS.read_text()))
-        return
     args.n = args.n or {"throughput": 512, "rss": 0, "ray": 512, "ann": 1_000_000, "engines-agree": 2000}[args.part]
     args.work.mkdir(parents=True, exist_ok=True)
     figures = globals()[f"part_{args.part.replace('-', '_')}"](args)

@@ -439,6 +439,54 @@ BENCHMARKS = (bench_io, bench_render, bench_models, bench_train, bench_grounding
               bench_concurrency, bench_tasks, bench_index, bench_archive)
 
 
+def index_figures(_: str | None = None) -> str:
+    """The figures of docs/scale.md: bench/bench_index.py's measurements against the issue's targets."""
+    results = _json("bench/results/index.json")
+    rows = []
+    if "throughput" in results:
+        t = results["throughput"]
+        best = max(t["local_engine_images_per_s"].values())
+        rows.append([f"local engine vs bare `encode_image` ({t['model']}, {t['n_images']} PNGs, batch {t['batch_size']}, "
+                     "CPU)", f"{best} vs {t['bare_encode_images_per_s']} img/s = {t['ratio_best_vs_bare']}×", t["target"]])
+    if "ray" in results:
+        r = results["ray"]
+        rows.append([f"Ray 2 workers vs 1 (local Ray, {r['machine']['cpus']} shared cores)",
+                     f"{r['ray_images_per_s']['2_workers']} vs {r['ray_images_per_s']['1_workers']} img/s = "
+                     f"{r['ray_2_vs_1']}×", r["targets"]["ray_2_vs_1"]])
+        rows.append(["Ray 1 worker vs local engine 1 worker", f"{r['ray_images_per_s']['1_workers']} vs "
+                     f"{r['local_images_per_s_1_worker']} img/s = {r['ray_1_vs_local_1']}×", r["targets"]["ray_1_vs_local_1"]])
+    if "rss" in results:
+        m = results["rss"]
+        small, large = (m["images"][n]["peak_rss_mib_driver"] for n in sorted(m["images"], key=int))
+        rows.append([f"driver peak RSS, {' vs '.join(f'{int(n):,}' for n in sorted(m['images'], key=int))} images "
+                     "(tiny model, hard-linked phantom PNGs)",
+                     f"{small} vs {large} MiB ({100 * m['driver_peak_rss_growth_10k_to_40k']:+.1f} %)", m["target"]])
+    if "ann" in results:
+        a = results["ann"]
+        rows.append([f"IVF-PQ at {a['n_vectors']:,} model-like vectors ({a['faiss']['factory']}, nprobe {a['nprobe']}, "
+                     f"{a['rerank']} re-ranked): recall@10 vs exact / query median (p95)",
+                     f"{a['recall_at_10_vs_exact']} / {a['query_ms_median']} ({a['query_ms_p95']}) ms",
+                     f"{a['targets']['recall_at_10']} / {a['targets']['query_ms']} ms"])
+        rows.append(["same index: bytes per vector (RAM: PQ code + id / disk: + float32 vector), build time",
+                     f"{a['bytes_per_vector_ram']} / {a['bytes_per_vector_disk']} B, {a['build_seconds']} s", "stated"])
+    if "engines-agree" in results:
+        e = results["engines-agree"]
+        rows.append([f"local vs Ray engine on {e['n_images']:,} phantom PNGs ({e['model']}): same ids, largest "
+                     "embedding difference", f"{'yes' if e['ids_identical'] else 'NO'}, "
+                     f"{e['max_abs_embedding_difference']:.1e}", "same ids, ≤ 1e-5"])
+    table = "| figure | measured | target |\n|---|---|---|\n" + "".join(f"| {' | '.join(map(str, row))} |\n" for row in rows)
+    if "ann" in results:
+        grid = results["ann"]["other_settings"]
+        probes = sorted({g["nprobe"] for g in grid})
+        reranks = sorted({g["rerank"] for g in grid})
+        cell = {(g["nprobe"], g["rerank"]): f"{g['recall_at_10_vs_exact']} / {g['query_ms_median']} ms" for g in grid}
+        table += (f"\nRecall@10 / median query time at {results['ann']['n_vectors']:,} vectors, other settings "
+                  "(same index):\n\n| nprobe \\ re-ranked | " + " | ".join(map(str, reranks)) + " |\n|---|"
+                  + "---|" * len(reranks) + "\n" + "".join(
+                      f"| {p} | " + " | ".join(cell[p, r] for r in reranks) + " |\n" for p in probes))
+    return table
+
+
 def benchmarks(_: str | None = None) -> str:
     """Every benchmark of ``bench/``, one or more rows per results file."""
     return _table(["what", "command", "result"], [row for rows in BENCHMARKS for row in rows()])
@@ -451,7 +499,7 @@ TABLES: dict[str, Callable[[str | None], str]] = {
     "report-per-finding": report_per_finding, "report-decoder-history": report_decoder_history, "zero-shot-negatives": zero_shot_negatives,
     "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
     "variants": variants, "zero-shot-summary": zero_shot_summary,
-    "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks,
+    "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks, "index-figures": index_figures,
 }
 
 
