@@ -137,8 +137,13 @@ def part_ray(args: argparse.Namespace) -> dict:
     run_build(source, args.work / "ray-warm", None, "ray", 1)
     rates = {w: args.n / run_build(source, args.work / "ray-out", None, "ray", w) for w in (1, 2)}
     ray.shutdown()
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same compute as one Ray encoder actor, which Ray runs on one thread
     local = args.n / run_build(source, args.work / "local-out", None, "local", 1)
-    return {"model": "medclip-phantom", "n_images": args.n, "batch_size": BATCH,
+    torch.set_num_threads(threads)
+    return {"model": "medclip-phantom", "n_images": args.n, "batch_size": BATCH, "local_torch_threads": 1,
             "ray_images_per_s": {f"{w}_workers": round(v, 1) for w, v in rates.items()},
             "local_images_per_s_1_worker": round(local, 1),
             "ray_2_vs_1": round(rates[2] / rates[1], 3), "ray_1_vs_local_1": round(rates[1] / local, 3),
