@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from medclip_core.archive.client import dataset_bytes
 from medclip_core.archive.jobs import JobSpec, create_job, read_state
 from tests.orthanc_server import EXAMPLE, free_port, orthanc_missing_reason, rehome, run_orthanc
-from tests.test_browser import CHROMIUM
+from tests.test_browser import CHROMIUM, browser_page
 
 pytestmark = [
     pytest.mark.skipif(orthanc_missing_reason() is not None, reason=str(orthanc_missing_reason())),
@@ -58,17 +58,8 @@ def archive_app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(archive_app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(archive_app["url"])
+    with browser_page(archive_app["url"]) as page:
         yield page
-        browser.close()
 
 
 def test_search_diagnose_and_store_sr_and_seg_in_the_source_study(page, archive_app) -> None:

@@ -1,6 +1,7 @@
 """The app in a real browser (Debian's Chromium, headless, reaching nothing but the app)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,8 +17,9 @@ SCREENSHOTS = os.environ.get("MEDCLIP_SCREENSHOTS")  # a folder (docs/) to refre
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phantom"
 
 
-@pytest.fixture(scope="module")
-def page(app_url):
+@contextlib.contextmanager
+def browser_page(url: str):
+    """Headless Debian Chromium on ``url`` at 1280 x 900, with every host name but localhost unresolvable."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -27,9 +29,17 @@ def page(app_url):
                   "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(app_url)
+        page.goto(url)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with browser_page(app_url) as page:
         yield page
-        browser.close()
 
 
 def save_for_docs(page, tab: str) -> None:
