@@ -47,6 +47,8 @@ def test_runs_start_queue_cancel_and_finish_through_the_api(client, monkeypatch)
     monkeypatch.delenv("MEDCLIP_ADMIN_TOKEN", raising=False)
     _, long_run, _ = client.predict("api-long", *TINY_RUN[:-2], 100000, 1, "", api_name="/train_start")
     assert long_run["state"] == "running"
+    long_run_start = _process_start(long_run["pid"])  # with the pid: a pid reused later is another process
+    assert long_run_start is not None
     _, short_run, _ = client.predict("api-short", *TINY_RUN, "", api_name="/train_start")
     assert short_run["state"] == "queued"  # one run per device
 
@@ -65,7 +67,7 @@ def test_runs_start_queue_cancel_and_finish_through_the_api(client, monkeypatch)
     message, _ = client.predict("api-long", "s3cret", api_name="/train_cancel")
     assert "api-long" in message
     assert _wait_while(client, "api-long", "running", 60)["state"] == "cancelled"
-    assert _process_start(long_run["pid"]) is None  # the process is gone, the app answers
+    assert _process_start(long_run["pid"]) != long_run_start  # the process is gone, the app answers
 
     details = _wait_while(client, "api-short", "queued", 30)  # the device is free: the queued run starts
     details = _wait_while(client, "api-short", "running")
