@@ -2,6 +2,10 @@
 
 Run ``python app.py``; ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address. Models
 load on first use, so the app starts in seconds. Analytics are off: the app sends nothing anywhere.
+Listening beyond loopback or on a Space makes it public (:mod:`medclip_core.hosting`): admin actions
+need the token there. Every model call of every tab shares one concurrency limit
+(``MEDCLIP_CONCURRENCY``); uploads are capped at ``MEDCLIP_MAX_UPLOAD_MB`` and temporary files
+(uploads, masks, SEG files, heatmaps) are deleted ``MEDCLIP_TEMP_MAX_AGE_S`` seconds after they were made.
 """
 from __future__ import annotations
 
@@ -12,15 +16,31 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
+from medclip_core import hosting  # noqa: E402
 from medclip_core.archive.config import archive_configured  # noqa: E402
 from pages import archive, common, diagnose, embeddings, grounding, inspect, report, retrieve, segment, train  # noqa: E402
 
 TITLE = "MedCLIP Explorer"
 MODEL_CONCURRENCY = int(os.environ.get("MEDCLIP_CONCURRENCY", "2"))
+TEMP_MAX_AGE_ENV = "MEDCLIP_TEMP_MAX_AGE_S"
+DEFAULT_TEMP_MAX_AGE_S = 7200
+
+
+def delete_cache_settings() -> tuple[int, int]:
+    """Gradio's ``delete_cache`` (every, older than; seconds): this app's temporary files (uploads and
+    outputs) older than ``MEDCLIP_TEMP_MAX_AGE_S`` (2 h) are deleted, checked every quarter of that,
+    so a result's download link stays valid at least that long."""
+    age = int(os.environ.get(TEMP_MAX_AGE_ENV, "") or DEFAULT_TEMP_MAX_AGE_S)
+    return max(1, age // 4), age
+
+
+def launch_settings() -> dict[str, object]:
+    """The ``launch()`` arguments every deployment gets: the upload size limit (``MEDCLIP_MAX_UPLOAD_MB``)."""
+    return {"max_file_size": hosting.max_upload_bytes()}
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=delete_cache_settings()) as demo:
         gr.Markdown(f"# {TITLE}\nExplore CLIP-style vision–language models for medical images. "
                     "Research tool, not a medical device.")
         picker, _ = common.model_picker()
@@ -35,9 +55,10 @@ def build_app() -> gr.Blocks:
         if archive_configured():  # the Archive tab exists only where the host set MEDCLIP_DICOMWEB_URL
             archive.build(picker)
             archive.resume_jobs()
+    common.share_model_limit(demo, picker, MODEL_CONCURRENCY)
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
     return demo
 
 
 if __name__ == "__main__":
-    build_app().launch()
+    build_app().launch(**launch_settings())

@@ -1,4 +1,5 @@
-"""Widgets and wiring shared by every tab: the model picker, its banner, and error display."""
+"""Widgets and wiring shared by every tab: the model picker, its banner, error display, and the one
+concurrency limit every model call shares."""
 from __future__ import annotations
 
 import functools
@@ -21,6 +22,7 @@ SYNTHETIC_BANNER = (
 RESEARCH_BANNER = "Model **`{name}`**: research use only, not a medical device."
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 IMAGE_FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp", ".gif", ".webp"]
+MODEL_CALLS = "model-calls"  # the Gradio concurrency group of every event that runs a model
 
 
 def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,8 +64,25 @@ def model_picker() -> tuple[gr.Dropdown, gr.Markdown]:
         info="A registry model, or local-dir:/path, hf-hub:org/name (open_clip), hf:org/name (transformers)",
     )
     banner = gr.Markdown(banner_for(default_model_name()))
-    picker.change(banner_for, inputs=picker, outputs=banner, api_visibility="private")
+    # the banner reads the picker but runs no model: no concurrency limit, so share_model_limit leaves it out
+    picker.change(banner_for, inputs=picker, outputs=banner, api_visibility="private", concurrency_limit=None)
     return picker, banner
+
+
+def share_model_limit(demo: gr.Blocks, picker: gr.Dropdown, limit: int) -> list[str]:
+    """Put every event that reads the model picker into one Gradio concurrency group (``concurrency_id``
+    :data:`MODEL_CALLS`) of at most ``limit`` running at once, across all tabs and endpoints: heavy
+    heatmaps and light zero-shot calls then share the server's compute instead of each endpoint having
+    its own limit. Events given their own concurrency settings (e.g. the archive's job followers) keep
+    them. Returns the names of the grouped functions."""
+    grouped = []
+    for block_fn in demo.fns.values():
+        own_settings = block_fn.concurrency_limit != "default" or block_fn.concurrency_id != str(id(block_fn.fn))
+        if block_fn.fn is None or own_settings or not any(c is picker for c in block_fn.inputs):
+            continue
+        block_fn.concurrency_id, block_fn.concurrency_limit = MODEL_CALLS, limit
+        grouped.append(block_fn.name)
+    return grouped
 
 
 def example_files() -> list[str]:

@@ -3,7 +3,8 @@
 Runs are separate processes owned by the run manager (``medclip_core.train.runs``); this tab only
 starts, lists and cancels them, so closing the browser or restarting the app does not stop a run.
 Finished runs join every tab's model picker under their run name. When ``MEDCLIP_ADMIN_TOKEN``
-is set, anyone can look but starting and cancelling runs and uploading datasets need the token.
+is set, anyone can look but starting and cancelling runs and uploading datasets need the token; on a
+public server (:mod:`medclip_core.hosting`) without a token they are off.
 """
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ from typing import Any
 
 import gradio as gr
 
+from medclip_core import hosting
 from medclip_core.models.trained_runs import finished_runs
-from medclip_core.train.datasets import register_upload, resolve_dataset
+from medclip_core.train.datasets import register_upload, remove_expired_uploads, resolve_dataset
 from medclip_core.train.runs import (
+    ACTIVE_STATES,
+    DATASETS_FOLDER,
     METHOD_LABELS,
     RunManager,
     RunRecord,
     RunRequest,
-    admin_token_required,
     base_model_choices,
-    check_admin_token,
     log_tail,
     metrics_figure,
     read_metrics,
@@ -34,6 +36,8 @@ TABLE_HEADERS = ["run", "state", "task", "method", "base model", "data", "device
 TOKEN_NOTE = ("🔒 Starting and cancelling runs and validating dataset uploads need the admin token on this "
               "server (`MEDCLIP_ADMIN_TOKEN` is set): the buttons stay disabled until you enter it. "
               "Anyone can watch the runs.")
+PUBLIC_OFF_NOTE = ("🔒 This is a public server: starting and cancelling runs and dataset uploads are off "
+                   "(its host has not set `MEDCLIP_ADMIN_TOKEN`). Anyone can watch the runs.")
 DATASETS = ["phantom:64", "phantom:512", "phantom"]
 
 
@@ -56,7 +60,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
     """The Training tab; ``manager`` defaults to one on ``MEDCLIP_RUNS_DIR`` (reconciled on start)."""
     manager = manager or RunManager()
     manager.start_monitor()
-    datasets_root = manager.root / "datasets"
+    datasets_root = manager.root / DATASETS_FOLDER
 
     def table() -> list[list[Any]]:
         return [_row(r) for r in reversed(manager.refresh())]
@@ -65,7 +69,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
     def start_run(name: str, base_model: str, dataset: str, task: str, method: str, epochs: float, batch_size: float,
                   lr: float, seed: float, max_steps: float, processes: float, token: str) -> tuple[str, dict, Any]:
         """Queue a run (it starts when its device is free); returns a message, the run, the run selector."""
-        check_admin_token(token)
+        hosting.check_admin_token(token)
         name = (name or "").strip() or datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S")
         record = manager.submit(RunRequest(
             name=name, base_model=base_model, data=resolve_dataset(dataset, datasets_root), task=task, method=method,
@@ -89,7 +93,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
 
     @ui_errors
     def cancel_run(name: str | None, token: str) -> tuple[str, dict]:
-        check_admin_token(token)
+        hosting.check_admin_token(token)
         if not name:
             raise gr.Error("Choose a run to cancel.", print_exception=False)
         record = manager.cancel(name, wait_s=5)
@@ -99,7 +103,9 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
     def validate(files: list[str] | None, token: str | None = None) -> tuple[str, list[list[Any]], Any]:
         """Import an uploaded zip (or CSV + images) and report what is wrong with it; an unusable upload
         is deleted. ``token`` defaults to None so that API callers of a server without a token may omit it."""
-        check_admin_token(token)
+        hosting.check_admin_token(token)
+        remove_expired_uploads(datasets_root, [r.request.get("data", "") for r in manager.list_runs()
+                                               if r.state in ACTIVE_STATES])
         dataset, report = register_upload(files or [], datasets_root)
         rows = [[p.line, p.kind, p.message] for p in report.problems]
         if not report.usable:
@@ -116,7 +122,8 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         runs = gr.update(choices=now["runs"]) if now["runs"] != known.get("runs") else gr.skip()
         return *models, runs, now
 
-    needs_token = admin_token_required()
+    enabled = hosting.admin_actions_enabled()
+    needs_token = hosting.admin_token_needed()
     with gr.Tab("Training"):
         gr.Markdown("Fine-tune a model in the background. A run is its own process: it keeps going when you close "
                     "the page and is still listed after an app restart. Finished runs appear in the model picker "
@@ -146,9 +153,9 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
                 lr = gr.Number(1e-4, label="Learning rate", minimum=0)
                 seed = gr.Number(0, precision=0, label="Seed")
                 processes = gr.Number(1, precision=0, label="Processes (torchrun)", minimum=1)
-        token = gr.Textbox(label="Admin token", type="password", visible=needs_token)
+        token = gr.Textbox(label="Admin token", type="password", visible=needs_token and enabled)
         if needs_token:
-            gr.Markdown(TOKEN_NOTE)
+            gr.Markdown(TOKEN_NOTE if enabled else PUBLIC_OFF_NOTE)
         with gr.Row():
             start = gr.Button("Start run", variant="primary", interactive=not needs_token)
             cancel = gr.Button("Cancel selected run", variant="stop", interactive=not needs_token)

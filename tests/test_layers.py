@@ -20,11 +20,13 @@ PACKAGES = ("medclip_core", "pages")
 
 # Dotted module prefix -> layer rank; the longest matching prefix wins. Modules outside a layer
 # folder are placed one by one: ``medclip_core`` (the package itself) only re-exports the errors;
+# ``hosting`` says whether the app is public (deployment settings, read from the environment);
 # ``dicom_seg`` writes masks as DICOM SEG files, a file format like ``io``, below every task
 # that saves one.
 LAYERS: dict[str, int] = {
     "medclip_core": 0,
     "medclip_core.errors": 0,
+    "medclip_core.hosting": 0,
     "medclip_core.io": 1,
     "medclip_core.dicom_seg": 1,
     "medclip_core.models": 2,

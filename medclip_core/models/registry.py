@@ -9,6 +9,12 @@ Specs live as JSON files in ``models/specs/`` (one per model, like open_clip's
 Finished training runs (recorded by ``medclip_core.train.runs``, read by
 :mod:`medclip_core.models.trained_runs`) are listed too, under their run name.
 Loaded models are kept in a small in-memory LRU cache owned by :class:`ModelCache`.
+
+Registry models are curated; a model named outside it (``local-dir:``, ``hf-hub:``, ``hf:``) is
+built only from allow-listed parts and up to :func:`medclip_core.hosting.max_model_params`
+parameters, counted before anything is built. On a public server ``local-dir:`` reads only the
+registry's and the finished runs' folders and those the host lists in ``MEDCLIP_MODEL_DIRS``, and
+its error for any other path is the same whether that path exists or not.
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ from typing import Any
 
 import torch
 
-from medclip_core.errors import ModelUnavailableError
+from medclip_core import hosting
+from medclip_core.errors import AccessDeniedError, ModelUnavailableError
 from medclip_core.models import checkpoint, hub
 from medclip_core.models.base import ClipModel, ModelCard, ModelDescription
 from medclip_core.models.open_clip_backend import (
@@ -121,17 +128,34 @@ def _dynamic_card(name: str, backend: str) -> ModelCard:
                      embed_dim=0, licence="see the model's own card")
 
 
-def load_local_dir(path: Path, device: torch.device, card: ModelCard | None = None) -> ClipModel:
-    """Any of the three folder layouts, detected by the files it holds."""
+def local_dir_roots() -> list[Path]:
+    """The folders ``local-dir:`` may read on a public server: the registry's checkpoints, finished runs
+    and the host's ``MEDCLIP_MODEL_DIRS``."""
+    return [spec.local_path for spec in all_specs().values() if spec.backend == "checkpoint"] \
+        + [Path(p) for p in finished_runs().values()] + hosting.extra_model_dirs()
+
+
+def check_local_dir_allowed(path: Path) -> None:
+    """On a public server, refuse a folder outside :func:`local_dir_roots` with one message that does not
+    depend on whether the folder exists."""
+    if hosting.is_public() and not hosting.is_within(path, local_dir_roots()):
+        raise AccessDeniedError("On this public server local-dir: reads only the registry's and the finished "
+                                f"runs' model folders and those its host lists in {hosting.MODEL_DIRS_ENV}.")
+
+
+def load_local_dir(path: Path, device: torch.device, card: ModelCard | None = None,
+                   max_params: int | None = None) -> ClipModel:
+    """Any of the three folder layouts, detected by the files it holds. ``max_params``: check the
+    architecture (allow-list, size) before building, for folders outside the registry."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelUnavailableError(f"Model folder not found: {path}")
     if checkpoint.is_checkpoint_dir(path):
-        return load_checkpoint_dir(path, card, device)
+        return load_checkpoint_dir(path, card, device, max_params)
     if (path / OPEN_CLIP_CONFIG).is_file():
-        return load_open_clip_dir(path, card or _dynamic_card(f"local-dir:{path}", "open_clip"), device)
+        return load_open_clip_dir(path, card or _dynamic_card(f"local-dir:{path}", "open_clip"), device, max_params)
     if is_transformers_dir(path):
-        return load_transformers(path, card or _dynamic_card(f"local-dir:{path}", "transformers"), device)
+        return load_transformers(path, card or _dynamic_card(f"local-dir:{path}", "transformers"), device, max_params)
     raise ModelUnavailableError(
         f"{path} is not a model folder: expected {checkpoint.CONFIG_NAME}, {OPEN_CLIP_CONFIG}, "
         "or a transformers CLIP/SigLIP config.json."
@@ -140,11 +164,13 @@ def load_local_dir(path: Path, device: torch.device, card: ModelCard | None = No
 
 def _build(name: str, device: torch.device) -> ClipModel:
     if name.startswith("local-dir:"):
-        return load_local_dir(Path(name[len("local-dir:"):]), device)
+        return load_local_dir(Path(name[len("local-dir:"):]), device, max_params=hosting.max_model_params())
     if name.startswith("hf-hub:"):
-        return load_open_clip_hub(name[len("hf-hub:"):], _dynamic_card(name, "open_clip"), device)
+        return load_open_clip_hub(name[len("hf-hub:"):], _dynamic_card(name, "open_clip"), device,
+                                  hosting.max_model_params())
     if name.startswith("hf:"):
-        return load_transformers_hub(name[len("hf:"):], _dynamic_card(name, "transformers"), device)
+        return load_transformers_hub(name[len("hf:"):], _dynamic_card(name, "transformers"), device,
+                                     hosting.max_model_params())
     spec = get_spec(name)
     card = spec.card()
     if spec.backend == "checkpoint":
@@ -195,9 +221,13 @@ MODEL_CACHE = ModelCache(max_models=int(os.environ.get("MEDCLIP_MODEL_CACHE_SIZE
 def load_model(name: str | None = None, device: str | torch.device | None = None) -> ClipModel:
     """Load (or fetch from the cache) the model ``name``; ``None`` means the default model.
 
-    Raises :class:`ModelUnavailableError` with instructions when it cannot be loaded here.
+    Raises :class:`ModelUnavailableError` with instructions when it cannot be loaded here, and
+    :class:`AccessDeniedError` for a ``local-dir:`` a public server does not serve (cached or not).
     """
-    return MODEL_CACHE.get(name or default_model_name(), resolve_device(device))
+    name = name or default_model_name()
+    if name.startswith("local-dir:"):
+        check_local_dir_allowed(Path(name[len("local-dir:"):]))
+    return MODEL_CACHE.get(name, resolve_device(device))
 
 
 def model_availability(name: str) -> str:

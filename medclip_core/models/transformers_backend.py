@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from medclip_core import hosting
 from medclip_core.errors import ModelUnavailableError
 from medclip_core.models import hub
 from medclip_core.models.base import ClipModel, ModelCard, TowerPartUnsupported, ViTParts
@@ -101,8 +102,11 @@ def _preprocessing(folder: Path | None, model: torch.nn.Module) -> tuple[Sequenc
     return config.get("image_mean", default_mean), config.get("image_std", default_std), mode
 
 
-def load_transformers(source: str | Path, card: ModelCard, device: torch.device) -> TransformersClipModel:
-    """``source`` is a local ``save_pretrained`` folder or a hub id already located by :mod:`hub`."""
+def load_transformers(source: str | Path, card: ModelCard, device: torch.device,
+                      max_params: int | None = None) -> TransformersClipModel:
+    """``source`` is a local ``save_pretrained`` folder or a hub id already located by :mod:`hub`.
+    ``max_params``: for models outside the registry, the size checked (on the meta device, from the
+    config alone) before the weights are read."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = Path(source) if isinstance(source, Path) else None
@@ -112,6 +116,8 @@ def load_transformers(source: str | Path, card: ModelCard, device: torch.device)
             raise ModelUnavailableError(
                 f"'{card.name}' is a transformers '{config.model_type}' model; supported are {SUPPORTED_TYPES}."
             )
+        if max_params is not None:
+            hosting.check_model_size(card.name, config.to_dict(), lambda: _meta_parameter_count(config), max_params)
         model = AutoModel.from_pretrained(str(source))
         tokenizer = AutoTokenizer.from_pretrained(str(source))
     except ModelUnavailableError:
@@ -128,8 +134,17 @@ def load_transformers(source: str | Path, card: ModelCard, device: torch.device)
     return TransformersClipModel(model, tokenizer, ModelCard(**fields), device, mean, std, mode)
 
 
-def load_transformers_hub(repo_id: str, card: ModelCard, device: torch.device) -> TransformersClipModel:
-    return load_transformers(hub.locate(card.name, repo_id, "config.json"), card, device)
+def _meta_parameter_count(config: Any) -> int:
+    """Parameters of the model ``config`` describes, built on the meta device (no memory, no weights read)."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModel.from_config(config).parameters())
+
+
+def load_transformers_hub(repo_id: str, card: ModelCard, device: torch.device,
+                          max_params: int | None = None) -> TransformersClipModel:
+    return load_transformers(hub.locate(card.name, repo_id, "config.json"), card, device, max_params)
 
 
 def is_transformers_dir(path: Path) -> bool:

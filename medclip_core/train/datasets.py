@@ -15,13 +15,16 @@ DICOM files and CSVs stay far below that, a zip bomb (deflate reaches about 1,00
 two can be changed with ``MEDCLIP_UPLOAD_MAX_UNZIPPED_BYTES`` and
 ``MEDCLIP_UPLOAD_MAX_MEMBERS``. While unpacking,
 each member is cut off at the size its header declares, so a lying header gets no further. An upload
-that is refused or not usable is deleted with its folder.
+that is refused or not usable is deleted with its folder; a usable one expires after
+``MEDCLIP_UPLOAD_TTL_HOURS`` (24) unless a queued or running run trains on it
+(:func:`remove_expired_uploads`).
 """
 from __future__ import annotations
 
 import csv
 import os
 import shutil
+import time
 import uuid
 import zipfile
 from collections import Counter
@@ -41,6 +44,8 @@ MAX_ZIP_MEMBERS = int(os.environ.get("MEDCLIP_UPLOAD_MAX_MEMBERS", 50_000))
 MAX_COMPRESSION_RATIO = 200
 RATIO_CHECKED_BYTES = 1024 ** 2  # smaller members may compress better (a CSV of similar rows); the total bounds them
 COPY_CHUNK = 1024 ** 2
+UPLOAD_TTL_ENV = "MEDCLIP_UPLOAD_TTL_HOURS"
+DEFAULT_UPLOAD_TTL_HOURS = 24.0
 PROBLEM_KINDS = {
     "outside_folder": "image path leaves the dataset folder (refused)",
     "missing_file": "image file not found",
@@ -254,3 +259,27 @@ def resolve_dataset(name: str, datasets_root: Path) -> str:
             raise TaskInputError(f"'{name}' is not a validated, usable upload: upload the dataset and validate it.")
         return str(clean[0])
     raise TaskInputError(f"Unknown dataset '{name}': use phantom, phantom:N or a validated upload (upload:ID).")
+
+
+def upload_ttl_s() -> float:
+    """How long a validated upload is kept (``MEDCLIP_UPLOAD_TTL_HOURS``, default 24 h), in seconds."""
+    return float(os.environ.get(UPLOAD_TTL_ENV, "") or DEFAULT_UPLOAD_TTL_HOURS) * 3600
+
+
+def remove_expired_uploads(datasets_root: Path, in_use: list[str | Path], max_age_s: float | None = None) -> list[Path]:
+    """Delete upload folders under ``datasets_root`` older than ``max_age_s`` (default :func:`upload_ttl_s`),
+    except those holding a path of ``in_use`` (the data of queued and running runs); returns the deleted ones."""
+    root = Path(datasets_root)
+    if not root.is_dir():
+        return []
+    max_age_s = upload_ttl_s() if max_age_s is None else max_age_s
+    used = [Path(p).resolve() for p in in_use]
+    removed = []
+    for folder in root.iterdir():
+        if not folder.is_dir() or time.time() - folder.stat().st_mtime <= max_age_s:
+            continue
+        if any(folder.resolve() in path.parents for path in used):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

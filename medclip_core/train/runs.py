@@ -16,7 +16,6 @@ grace period).
 """
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import re
@@ -30,11 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medclip_core.errors import AccessDeniedError, TaskInputError
+from medclip_core.errors import TaskInputError
 from medclip_core.models.trained_runs import DB_NAME, runs_dir
 from medclip_core.train.tasks import TRAINING_TASKS, run_manager_tasks
 
-ADMIN_TOKEN_ENV = "MEDCLIP_ADMIN_TOKEN"
 LOG_NAME = "train.log"
 RESULT_NAME = "result.json"
 STATES = ("queued", "running", "finished", "failed", "cancelled")
@@ -51,23 +49,27 @@ METHOD_LABELS = {"full": "full fine-tune", "lit": "locked image tower (LiT)", "t
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CANCEL_GRACE_S = 30.0
+DATASETS_FOLDER = "datasets"  # uploaded datasets live in this folder of the runs folder
 LOG_TAIL_LINES = 30
-
-
-def admin_token_required() -> bool:
-    return bool(os.environ.get(ADMIN_TOKEN_ENV, ""))
-
-
-def check_admin_token(token: str | None) -> None:
-    """Raise :class:`AccessDeniedError` unless no admin token is set or ``token`` matches it."""
-    expected = os.environ.get(ADMIN_TOKEN_ENV, "")
-    if not expected:
-        return
-    if not token:
-        raise AccessDeniedError("Training and dataset uploads need the admin token on this server "
-                                f"({ADMIN_TOKEN_ENV} is set): enter it first.")
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise AccessDeniedError("The admin token is wrong.")
+# Bounds of a run request (inclusive): a shared server must not be asked for 1,000 processes or 10^9
+# epochs. Generous for this project's models: the full phantom set is ~300 steps per epoch at batch 32.
+REQUEST_BOUNDS: dict[str, tuple[float, float]] = {
+    "epochs": (1e-3, 100),
+    "max_steps": (1, 1_000_000),
+    "batch_size": (2, 1024),
+    "lr": (1e-8, 1.0),
+    "seed": (0, 2 ** 31 - 1),
+    "nproc": (1, 8),
+    "warmup_steps": (0, 100_000),
+    "checkpoint_every": (1, 1_000_000),
+}
+BOUND_LABELS = {"epochs": "epochs", "max_steps": "max steps", "batch_size": "batch size", "lr": "learning rate",
+                "seed": "seed", "nproc": "number of processes", "warmup_steps": "warm-up steps",
+                "checkpoint_every": "steps between checkpoints"}
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d{1,2})?)$")
+MAX_EXTRA_ARGS = 16
+MAX_QUEUE_ENV = "MEDCLIP_MAX_QUEUED_RUNS"
+DEFAULT_MAX_QUEUE = 8
 
 
 @dataclass
@@ -232,6 +234,36 @@ def _data_values(data: str) -> dict[str, str]:
     return {"data": str(data)}
 
 
+def _number(value: float) -> str:
+    return f"{value:,}" if float(value).is_integer() else f"{value:g}"
+
+
+def check_request_bounds(request: RunRequest) -> None:
+    """Refuse a request outside :data:`REQUEST_BOUNDS` (or with an unknown precision or device), with a
+    message naming the field, its value and the allowed range."""
+    from medclip_core.train.configs import TrainConfig
+
+    for name, (low, high) in REQUEST_BOUNDS.items():
+        value = getattr(request, name)
+        if value is None and name == "max_steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise TaskInputError(f"The {BOUND_LABELS[name]} must be between {_number(low)} and {_number(high)} "
+                                 f"(got {value!r}).")
+    precisions = TrainConfig.__dataclass_fields__["precision"].metadata["choices"]
+    if request.precision not in precisions:
+        raise TaskInputError(f"Unknown precision '{request.precision}'. Known: {', '.join(precisions)}.")
+    if not DEVICE_PATTERN.match(str(request.device)):
+        raise TaskInputError(f"Unknown device '{request.device}': use cpu, cuda or cuda:N.")
+    if len(request.extra_args) > MAX_EXTRA_ARGS or any(len(str(arg)) > 256 for arg in request.extra_args):
+        raise TaskInputError(f"At most {MAX_EXTRA_ARGS} extra training arguments of 256 characters each.")
+
+
+def max_queued_runs() -> int:
+    """How many runs may be queued or running at once (``MEDCLIP_MAX_QUEUED_RUNS``, default 8)."""
+    return int(os.environ.get(MAX_QUEUE_ENV, "") or DEFAULT_MAX_QUEUE)
+
+
 def train_command(request: RunRequest, out_dir: Path) -> list[str]:
     """The command line of a run: the CLI's ``train``, under torchrun when ``nproc`` > 1. Only the
     flags of the task's config are passed (a segmentation run has no ``--lock`` or ``--epochs``)."""
@@ -239,10 +271,7 @@ def train_command(request: RunRequest, out_dir: Path) -> list[str]:
         raise TaskInputError(f"Unknown task '{request.task}'. Known: {', '.join(run_manager_tasks())}.")
     if request.method not in METHODS:
         raise TaskInputError(f"Unknown method '{request.method}'. Known: {', '.join(METHODS)}.")
-    for label, value, low in (("epochs", request.epochs, 1e-9), ("batch size", request.batch_size, 2),
-                              ("learning rate", request.lr, 1e-12), ("processes", request.nproc, 1)):
-        if value is None or value < low:
-            raise TaskInputError(f"The {label} must be at least {low:g}.")
+    check_request_bounds(request)
     if request.batch_size % request.nproc:
         raise TaskInputError(f"The batch size ({request.batch_size}) is the global batch: make it a multiple "
                              f"of the number of processes ({request.nproc}).")
@@ -333,9 +362,15 @@ class RunManager:
                                  "or digit).")
         if request.name in list_models() or request.name in architecture_names():
             raise TaskInputError(f"'{request.name}' is already a model name; choose another run name.")
+        if request.name == DATASETS_FOLDER:
+            raise TaskInputError(f"'{DATASETS_FOLDER}' is the folder of uploaded datasets; choose another run name.")
         run_dir = self.root / request.name
         train_command(request, run_dir)  # validates the request before anything is recorded
         with self._lock:
+            active = sum(r.state in ACTIVE_STATES for r in self.list_runs())
+            if active >= max_queued_runs():
+                raise TaskInputError(f"{active} runs are queued or running, the most this server takes "
+                                     f"({MAX_QUEUE_ENV}): wait for one to end or cancel one.")
             try:
                 with self._connect() as conn:
                     cursor = conn.execute(
