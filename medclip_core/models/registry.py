@@ -129,10 +129,9 @@ def _dynamic_card(name: str, backend: str) -> ModelCard:
 
 
 def local_dir_roots() -> list[Path]:
-    """The folders ``local-dir:`` may read on a public server: the registry's checkpoints, finished runs
-    and the host's ``MEDCLIP_MODEL_DIRS``."""
-    return [spec.local_path for spec in all_specs().values() if spec.backend == "checkpoint"] \
-        + [Path(p) for p in finished_runs().values()] + hosting.extra_model_dirs()
+    """The folders ``local-dir:`` may read on a public server: the registry's checkpoints (finished runs
+    included) and the host's ``MEDCLIP_MODEL_DIRS``."""
+    return [spec.local_path for spec in all_specs().values() if spec.backend == "checkpoint"] + hosting.extra_model_dirs()
 
 
 def check_local_dir_allowed(path: Path) -> None:
