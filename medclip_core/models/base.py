@@ -9,12 +9,15 @@ Grounding methods that look inside the image tower get it through the same inter
 backend-neutral form: ``vit_parts`` (token embedding, blocks opened up into q/k/v and their
 branches, head; for attention relevance, Chefer et al. 2021, and CLIP Surgery's v-v path, Li et
 al. 2023), ``gradcam_layer`` (the layer Grad-CAM and gScoreCAM weigh) and ``patch_grid``. A tower
-that cannot serve one raises :class:`TowerPartUnsupported`, which says why.
+that cannot serve one raises :class:`TowerPartUnsupported`, which says why. ``image_blocks`` lists
+the tower's residual blocks, which ``with_randomised_blocks`` re-draws at random in a copy (the
+model-parameter randomisation test of Adebayo et al. 2018).
 """
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any, Callable, Sequence, Union
 
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medclip_core.errors import MedclipError
+from medclip_core.errors import MedclipError, TaskInputError
 from medclip_core.io import MedicalImage, image_from_array
 
 ImageLike = Union[MedicalImage, Image.Image, np.ndarray]
@@ -281,6 +284,33 @@ class ClipModel(ABC):
         rows, cols = self.patch_grid
         patches = activation[:, activation.shape[1] - rows * cols:]
         return patches.transpose(1, 2).reshape(activation.shape[0], -1, rows, cols)
+
+    def image_blocks(self) -> list[torch.nn.Module]:
+        """The image tower's residual blocks in the order they run: a ViT's transformer blocks, a CNN's
+        blocks of its last stage. Raises :class:`TowerPartUnsupported` where the backend does not know them."""
+        raise TowerPartUnsupported(f"'{self.card.name}' does not expose the blocks of its image tower.")
+
+    def with_randomised_blocks(self, count: int = 1, seed: int = 0) -> "ClipModel":
+        """A deep copy whose last ``count`` image blocks (``image_blocks``) have random weights; ``self`` is
+        untouched. The model-parameter randomisation test of Adebayo et al. 2018 ("Sanity Checks for
+        Saliency Maps"); ``count`` > 1 is their cascading variant. Every parameter tensor of those blocks
+        is redrawn from a seeded Gaussian with the trained tensor's own mean and standard deviation, so
+        activations keep their scale while what was learned is gone (buffers such as BatchNorm running
+        statistics stay). The copy's card name says so, so caches keyed by name never mix the two."""
+        blocks = self.image_blocks()
+        if not 1 <= count <= len(blocks):
+            raise TaskInputError(f"'{self.card.name}' has {len(blocks)} image blocks; cannot randomise {count}.")
+        clone = copy.deepcopy(self)
+        clone.card = replace(self.card, name=f"{self.card.name} (last {count} image block(s) randomised, seed {seed})")
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for block in clone.image_blocks()[-count:]:
+                for parameter in block.parameters():
+                    values = parameter.detach().float()
+                    spread = float(values.std()) if values.numel() > 1 else 0.0
+                    noise = torch.randn(parameter.shape, generator=generator) * spread + float(values.mean())
+                    parameter.copy_(noise.to(parameter))
+        return clone
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())

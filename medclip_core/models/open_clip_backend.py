@@ -11,7 +11,8 @@ joint space.
 ViT parts (:meth:`OpenClipModel.vit_parts`) open up open_clip ``ResidualAttentionBlock`` s
 (``nn.MultiheadAttention``) and timm ViT ``Block`` s into the backend-neutral
 :class:`~medclip_core.models.base.AttentionBlock`; the Grad-CAM layer is the input norm of a ViT's
-last block or a timm CNN's last stage.
+last block or a timm CNN's last stage. The image blocks (:meth:`OpenClipModel.image_blocks`) are a
+ViT's transformer blocks or the residual blocks of a timm CNN's last stage.
 """
 from __future__ import annotations
 
@@ -111,6 +112,18 @@ class OpenClipModel(ClipModel):
             return _timm_vit_parts(visual)
         raise TowerPartUnsupported(
             f"'{self.card.name}' has a {_tower_kind(visual)} image tower, not a ViT whose blocks can be opened up.")
+
+    def image_blocks(self) -> list[torch.nn.Module]:
+        visual = self._model.visual
+        if _is_open_clip_vit(visual):
+            return list(visual.transformer.resblocks)
+        if _is_timm_vit(visual):
+            return list(visual.trunk.blocks)
+        trunk = getattr(visual, "trunk", None)
+        if trunk is not None and getattr(trunk, "feature_info", None):
+            stage = trunk.get_submodule(trunk.feature_info[-1]["module"])
+            return list(stage.children()) if isinstance(stage, torch.nn.Sequential) else [stage]
+        return super().image_blocks()
 
     def gradcam_layer(self) -> torch.nn.Module:
         visual = self._model.visual

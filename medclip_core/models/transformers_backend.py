@@ -87,6 +87,9 @@ class TransformersClipModel(ClipModel):
         raise TowerPartUnsupported(
             f"the transformers backend does not open up the encoder blocks of '{self.card.name}' ({self.model_type}).")
 
+    def image_blocks(self) -> list[torch.nn.Module]:
+        return list(self._model.vision_model.encoder.layers)
+
     def gradcam_layer(self) -> torch.nn.Module:
         return self._model.vision_model.encoder.layers[-1].layer_norm1
 
