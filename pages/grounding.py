@@ -7,14 +7,18 @@ import gradio as gr
 from PIL import Image
 
 from medclip_core.errors import TaskInputError
+from medclip_core.eval.heatmap_sanity import CONTROL_PHRASE
 from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
 from medclip_core.tasks.saving import saved_paths
 from pages.common import image_input_column, load_upload, ui_errors
 
 
-def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image.Image, str]]:
+def _gallery(results: list[GroundingResult], opacity: float,
+             controls: list[GroundingResult] = ()) -> list[tuple[Image.Image, str]]:
+    """Every phrase's overlay per method, then the nonsense-phrase control maps (``controls``) if shown."""
     return [(r.overlay(i, opacity), f"{phrase} · {METHOD_TITLES[r.method]}")
-            for r in results for i, phrase in enumerate(r.phrases)]
+            for r in results for i, phrase in enumerate(r.phrases)] + \
+        [(c.overlay(0, opacity), f"control: {c.phrases[0]} · {METHOD_TITLES[c.method]}") for c in controls]
 
 
 def _downloads(results: list[GroundingResult], opacity: float) -> list[str]:
@@ -25,19 +29,26 @@ def _downloads(results: list[GroundingResult], opacity: float) -> list[str]:
 
 @ui_errors
 def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacity: float,
-                 model: str) -> tuple[list, dict, list[str], list[GroundingResult]]:
-    """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, results for re-blending)."""
+                 model: str, control: bool = False) -> tuple[list, dict, list[str], list[list[GroundingResult]]]:
+    """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, [results, controls] for
+    re-blending). ``control``: also map the nonsense phrase ``CONTROL_PHRASE`` by each method, the control of
+    the heatmap sanity checks (``medclip_core.eval.heatmap_sanity``): a map that looks the same for it
+    does not depend on the phrase."""
     if not methods:
         raise TaskInputError("Pick at least one heatmap method.")
     phrases = parse_phrases(phrases_text)
     image = load_upload(path)
     results = [ground(image, phrases, model=model, method=method) for method in methods]
+    controls = [ground(image, [CONTROL_PHRASE], model=model, method=method) for method in methods] if control else []
     summary = {"model": results[0].model, "phrases": phrases, "methods": [r.to_dict() for r in results]}
-    return _gallery(results, opacity), summary, _downloads(results, opacity), results
+    if controls:
+        summary["controls"] = [c.to_dict() for c in controls]
+    return _gallery(results, opacity, controls), summary, _downloads(results, opacity), [results, controls]
 
 
-def reblend(results: list[GroundingResult] | None, opacity: float) -> list:
-    return _gallery(results or [], opacity)
+def reblend(state: list[list[GroundingResult]] | None, opacity: float) -> list:
+    results, controls = state or ([], [])
+    return _gallery(results, opacity, controls)
 
 
 def build(model_picker: gr.Dropdown) -> None:
@@ -54,6 +65,9 @@ def build(model_picker: gr.Dropdown) -> None:
                 methods = gr.CheckboxGroup([(METHOD_TITLES[m], m) for m in METHODS], value=["similarity"],
                                            label="Methods",
                                            info="Attention relevance needs a ViT with a class token.")
+                control = gr.Checkbox(False, label="Show a nonsense-phrase control",
+                                      info=f"Adds each method's map of '{CONTROL_PHRASE}': a map that looks the "
+                                           "same ignores the phrase (docs/grounding.md, sanity checks).")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                 button = gr.Button("Show heatmaps", variant="primary")
         gallery = gr.Gallery(label="Heatmaps (phrase · method)", columns=3, height="auto")
@@ -61,6 +75,6 @@ def build(model_picker: gr.Dropdown) -> None:
             details = gr.JSON(label="Result")
             files = gr.File(label="Maps and overlays (JSON, PNG, .npy)", file_count="multiple")
         state = gr.State([])
-        button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker],
+        button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker, control],
                      outputs=[gallery, details, files, state], api_name="heatmap")
         opacity.release(reblend, inputs=[state, opacity], outputs=gallery, api_visibility="private")
