@@ -4,7 +4,7 @@ correlation between the phrase's map and a nonsense phrase's map (prompt), and b
 and the map of a copy with its last image block randomised (weights); medians above the threshold are
 flagged. gScoreCAM (about 30x slower than the others) runs on the first ``--n-slow`` images only.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 nice python bench/bench_heatmap_sanity.py [--n 30] [--n-slow 6] [--out bench/results/heatmap_sanity.json]
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice python bench/bench_heatmap_sanity.py [--n 20] [--n-slow 4] [--out bench/results/heatmap_sanity.json]
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ SLOW = ("gscorecam",)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=30)
-    parser.add_argument("--n-slow", type=int, default=6)
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--n-slow", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "heatmap_sanity.json")
     args = parser.parse_args()
 

@@ -113,6 +113,8 @@ def test_cli_on_own_images(tmp_path, capsys):
     assert answer["n_images"] == 2 and set(answer["methods"]) == {"gradcam"}
     saved = json.loads((tmp_path / "heatmap_sanity.json").read_text())
     assert saved["methods"]["gradcam"]["prompt"]["values"] == answer["methods"]["gradcam"]["prompt"]["values"]
+    assert main(["eval-sanity", "--methods", "saliency", "--images", str(images[0])]) == 2
+    assert "Unknown heatmap method" in capsys.readouterr().err
 
 
 def test_grounding_tab_adds_the_control_map_beside_the_real_one():

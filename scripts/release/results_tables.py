@@ -139,6 +139,28 @@ def grounding_dice(model: str) -> str:
                   [[method, *(_fmt(result["dice"][label], 2) for label in FOCAL)] for method, result in methods.items()])
 
 
+# -- heatmap sanity checks: bench/results/heatmap_sanity.json -------------------------------------
+
+def heatmap_sanity(_: str | None = None) -> str:
+    """Per model and method: median Spearman (IQR) of the map with the control phrase's and with the
+    randomised model's map, and the flags (bench/bench_heatmap_sanity.py)."""
+    data = _json("bench/results/heatmap_sanity.json")
+
+    def cell(summary: dict | None) -> str:
+        if summary is None or summary["median"] is None:
+            return "–"
+        low, high = summary["iqr"]
+        return f"{_fmt(summary['median'], 2)} ({_fmt(low, 2)} to {_fmt(high, 2)})"
+    rows = []
+    for model, result in data["models"].items():
+        for method, checks in result["methods"].items():
+            rows.append([f"`{model}`", method, str(checks["prompt"]["n"]), cell(checks["prompt"]), cell(checks["weights"]),
+                         ", ".join(checks["flags"]) or "–"])
+        rows += [[f"`{model}`", method, "–", "not available", "", ""] for method in result["skipped"]]
+    return _table(["model", "method", "images", f"ρ with '{data['control_phrase']}' (IQR)",
+                   "ρ with last block randomised (IQR)", f"flag (median > {data['threshold']:g})"], rows)
+
+
 # -- trained segmentation decoder: segmentation/eval.json ------------------------------------------
 
 def segmentation(model: str) -> str:
@@ -500,6 +522,7 @@ TABLES: dict[str, Callable[[str | None], str]] = {
     "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
     "variants": variants, "zero-shot-summary": zero_shot_summary,
     "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks, "index-figures": index_figures,
+    "heatmap-sanity": heatmap_sanity,
 }
 
 
