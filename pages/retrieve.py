@@ -22,7 +22,7 @@ from medclip_core.models import load_model
 from medclip_core.tasks.retrieval import (
     build_index, image_to_reports, labelled_precision, search_image, search_text,
 )
-from pages.common import image_examples, image_upload, ui_errors
+from pages.common import clear_on, image_examples, image_upload, ui_errors
 
 MODES = ("text → images", "image → images", "image → reports")
 GALLERY_ROOT_ENV = "MEDCLIP_GALLERY_ROOT"
@@ -118,8 +118,11 @@ def build(model_picker: gr.Dropdown) -> None:
                 k = gr.Slider(1, 50, value=8, step=1, label="Results (k)")
                 button = gr.Button("Search", variant="primary")
         summary = gr.Markdown()
-        results = gr.Gallery(label="Results", columns=4, height="auto", elem_id="retrieve-gallery")
-        table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True)
+        results = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain", elem_id="retrieve-gallery")
+        table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True,
+                             column_widths=["8%", "10%", "22%", "60%"])
         details = gr.JSON(label="Result")
-        button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker, archive],
-                     outputs=[results, table, summary, details], api_name="retrieve")
+        outputs = [results, table, summary, details]
+        run = button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker, archive],
+                           outputs=outputs, api_name="retrieve")
+        clear_on([run.failure, upload.change, model_picker.change, mode.input, archive.input], outputs)
