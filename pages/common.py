@@ -87,7 +87,8 @@ def image_input_column(elem_id: str, preview: bool = False) -> tuple[gr.File, gr
     a file is chosen), the examples."""
     with gr.Column():
         upload = image_upload(elem_id)
-        shown = gr.Image(label="Image", type="pil", interactive=False, height=300) if preview else None
+        shown = gr.Image(label="Image", type="pil", interactive=False, height=300,
+                         elem_id=f"{elem_id}-preview") if preview else None
         image_examples(upload)
     if shown is not None:
         upload.change(show_preview, inputs=upload, outputs=shown, api_visibility="private", show_progress="hidden")

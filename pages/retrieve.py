@@ -35,6 +35,13 @@ def gallery_collection(spec: str):
     return collection_from_spec(spec, allowed_root=root, allow_paths=root is not None)
 
 
+def short_labels(labels: list[str] | None) -> str:
+    """A hit's labels as a thumbnail caption that fits its tile: the first one and how many more (all of
+    them are in the hits table)."""
+    labels = labels or []
+    return ", ".join(labels) if len(labels) <= 1 else f"{labels[0]} +{len(labels) - 1}"
+
+
 def search_archive_index(name: str, mode: str, query_text: str, query_path: str | None, k: int,
                          model_name: str) -> tuple[list, list[list[Any]], str, dict]:
     """Search a host-registered archive index; thumbnails are read from the archive for the hits only."""
@@ -91,7 +98,7 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
     precision = labelled_precision(result, collection)
     if precision is not None:
         summary += f" Precision@{len(result.hits)} against the labels: **{precision:.2f}**."
-    thumbnails = [(index.item(h.item_id).image().to_pil(), f"{h.rank}. {h.score:.3f} — {', '.join(h.labels or [])}")
+    thumbnails = [(index.item(h.item_id).image().to_pil(), f"{h.rank}. {h.score:.3f} — {short_labels(h.labels)}")
                   for h in result.hits]
     rows = [[h.rank, round(h.score, 4), ", ".join(h.labels or []), h.report or ""] for h in result.hits]
     return thumbnails, rows, summary + "".join(f"\n\n{note}" for note in result.notes), result.to_dict()

@@ -105,8 +105,9 @@ def build(model_picker: gr.Dropdown) -> None:
         with gr.Row():
             upload, _ = image_input_column("segment-upload", preview=True)
             with gr.Column():
-                phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line")
-                method = gr.Dropdown(list(SEGMENT_METHODS), value="trained", label="Method")
+                phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line",
+                                     elem_id="segment-phrases")
+                method = gr.Dropdown(list(SEGMENT_METHODS), value="trained", label="Method", elem_id="segment-method")
                 button = gr.Button("Segment", variant="primary")
         note = gr.Markdown(elem_id="segment-note")
         annotated = gr.AnnotatedImage(label="Masks", height=560, elem_id="segment-masks")

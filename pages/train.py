@@ -173,7 +173,8 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
             cancel = gr.Button("Cancel selected run", variant="stop", interactive=not needs_token)
         message = gr.Markdown()
         run_json = gr.JSON(visible=False)
-        runs = gr.Dataframe(headers=TABLE_HEADERS, label="Runs (newest first)", interactive=False, wrap=True)
+        runs = gr.Dataframe(headers=TABLE_HEADERS, label="Runs (newest first)", interactive=False, wrap=True,
+                            elem_id="train-runs")
         selected = gr.Dropdown([r.name for r in manager.list_runs()], label="Run", allow_custom_value=True)
         curves = gr.Plot(label="Curves")
         with gr.Row():
