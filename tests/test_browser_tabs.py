@@ -160,6 +160,7 @@ def test_grounding_offers_only_served_methods_and_shows_captions(page) -> None:
     captions_fit(page, "#grounding-gallery")
     assert page.locator("#grounding-gallery .caption-label").all_inner_texts() == [
         "pleural effusion · Patch-token similarity", "pleural effusion · CLIP Surgery"]
+    save_for_docs(page, "grounding")
     methods.get_by_label("CLIP Surgery").uncheck()
     methods.get_by_label("Patch-token similarity").uncheck()
     fail_and_expect_cleared(page, "Show heatmaps", page.locator("#grounding-gallery img"))
@@ -181,6 +182,7 @@ def test_segment_marks_an_implausible_mask_and_keeps_it_out_of_the_seg(page) -> 
     expect(note).to_contain_text("left out of the DICOM SEG")
     expect(page.locator("#segment-masks").get_by_text("nodule (implausible)")).to_be_visible()
     expect(page.get_by_text("segmentation.dcm").first).to_be_visible()
+    save_for_docs(page, "segment")
     page.locator("#segment-phrases textarea").fill(" ")
     fail_and_expect_cleared(page, "Segment", page.locator("#segment-masks img"))
     expect(note).to_have_text("")
