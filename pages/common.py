@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gradio as gr
 
@@ -102,11 +102,15 @@ def image_examples(upload: gr.File) -> gr.Examples:
 
 
 def image_input_column(elem_id: str, preview: bool = False) -> tuple[gr.File, gr.Image | None]:
-    """The left column of an image tab: the upload, a preview of the decoded image if asked, the examples."""
+    """The left column of an image tab: the upload, a preview of the decoded image if asked (shown as soon as
+    a file is chosen), the examples."""
     with gr.Column():
         upload = image_upload(elem_id)
-        shown = gr.Image(label="Image", type="pil", interactive=False, height=300) if preview else None
+        shown = gr.Image(label="Image", type="pil", interactive=False, height=300,
+                         elem_id=f"{elem_id}-preview") if preview else None
         image_examples(upload)
+    if shown is not None:
+        upload.change(show_preview, inputs=upload, outputs=shown, api_visibility="private", show_progress="hidden")
     return upload, shown
 
 
@@ -115,3 +119,29 @@ def load_upload(path: str | None) -> MedicalImage:
     if not path:
         raise ImageLoadError("Please upload an image (PNG, JPEG, TIFF or DICOM) or pick an example.")
     return load_image(path)
+
+
+def _empty(count: int) -> Callable[[], Any]:
+    def empty() -> Any:
+        return None if count == 1 else (None,) * count
+    return empty
+
+
+def clear_on(triggers: Sequence[Callable[..., Any]], outputs: Sequence[gr.components.Component]) -> None:
+    """Empty ``outputs`` whenever one of ``triggers`` fires (listeners such as ``upload.change``,
+    ``picker.change`` or a call's ``.failure``), so an answer never stays on screen beside an input it
+    was not computed from, nor under the error toast of the call that replaced it."""
+    for trigger in triggers:
+        trigger(_empty(len(outputs)), outputs=list(outputs), api_visibility="private", queue=False,
+                show_progress="hidden")
+
+
+def show_preview(path: str | None) -> Any:
+    """The decoded image of an upload as soon as it is chosen (None when cleared or unreadable: the
+    tab's own call then gives the readable error)."""
+    if not path:
+        return None
+    try:
+        return load_image(path).to_pil()
+    except MedclipError:
+        return None

@@ -6,9 +6,10 @@ from typing import Any
 import gradio as gr
 
 from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS
+from medclip_core.errors import MedclipError
 from medclip_core.tasks.diagnose import diagnose, probability_figure
-from medclip_core.tasks.zero_shot import resolve_labels
-from pages.common import image_input_column, load_upload, model_choices, ui_errors
+from medclip_core.tasks.zero_shot import parse_labels, resolve_labels
+from pages.common import clear_on, image_input_column, load_upload, model_choices, ui_errors
 
 NO_COMPARISON = "(none)"
 MODEL_NEGATIVES = "the model's own"
@@ -26,6 +27,17 @@ def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, 
                       shots=int(shots or 0), negatives=None if negatives in (None, "", MODEL_NEGATIVES) else negatives)
     header, rows = result.table()
     return image.to_pil(), probability_figure(result), gr.update(value=rows, headers=header), result.to_dict()
+
+
+def label_set_in_effect(custom_labels: str) -> Any:
+    """Say on the preset when typed labels replace it, so the field never shows a set that is not used."""
+    if not (custom_labels or "").strip():
+        return gr.update(label="Label set", info=None)
+    try:
+        typed = f"Your {len(parse_labels(custom_labels))} typed label(s)"
+    except MedclipError:  # too many or too long: Diagnose will say so
+        typed = "Your typed labels"
+    return gr.update(label="Label set (not in effect)", info=f"{typed} below replace it; clear them to use a preset.")
 
 
 def build(model_picker: gr.Dropdown) -> None:
@@ -51,5 +63,8 @@ def build(model_picker: gr.Dropdown) -> None:
         plot = gr.Plot(label="Probabilities", elem_id="diagnose-chart")
         table = gr.Dataframe(label="Table", interactive=False)
         details = gr.JSON(label="Result (with the prompts used)")
-        button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots, negatives],
-                     outputs=[preview, plot, table, details], api_name="zero_shot")
+        run = button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots, negatives],
+                           outputs=[preview, plot, table, details], api_name="zero_shot")
+        clear_on([run.failure, upload.change, model_picker.change], [plot, table, details])
+        custom.change(label_set_in_effect, inputs=custom, outputs=preset, api_visibility="private", queue=False,
+                      show_progress="hidden")

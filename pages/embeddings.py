@@ -5,10 +5,13 @@ from typing import Any
 
 import gradio as gr
 
+from medclip_core.data.findings import FINDINGS
 from medclip_core.models import load_model
 from medclip_core.tasks.embedding import embedding_map, figure
-from pages.common import ui_errors
+from pages.common import clear_on, ui_errors
 from pages.retrieve import gallery_collection
+
+EVERY_FINDING = "(each finding its own colour)"
 
 # Plotly cannot draw images in a hover label, so a panel beside the map shows the thumbnail of the
 # hovered point (customdata[0], a data URI; customdata[2:4] are its label and modality).
@@ -32,8 +35,9 @@ setInterval(() => {
 
 
 @ui_errors
-def run_embedding_map(gallery: str, method: str, color_by: str, model_name: str,
+def run_embedding_map(gallery: str, method: str, color_by: str, model_name: str, highlight: str | None = None,
                       progress: gr.Progress = gr.Progress()) -> tuple[Any, str, dict]:
+    """The map of a collection; coloured by label, ``highlight`` (a finding) is red and all else grey."""
     model = load_model(model_name)
     collection = gallery_collection(gallery)
     result = embedding_map(model, collection, method=method, color_by=color_by,
@@ -42,7 +46,16 @@ def run_embedding_map(gallery: str, method: str, color_by: str, model_name: str,
            f"**Modality gap** (distance between the image and text centroids): **{result.modality_gap:.3f}** "
            f"(centroid cosine {result.centroid_cosine:.3f}). ")
     summary = gap + f"{len(result)} points." + "".join(f"\n\n{note}" for note in result.notes)
-    return figure(result), summary, result.to_dict()
+    chosen = None if highlight in (None, "", EVERY_FINDING) or color_by != "label" else highlight
+    return figure(result, highlight=chosen), summary, result.to_dict()
+
+
+def recolour_map(shown: Any, gallery: str, method: str, color_by: str, model_name: str,
+                 highlight: str | None) -> tuple[Any, Any, Any]:
+    """Redraw the map on screen with new colours (a cache hit); nothing to do while no map is shown."""
+    if shown is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    return run_embedding_map(gallery, method, color_by, model_name, highlight)
 
 
 def build(model_picker: gr.Dropdown) -> None:
@@ -53,11 +66,17 @@ def build(model_picker: gr.Dropdown) -> None:
             gallery = gr.Textbox(value="phantom:200", label="Collection", info="phantom or phantom:N (test split)")
             method = gr.Radio(["umap", "pca", "tsne"], value="umap", label="Projection")
             color_by = gr.Radio(["label", "modality"], value="label", label="Colour by")
+            highlight = gr.Dropdown([EVERY_FINDING, *FINDINGS], value=EVERY_FINDING, allow_custom_value=True,
+                                    label="Highlight a finding", info="coloured by label: that finding red, "
+                                                                      "every other point grey")
             button = gr.Button("Compute map", variant="primary")
         summary = gr.Markdown()
         with gr.Row():
             plot = gr.Plot(label="Embedding map", elem_id="embedding-plot", scale=4)
             gr.HTML(HOVER_PANEL, js_on_load=HOVER_JS, elem_id="embedding-hover", scale=1)
         details = gr.JSON(label="Points", visible=False)
-        button.click(run_embedding_map, inputs=[gallery, method, color_by, model_picker],
-                     outputs=[plot, summary, details], api_name="embedding_map")
+        inputs, outputs = [gallery, method, color_by, model_picker, highlight], [plot, summary, details]
+        run = button.click(run_embedding_map, inputs=inputs, outputs=outputs, api_name="embedding_map")
+        recolour = gr.on([highlight.input, color_by.input], recolour_map, inputs=[plot, *inputs], outputs=outputs,
+                         api_visibility="private", trigger_mode="always_last")
+        clear_on([run.failure, recolour.failure, model_picker.change, gallery.input, method.input], outputs)

@@ -3,22 +3,29 @@ from __future__ import annotations
 
 import tempfile
 
+from typing import Any
+
 import gradio as gr
 from PIL import Image
 
-from medclip_core.errors import TaskInputError
+from medclip_core.errors import MedclipError, TaskInputError
 from medclip_core.eval.heatmap_sanity import CONTROL_PHRASE
-from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
+from medclip_core.models import load_model
+from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, method_support, parse_phrases
 from medclip_core.tasks.saving import saved_paths
-from pages.common import image_input_column, load_upload, ui_errors
+from pages.common import clear_on, image_input_column, load_upload, ui_errors
+
+METHODS_INFO = "Every method this model can serve."
 
 
 def _gallery(results: list[GroundingResult], opacity: float,
              controls: list[GroundingResult] = ()) -> list[tuple[Image.Image, str]]:
-    """Every phrase's overlay per method, then the nonsense-phrase control maps (``controls``) if shown."""
-    return [(r.overlay(i, opacity), f"{phrase} · {METHOD_TITLES[r.method]}")
+    """Overlays captioned "phrase · method" (the method's short title, so the caption fits its tile), then the
+    nonsense-phrase control maps (``controls``) if shown."""
+    return [(r.overlay(i, opacity), f"{phrase} · {METHOD_TITLES[r.method].split(' (')[0]}")
             for r in results for i, phrase in enumerate(r.phrases)] + \
-        [(c.overlay(0, opacity), f"control: {c.phrases[0]} · {METHOD_TITLES[c.method]}") for c in controls]
+        [(c.overlay(0, opacity), f"control: {c.phrases[0]} · {METHOD_TITLES[c.method].split(' (')[0]}")
+         for c in controls]
 
 
 def _downloads(results: list[GroundingResult], opacity: float) -> list[str]:
@@ -51,30 +58,54 @@ def reblend(state: list[list[GroundingResult]] | None, opacity: float) -> list:
     return _gallery(results, opacity, controls)
 
 
+def unsupported_methods(model_name: str) -> dict[str, str]:
+    """Heatmap method -> why ``model_name`` cannot serve it (empty when it serves all, or cannot be loaded:
+    the call itself then says why)."""
+    try:
+        support = method_support(load_model(model_name))
+    except MedclipError:
+        return {}
+    return {method: reason for method, reason in support.items() if reason}
+
+
+def methods_for_model(model_name: str, chosen: list[str] | None) -> Any:
+    """The Methods choices a model can serve, the others named with the reason they are not offered."""
+    missing = unsupported_methods(model_name)
+    offered = [m for m in METHODS if m not in missing]
+    kept = [m for m in chosen or [] if m in offered] or offered[:1]
+    info = METHODS_INFO if not missing else "Not offered for this model: " + "; ".join(
+        f"{METHOD_TITLES[m]} ({reason})" for m, reason in missing.items())
+    return gr.update(choices=[(METHOD_TITLES[m], m) for m in offered], value=kept, info=info)
+
+
 def build(model_picker: gr.Dropdown) -> None:
-    with gr.Tab("Grounding"):
+    with gr.Tab("Grounding") as tab:
         gr.Markdown("Type phrases (one per line) and see where the model finds each of them. Several methods "
                     "side by side; maps lie on the original image (for DICOM: the windowed original). "
                     "Of the shipped models, **medclip-phantom-grounding** localises best; the default "
                     "medclip-phantom classifies better but its maps often peak beside the finding.")
         with gr.Row():
-            upload, _ = image_input_column("grounding-upload")
+            upload, _ = image_input_column("grounding-upload", preview=True)
             with gr.Column():
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line",
                                      placeholder="left basal effusion\nright upper lobe nodule")
                 methods = gr.CheckboxGroup([(METHOD_TITLES[m], m) for m in METHODS], value=["similarity"],
-                                           label="Methods",
-                                           info="Attention relevance needs a ViT with a class token.")
+                                           label="Methods", info=METHODS_INFO, elem_id="grounding-methods")
                 control = gr.Checkbox(False, label="Show a nonsense-phrase control",
                                       info=f"Adds each method's map of '{CONTROL_PHRASE}': a map that looks the "
                                            "same ignores the phrase (docs/grounding.md, sanity checks).")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                 button = gr.Button("Show heatmaps", variant="primary")
-        gallery = gr.Gallery(label="Heatmaps (phrase · method)", columns=3, height="auto")
+        gallery = gr.Gallery(label="Heatmaps (phrase · method)", columns=3, fit_columns=False, height="auto",
+                             object_fit="contain", elem_id="grounding-gallery")
         with gr.Row():
             details = gr.JSON(label="Result")
             files = gr.File(label="Maps and overlays (JSON, PNG, .npy)", file_count="multiple")
         state = gr.State([])
-        button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker, control],
-                     outputs=[gallery, details, files, state], api_name="heatmap")
+        outputs = [gallery, details, files, state]
+        run = button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker, control],
+                           outputs=outputs, api_name="heatmap")
         opacity.release(reblend, inputs=[state, opacity], outputs=gallery, api_visibility="private")
+        clear_on([run.failure, upload.change, model_picker.change], outputs)
+        gr.on([tab.select, model_picker.change], methods_for_model, inputs=[model_picker, methods], outputs=methods,
+              api_visibility="private", show_progress="hidden")

@@ -9,6 +9,10 @@ import numpy as np
 from medclip_core.io import MedicalImage, load_image
 from pages.common import image_examples, image_upload, ui_errors
 
+NOT_RECORDED = "not recorded"
+# Fields a reader of a radiograph looks for: said to be absent rather than left out or shown as 0.
+EXPECTED_DICOM_FIELDS = ("modality", "body_part_examined", "view_position", "pixel_spacing_mm")
+
 
 def _window_sliders(image: MedicalImage) -> tuple[dict[str, Any], dict[str, Any]]:
     values = image.modality_values
@@ -22,6 +26,18 @@ def _window_sliders(image: MedicalImage) -> tuple[dict[str, Any], dict[str, Any]
             gr.update(minimum=1.0, maximum=4 * span, value=width, interactive=True))
 
 
+def displayed_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata as shown: an absent, empty or all-zero expected field (a pixel spacing of [0, 0]
+    is what some writers put when they do not know it) reads "not recorded", never as a measurement."""
+    shown = dict(metadata)
+    fields = EXPECTED_DICOM_FIELDS if metadata.get("format") == "DICOM" else ("pixel_spacing_mm",)
+    for key in fields:
+        value = shown.get(key)
+        if value in (None, "", []) or (isinstance(value, (list, tuple)) and not any(value)) or value == 0:
+            shown[key] = NOT_RECORDED
+    return shown
+
+
 @ui_errors
 def inspect_image(path: str | None, frame: float | None) -> tuple[Any, dict, Any, Any, MedicalImage]:
     """Load an uploaded file; returns preview, metadata, the two window sliders and the image state.
@@ -31,7 +47,7 @@ def inspect_image(path: str | None, frame: float | None) -> tuple[Any, dict, Any
         return None, None, idle, idle, None
     image = load_image(path, frame=None if frame is None or frame < 0 else int(frame))
     center, width = _window_sliders(image)
-    return image.to_pil(), image.metadata, center, width, image
+    return image.to_pil(), displayed_metadata(image.metadata), center, width, image
 
 
 @ui_errors

@@ -22,7 +22,7 @@ from medclip_core.models import load_model
 from medclip_core.tasks.retrieval import (
     build_index, image_to_reports, labelled_precision, search_image, search_text,
 )
-from pages.common import image_examples, image_upload, ui_errors
+from pages.common import clear_on, image_examples, image_upload, ui_errors
 
 MODES = ("text → images", "image → images", "image → reports")
 GALLERY_ROOT_ENV = "MEDCLIP_GALLERY_ROOT"
@@ -33,6 +33,13 @@ def gallery_collection(spec: str):
     """The gallery a user named; server folders only inside ``MEDCLIP_GALLERY_ROOT`` when the host set it."""
     root = os.environ.get(GALLERY_ROOT_ENV) or None
     return collection_from_spec(spec, allowed_root=root, allow_paths=root is not None)
+
+
+def short_labels(labels: list[str] | None) -> str:
+    """A hit's labels as a thumbnail caption that fits its tile: the first one and how many more (all of
+    them are in the hits table)."""
+    labels = labels or []
+    return ", ".join(labels) if len(labels) <= 1 else f"{labels[0]} +{len(labels) - 1}"
 
 
 def search_archive_index(name: str, mode: str, query_text: str, query_path: str | None, k: int,
@@ -91,7 +98,7 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
     precision = labelled_precision(result, collection)
     if precision is not None:
         summary += f" Precision@{len(result.hits)} against the labels: **{precision:.2f}**."
-    thumbnails = [(index.item(h.item_id).image().to_pil(), f"{h.rank}. {h.score:.3f} — {', '.join(h.labels or [])}")
+    thumbnails = [(index.item(h.item_id).image().to_pil(), f"{h.rank}. {h.score:.3f} — {short_labels(h.labels)}")
                   for h in result.hits]
     rows = [[h.rank, round(h.score, 4), ", ".join(h.labels or []), h.report or ""] for h in result.hits]
     return thumbnails, rows, summary + "".join(f"\n\n{note}" for note in result.notes), result.to_dict()
@@ -118,8 +125,11 @@ def build(model_picker: gr.Dropdown) -> None:
                 k = gr.Slider(1, 50, value=8, step=1, label="Results (k)")
                 button = gr.Button("Search", variant="primary")
         summary = gr.Markdown()
-        results = gr.Gallery(label="Results", columns=4, height="auto", elem_id="retrieve-gallery")
-        table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True)
+        results = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain", elem_id="retrieve-gallery")
+        table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True,
+                             column_widths=["8%", "10%", "22%", "60%"])
         details = gr.JSON(label="Result")
-        button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker, archive],
-                     outputs=[results, table, summary, details], api_name="retrieve")
+        outputs = [results, table, summary, details]
+        run = button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker, archive],
+                           outputs=outputs, api_name="retrieve")
+        clear_on([run.failure, upload.change, model_picker.change, mode.input, archive.input], outputs)

@@ -9,6 +9,7 @@ public server (:mod:`medclip_core.hosting`) without a token they are off.
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 import gradio as gr
@@ -39,6 +40,14 @@ TOKEN_NOTE = ("🔒 Starting and cancelling runs and validating dataset uploads 
 PUBLIC_OFF_NOTE = ("🔒 This is a public server: starting and cancelling runs and dataset uploads are off "
                    "(its host has not set `MEDCLIP_ADMIN_TOKEN`). Anyone can watch the runs.")
 DATASETS = ["phantom:64", "phantom:512", "phantom"]
+
+
+RUN_MESSAGE = re.compile(r"Run \*\*(.+?)\*\* is ")
+
+
+def run_message(record: RunRecord) -> str:
+    """The line above the runs table about the run just started or cancelled (``RUN_MESSAGE`` reads it back)."""
+    return f"Run **{record.name}** is {record.state}."
 
 
 def _when(timestamp: float | None) -> str:
@@ -75,8 +84,8 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
             name=name, base_model=base_model, data=resolve_dataset(dataset, datasets_root), task=task, method=method,
             epochs=float(epochs), batch_size=int(batch_size), lr=float(lr), seed=int(seed),
             max_steps=int(max_steps) if max_steps and max_steps > 0 else None, nproc=int(processes or 1)))
-        message = f"Run **{record.name}** is {record.state}."
-        return message, record.to_dict(), gr.update(choices=[r.name for r in manager.list_runs()], value=record.name)
+        choices = gr.update(choices=[r.name for r in manager.list_runs()], value=record.name)
+        return run_message(record), record.to_dict(), choices
 
     @ui_errors
     def run_status(name: str | None) -> tuple[list[list[Any]], Any, str, dict]:
@@ -91,13 +100,23 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
                    "request": record.request, "checkpoint": str(record.checkpoint_path), "error": record.error}
         return rows, metrics_figure(metrics, f"{record.name} ({record.state})"), log_tail(record.log_path), details
 
+    def follow(name: str | None, shown: str | None) -> tuple[Any, ...]:
+        """What the timer refreshes: the run's status, and the message above it when the run it names has
+        changed state since (so it never says "running" for a run that has finished)."""
+        status = run_status(name)
+        named = RUN_MESSAGE.match(shown or "")
+        if not named:
+            return *status, gr.skip()
+        message = run_message(manager.get(named.group(1)))
+        return *status, (message if message != shown else gr.skip())
+
     @ui_errors
     def cancel_run(name: str | None, token: str) -> tuple[str, dict]:
         hosting.check_admin_token(token)
         if not name:
             raise gr.Error("Choose a run to cancel.", print_exception=False)
         record = manager.cancel(name, wait_s=5)
-        return f"Run **{record.name}** is {record.state}.", record.to_dict()
+        return run_message(record), record.to_dict()
 
     @ui_errors
     def validate(files: list[str] | None, token: str | None = None) -> tuple[str, list[list[Any]], Any]:
@@ -161,7 +180,8 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
             cancel = gr.Button("Cancel selected run", variant="stop", interactive=not needs_token)
         message = gr.Markdown()
         run_json = gr.JSON(visible=False)
-        runs = gr.Dataframe(headers=TABLE_HEADERS, label="Runs (newest first)", interactive=False, wrap=True)
+        runs = gr.Dataframe(headers=TABLE_HEADERS, label="Runs (newest first)", interactive=False, wrap=True,
+                            elem_id="train-runs")
         selected = gr.Dropdown([r.name for r in manager.list_runs()], label="Run", allow_custom_value=True)
         curves = gr.Plot(label="Curves")
         with gr.Row():
@@ -178,7 +198,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         cancel.click(cancel_run, inputs=[selected, token], outputs=[message, run_json], api_name="train_cancel")
         status_outputs = [runs, curves, log, final]
         selected.change(run_status, inputs=selected, outputs=status_outputs, api_name="train_status")
-        timer.tick(run_status, inputs=selected, outputs=status_outputs, api_visibility="private",
+        timer.tick(follow, inputs=[selected, message], outputs=[*status_outputs, message], api_visibility="private",
                    show_progress="hidden")
         timer.tick(refresh_choices, inputs=known, outputs=[model_picker, base_model, selected, known],
                    api_visibility="private", show_progress="hidden")

@@ -18,8 +18,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phanto
 
 
 @contextlib.contextmanager
-def browser_page(url: str):
-    """Headless Debian Chromium on ``url`` at 1280 x 900, with every host name but localhost unresolvable."""
+def browser_page(url: str, viewport: tuple[int, int] = (1280, 900)):
+    """Headless Debian Chromium on ``url`` at ``viewport`` (width, height), with every host name but
+    localhost unresolvable."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -28,7 +29,7 @@ def browser_page(url: str):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"],
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         page.goto(url)
         try:
             yield page

@@ -82,16 +82,29 @@ def diagnose(image: ImageLike, labels: Sequence[str], mode: str = "pairwise", mo
     return Diagnosis(list(result.labels), mode, scores, result.prompts, notes, result.negatives)
 
 
+def decision_threshold(diagnosis: Diagnosis) -> float:
+    """The probability above which a label reads as present: 0.5 for pairwise scores (each label
+    against its negatives), chance (1 / number of labels) for a softmax across labels."""
+    return 0.5 if diagnosis.mode == "pairwise" else 1.0 / max(len(diagnosis.labels), 1)
+
+
 def probability_figure(diagnosis: Diagnosis):
-    """Grouped horizontal bars: one group per label, one bar per series."""
+    """Grouped horizontal bars, most probable label (first series) on top, one bar per series, with
+    the decision threshold drawn as a dashed line."""
     import plotly.graph_objects as go
 
+    first = next(iter(diagnosis.scores.values()))
+    order = [diagnosis.labels[i] for i in sorted(range(len(first)), key=lambda i: -first[i])]
+    threshold = decision_threshold(diagnosis)
     figure = go.Figure()
     for series, probabilities in diagnosis.scores.items():
         figure.add_trace(go.Bar(name=series, y=diagnosis.labels, x=probabilities, orientation="h",
                                 hovertemplate="%{y}: %{x:.3f}<extra>" + series + "</extra>"))
+    figure.add_vline(x=threshold, line_dash="dash", line_color="#d62728", annotation_text=f"threshold {threshold:.2f}",
+                     annotation_position="top right")
     figure.update_layout(barmode="group", xaxis=dict(range=[0, 1], title="probability"),
-                         yaxis=dict(autorange="reversed"), height=max(320, 28 * len(diagnosis.labels) * max(
-                             1, len(diagnosis.scores) // 2)), margin=dict(l=10, r=10, t=30, b=10),
-                         legend=dict(orientation="h"), title=f"Zero-shot ({diagnosis.mode})")
+                         yaxis=dict(categoryorder="array", categoryarray=order, autorange="reversed"),
+                         height=max(320, 28 * len(diagnosis.labels) * max(1, len(diagnosis.scores) // 2)),
+                         margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"),
+                         title=f"Zero-shot ({diagnosis.mode}), sorted by probability")
     return figure

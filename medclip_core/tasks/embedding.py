@@ -43,7 +43,7 @@ COLOR_BY: tuple[str, ...] = ("label", "modality")
 METHOD_NAMES = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 MIN_POINTS_NONLINEAR = 4  # below this t-SNE and UMAP have no neighbourhoods to keep: PCA instead
 THUMBNAIL_SIZE = 64
-HOVER_CHARS = 400
+HOVER_CHARS = 160  # the start of a report: the full text would hide the map
 # Per point, figure() puts these in customdata, in this order (the app reads the thumbnail from column 0).
 CUSTOMDATA_FIELDS: tuple[str, ...] = ("thumbnail", "item_id", "label", "modality", "hover_text")
 MULTIPLE_LABEL = "several findings"
@@ -358,20 +358,56 @@ def _hover(text: str) -> str:
     return "<br>".join(html.escape(line) for line in textwrap.wrap(text, 60)) or "&nbsp;"
 
 
-def figure(embedding: EmbeddingMap) -> go.Figure:
+# Colour groups that are not one finding are drawn in greys, every finding in a colour of its own.
+GROUP_GREYS = {MULTIPLE_LABEL: "#555555", NO_FINDINGS: "#8c8c8c", UNLABELLED: "#c7c7c7"}
+HIGHLIGHT_COLOUR = "#d62728"
+OTHER_COLOUR = "#c7c7c7"
+
+
+def _palette() -> list[str]:
+    """Distinct colours for finding groups: plotly's Dark24 then Light24 (48 in all), greys left out."""
+    from plotly.colors import qualitative
+
+    greys = {"#222A2A", "#B2828D", "#FED4C4"}  # Dark24/Light24 entries too close to the group greys
+    return [c for c in qualitative.Dark24 + qualitative.Light24 if c.upper() not in greys]
+
+
+def _groups(embedding: EmbeddingMap, highlight: str | None) -> tuple[list[str], dict[str, str]]:
+    """Each point's legend group and each group's colour (None: plotly's default cycle, by modality)."""
+    if embedding.color_by == "modality":
+        return list(embedding.modality), {}
+    if highlight:
+        other = f"other (not {highlight})"
+        groups = [UNLABELLED if labels is None else highlight if highlight in labels else other
+                  for labels in embedding.labels]
+        return groups, {highlight: HIGHLIGHT_COLOUR, other: OTHER_COLOUR, UNLABELLED: GROUP_GREYS[UNLABELLED]}
+    palette = iter(_palette())
+    colours = {group: GROUP_GREYS.get(group) or next(palette, "#000000") for group in dict.fromkeys(embedding.label)}
+    return list(embedding.label), colours
+
+
+def figure(embedding: EmbeddingMap, highlight: str | None = None) -> go.Figure:
     """A scatter of the map: one trace per colour group, circles for images and diamonds for texts.
 
-    Hover shows the label, modality and report text; ``customdata`` holds ``CUSTOMDATA_FIELDS``
-    per point (the thumbnail data URI first) for the app to show beside the plot.
+    Coloured by label, each finding gets a colour of its own and the groups that are not one finding
+    (several, none, unlabelled) greys; with ``highlight`` (a finding), the points that have it are red
+    and all others grey, which reads better than many colours. The legend sits below the plot so a
+    hover label never covers it. Hover shows the label, modality and the start of the report text;
+    ``customdata`` holds ``CUSTOMDATA_FIELDS`` per point (the thumbnail data URI first) for the app
+    to show beside the plot.
     """
-    groups = embedding.label if embedding.color_by == "label" else embedding.modality
+    groups, colours = _groups(embedding, highlight)
     fig = go.Figure()
-    for group in dict.fromkeys(groups):
+    order = sorted(dict.fromkeys(groups), key=lambda g: (g != highlight, g in GROUP_GREYS or g.startswith("other"), g))
+    for group in order:
         rows = [i for i, g in enumerate(groups) if g == group]
+        marker = {"size": 8, "opacity": 0.85, "line": {"width": 0.5, "color": "white"},
+                  "symbol": ["circle" if embedding.modality[i] == "image" else "diamond" for i in rows]}
+        if group in colours:
+            marker["color"] = colours[group]
         fig.add_trace(go.Scatter(
             x=embedding.coordinates[rows, 0], y=embedding.coordinates[rows, 1], mode="markers", name=group,
-            marker={"size": 8, "opacity": 0.8, "line": {"width": 0.5, "color": "white"},
-                    "symbol": ["circle" if embedding.modality[i] == "image" else "diamond" for i in rows]},
+            marker=marker,
             customdata=[[embedding.thumbnails[i] or "", embedding.item_ids[i], embedding.label[i],
                          embedding.modality[i], _hover(embedding.hover_text[i])] for i in rows],
             hovertemplate="<b>%{customdata[2]}</b> (%{customdata[3]})<br>%{customdata[4]}<extra></extra>",
@@ -381,6 +417,14 @@ def figure(embedding: EmbeddingMap) -> go.Figure:
     if embedding.modality_gap is not None:
         title += (f" — modality gap {embedding.modality_gap:.3f} "
                   f"(centroid cosine {embedding.centroid_cosine:.3f})")
-    fig.update_layout(title=title, legend_title_text=embedding.color_by, template="plotly_white",
+    legend_title = "modality" if embedding.color_by == "modality" else (highlight or "finding")
+    fig.update_layout(title=title, legend_title_text=legend_title, template="plotly_white",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.02, "xanchor": "left", "x": 0},
+                      margin={"l": 10, "r": 10, "t": 50, "b": 10}, height=620,
                       xaxis={"title": "", "showticklabels": False}, yaxis={"title": "", "showticklabels": False})
     return fig
+
+
+def findings_of(embedding: EmbeddingMap) -> list[str]:
+    """Every finding some point of the map has, in vocabulary order (the choices for ``highlight``)."""
+    return sorted_labels({label for labels in embedding.labels if labels for label in labels})
