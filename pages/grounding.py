@@ -1,15 +1,30 @@
 """Grounding tab: where the model looks for each phrase, by one or several heatmap methods."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from medclip_core.errors import TaskInputError
 from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
 from medclip_core.tasks.saving import saved_paths
 from pages.common import image_input_column, load_upload, ui_errors
+
+GALLERY_MAX_SIDE = 512
+
+
+def _for_display(result: GroundingResult) -> GroundingResult:
+    """The result at gallery size (longest side ``GALLERY_MAX_SIDE``): what the gallery shows and the
+    session keeps for re-blending, at most 1 MiB a map whatever the upload's size."""
+    if max(result.image.size) <= GALLERY_MAX_SIDE:
+        return result
+    image = result.image.copy()
+    image.thumbnail((GALLERY_MAX_SIDE, GALLERY_MAX_SIDE), Image.Resampling.BOX)
+    maps = np.stack([np.asarray(Image.fromarray(m).resize(image.size, Image.Resampling.BILINEAR)) for m in result.maps])
+    return dataclasses.replace(result, image=image, maps=maps)
 
 
 def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image.Image, str]]:
@@ -26,14 +41,20 @@ def _downloads(results: list[GroundingResult], opacity: float) -> list[str]:
 @ui_errors
 def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacity: float,
                  model: str) -> tuple[list, dict, list[str], list[GroundingResult]]:
-    """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, results for re-blending)."""
+    """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, results for re-blending).
+
+    Peak memory whatever the upload's size: the decode bound of ``load_image`` (64 MiB for an
+    8000 x 8000 8-bit PNG) + about 40 MiB per phrase and method at the working size (1024 px);
+    the session keeps the results at gallery size only (<= 1 MiB a map, ``_for_display``)."""
     if not methods:
         raise TaskInputError("Pick at least one heatmap method.")
     phrases = parse_phrases(phrases_text)
     image = load_upload(path)
     results = [ground(image, phrases, model=model, method=method) for method in methods]
     summary = {"model": results[0].model, "phrases": phrases, "methods": [r.to_dict() for r in results]}
-    return _gallery(results, opacity), summary, _downloads(results, opacity), results
+    downloads = _downloads(results, opacity)
+    shown = [_for_display(r) for r in results]
+    return _gallery(shown, opacity), summary, downloads, shown
 
 
 def reblend(results: list[GroundingResult] | None, opacity: float) -> list:
