@@ -51,7 +51,7 @@ calls = {
 huge, small = sys.argv[1], example_files()[0]
 added = {}
 for name, call in calls.items():
-    call(small); call(small)          # models, vocabularies and first-call buffers in place
+    call(small)                       # models, vocabularies and first-call buffers in place
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")   # reset the peak to the current resident size
     before = kib("VmRSS:")
