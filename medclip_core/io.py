@@ -23,6 +23,15 @@ anything Pillow identifies (PNG, JPEG, TIFF, BMP, GIF, WebP ...); last, a DICOM 
 per sample and several samples (which Pillow would cut to 8 bits), or that Pillow cannot open,
 are read with tifffile. Alpha is composited on black (transparent = background = dark).
 Pixel counts are checked against ``max_pixels`` from the header, before any decoding.
+
+Memory is bounded whatever the pixel count: a frame whose decoded size would exceed
+``MAX_DECODED_BYTES`` is refused from its header, and the decoded frame is reduced at once (area
+average; JPEG already while decoding, via Pillow's ``draft``) to at most ``max_side`` pixels on its
+longest side (default ``WORKING_MAX_SIDE``), before any float conversion. Peak memory of one load is
+therefore about the file's bytes + 2 x the decoded frame in its stored type (<= ``MAX_DECODED_BYTES``)
++ 40 bytes per working pixel, and what is kept (:class:`MedicalImage`) is at most
+``WORKING_MAX_SIDE``**2 x 12 bytes (RGB) or x 8 bytes (grey DICOM with modality values): 12 MiB.
+Models see 224-448 px, so nothing they use is lost; ``metadata`` keeps the file's own size.
 """
 from __future__ import annotations
 
@@ -44,12 +53,18 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from medclip_core.errors import ImageLoadError
 
-__all__ = ["MAX_PIXELS", "MedicalImage", "image_from_array", "load_image"]
+__all__ = ["MAX_DECODED_BYTES", "MAX_PIXELS", "WORKING_MAX_SIDE", "MedicalImage", "image_from_array", "load_image"]
 
 # Decompression-bomb limit, per frame: about a 10,000 x 10,000 image (large digital mammograms
 # are ~4,000 x 5,000). Checked on header dimensions before decoding; pass max_pixels to change it.
 # For Pillow formats, Pillow's own limit (2 * PIL.Image.MAX_IMAGE_PIXELS, ~179 Mpx) still applies.
 MAX_PIXELS: int = 100_000_000
+# Second decompression-bomb limit: the decoded frame in its stored type (Pillow keeps RGB as 4 bytes
+# a pixel), so 100 Mpx of 8-bit RGB or 16-bit grey pass and 100 Mpx of 16-bit RGB does not.
+MAX_DECODED_BYTES: int = 400 * 2**20
+# Longest side of the pixels load_image keeps (see the module docstring): display size, and more
+# than any model input. Pass max_side=None for the file's full resolution.
+WORKING_MAX_SIDE: int = 1024
 
 _DICOM_MAGIC_OFFSET = 128
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
@@ -134,6 +149,7 @@ def load_image(
     frame: int | None = None,
     window: tuple[float, float] | None = None,
     max_pixels: int = MAX_PIXELS,
+    max_side: int | None = WORKING_MAX_SIDE,
 ) -> MedicalImage:
     """Load a PNG/JPEG/TIFF/other Pillow image or a DICOM file into a :class:`MedicalImage`.
 
@@ -141,6 +157,9 @@ def load_image(
     multi-frame DICOM or multi-page image to show (0-based; default the middle one).
     ``window``: (center, width) in modality units for greyscale DICOM, overriding the file's.
     ``max_pixels``: refuse frames with more pixels than this (checked before decoding).
+    ``max_side``: reduce the decoded frame (area average) to at most this many pixels on its longest
+    side, ``metadata["working_size"]`` then gives the kept (width, height); ``None`` keeps the full
+    resolution. Peak memory: see the module docstring.
     Raises :class:`ImageLoadError`, and only that, for any input that cannot be shown.
     """
     subject = "The image"
@@ -149,8 +168,8 @@ def load_image(
         if not data:
             raise ImageLoadError(f"{subject} is empty (0 bytes). Choose the complete image file and upload it again.")
         if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM":
-            return _load_dicom(_read_dicom(data, subject), subject, frame, window, max_pixels)
-        return _load_non_dicom(data, subject, frame, window, max_pixels)
+            return _load_dicom(_read_dicom(data, subject), subject, frame, window, max_pixels, max_side)
+        return _load_non_dicom(data, subject, frame, window, max_pixels, max_side)
     except ImageLoadError:
         raise
     except MemoryError as exc:
@@ -232,12 +251,51 @@ def _mid_sentence(subject: str) -> str:
     return subject[0].lower() + subject[1:]
 
 
-def _check_pixel_count(width: int, height: int, max_pixels: int, subject: str) -> None:
+def _check_pixel_count(width: int, height: int, max_pixels: int, subject: str, bytes_per_pixel: int = 1) -> None:
+    """Refuse, from the header, frames with too many pixels or too many decoded bytes."""
     if width * height > max_pixels:
         raise ImageLoadError(
             f"{subject} is {width} x {height} pixels ({width * height:,}), more than the {max_pixels:,} "
             "allowed. It is refused as too large to decode safely; export a smaller version."
         )
+    if width * height * bytes_per_pixel > MAX_DECODED_BYTES:
+        raise ImageLoadError(
+            f"{subject} is {width} x {height} pixels of {bytes_per_pixel} bytes each once decoded "
+            f"({width * height * bytes_per_pixel / 2**20:,.0f} MiB), more than the {MAX_DECODED_BYTES / 2**20:,.0f} MiB "
+            "allowed. It is refused as too large to decode safely; export a smaller or 8-bit version."
+        )
+
+
+def _reduction_factor(width: int, height: int, max_side: int | None) -> int:
+    """The integer factor that brings the longest side to at most ``max_side`` (1: keep as is)."""
+    if max_side is None or max(width, height) <= max_side:
+        return 1
+    return -(-max(width, height) // max_side)
+
+
+def _area_reduce(values: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W[, C]) -> (ceil(H/f), ceil(W/f)[, C]) block means (partial edge blocks averaged over what
+    they hold), in the input's dtype. Works one band of ``factor`` rows at a time, so no full-size
+    temporary is made."""
+    if factor == 1:
+        return values
+    height, width = values.shape[:2]
+    starts = np.arange(0, width, factor)
+    column_counts = np.diff(np.append(starts, width)).reshape(-1, *([1] * (values.ndim - 2)))
+    out = np.empty((len(range(0, height, factor)), len(starts), *values.shape[2:]), dtype=np.float64)
+    for row, top in enumerate(range(0, height, factor)):
+        band = values[top:top + factor]
+        out[row] = np.add.reduceat(band.sum(axis=0, dtype=np.float64), starts, axis=0) / (len(band) * column_counts)
+    if values.dtype.kind in "biu":
+        return np.rint(out).astype(values.dtype)
+    return out.astype(values.dtype)
+
+
+def _note_working_size(metadata: dict[str, Any], pixels: np.ndarray) -> None:
+    """Record the kept size when it differs from the file's."""
+    size = [int(pixels.shape[1]), int(pixels.shape[0])]
+    if size != [metadata["width"], metadata["height"]]:
+        metadata["working_size"] = size
 
 
 # --- DICOM --------------------------------------------------------------------------------------
@@ -258,7 +316,8 @@ def _has_pixel_data(ds: Dataset) -> bool:
 
 
 def _load_dicom(
-    ds: Dataset, subject: str, frame: int | None, window: tuple[float, float] | None, max_pixels: int
+    ds: Dataset, subject: str, frame: int | None, window: tuple[float, float] | None, max_pixels: int,
+    max_side: int | None,
 ) -> MedicalImage:
     if not _has_pixel_data(ds):
         kind = f" It is a '{ds.SOPClassUID.name}' object." if "SOPClassUID" in ds else ""
@@ -269,7 +328,8 @@ def _load_dicom(
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if not rows or not columns:
         raise ImageLoadError(f"{subject} has pixel data but no image size (Rows/Columns); the file is incomplete.")
-    _check_pixel_count(columns, rows, max_pixels, subject)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    _check_pixel_count(columns, rows, max_pixels, subject, samples * max(1, -(-int(ds.get("BitsAllocated") or 8) // 8)))
     n_frames = int(ds.get("NumberOfFrames") or 1)
     index = _select_frame(frame, n_frames, subject)
     _promote_frame_attributes(ds, index)
@@ -284,6 +344,10 @@ def _load_dicom(
         _check_window(*window, metadata["voi_lut_function"])
 
     stored, output_photometric = _decode_dicom_frame(ds, index, transfer_syntax, subject)
+    factor = _reduction_factor(columns, rows, max_side)
+    # palette indices cannot be averaged: every factor-th pixel instead
+    stored = stored[::factor, ::factor] if is_palette else _area_reduce(stored, factor)
+    _note_working_size(metadata, stored)
     if is_grey:
         return _window_grey_dicom(ds, stored, window, metadata)
     if is_palette:
@@ -450,7 +514,8 @@ def _dicom_metadata(ds: Dataset, n_frames: int, index: int, transfer_syntax: UID
 
 
 def _load_non_dicom(
-    data: bytes, subject: str, frame: int | None, window: tuple[float, float] | None, max_pixels: int
+    data: bytes, subject: str, frame: int | None, window: tuple[float, float] | None, max_pixels: int,
+    max_side: int | None,
 ) -> MedicalImage:
     """Pillow formats, then TIFFs only tifffile reads, then DICOM without preamble."""
     try:
@@ -461,10 +526,10 @@ def _load_non_dicom(
         raise ImageLoadError(f"{subject} is too large to decode safely ({exc}). Export a smaller version.") from exc
     except Exception as exc:  # not a format Pillow knows (or one it cannot open)
         if data[:4] not in _TIFF_MAGICS:
-            return _load_dicom_without_preamble(data, subject, frame, window, max_pixels, exc)
+            return _load_dicom_without_preamble(data, subject, frame, window, max_pixels, max_side, exc)
         if window is not None:
             raise _window_not_applicable(subject, "a TIFF image") from None
-        return _load_tiff_with_tifffile(data, subject, frame, max_pixels)
+        return _load_tiff_with_tifffile(data, subject, frame, max_pixels, max_side)
 
     if window is not None:
         raise _window_not_applicable(subject, f"a {img.format} image")
@@ -472,10 +537,14 @@ def _load_non_dicom(
     index = _select_frame(frame, n_frames, subject)
     if index:
         img.seek(index)
-    _check_pixel_count(img.width, img.height, max_pixels, subject)
+    _check_pixel_count(img.width, img.height, max_pixels, subject, _pillow_bytes_per_pixel(img.mode))
     if img.format == "TIFF" and _tiff_loses_bits_in_pillow(img):
-        return _load_tiff_with_tifffile(data, subject, index, max_pixels)
+        return _load_tiff_with_tifffile(data, subject, index, max_pixels, max_side)
+    file_width, file_height = img.size
+    factor = _reduction_factor(file_width, file_height, max_side)
     try:
+        if factor > 1 and img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale directly
+            img.draft(img.mode, (-(-file_width // factor), -(-file_height // factor)))
         img.load()
     except Exception as exc:
         raise ImageLoadError(
@@ -483,17 +552,39 @@ def _load_non_dicom(
             f"truncated by an interrupted download or copy. Export or copy it again. (Details: {exc})"
         ) from exc
     image_format = img.format
-    img = ImageOps.exif_transpose(img)  # phone and camera photos: show them upright
+    reduced = _pillow_reduce(img, _reduction_factor(img.width, img.height, max_side))
+    img = ImageOps.exif_transpose(reduced)  # phone and camera photos: show them upright
+    transposed = img.size != reduced.size
     values, bits = _pillow_values(img)
+    if img.mode.startswith("I;16"):  # Pillow cannot reduce 16-bit images: average the array instead
+        values = _area_reduce(values, _reduction_factor(img.width, img.height, max_side))
     metadata = {
         "format": image_format,
-        "width": img.width,
-        "height": img.height,
+        "width": file_height if transposed else file_width,
+        "height": file_width if transposed else file_height,
         "bits_stored": bits,
         "number_of_frames": n_frames,
         "frame": index,
     }
-    return MedicalImage(_to_display_channels(_scale_to_unit(values, bits)), metadata)
+    pixels = _to_display_channels(_scale_to_unit(values, bits))
+    _note_working_size(metadata, pixels)
+    return MedicalImage(pixels, metadata)
+
+
+def _pillow_bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow holds per decoded pixel: 1 for 1/L/P, 2 for 16-bit, 4 for everything else."""
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
+def _pillow_reduce(img: Image.Image, factor: int) -> Image.Image:
+    """Reduce by ``factor``: box average where Pillow can; palette and bilevel images by nearest pixel
+    (indices cannot be averaged); 16-bit images are left to :func:`_area_reduce`."""
+    if factor == 1 or img.mode.startswith("I;16"):
+        return img
+    if img.mode in ("1", "P", "PA"):
+        return img.resize((-(-img.width // factor), -(-img.height // factor)), Image.Resampling.NEAREST)
+    return img.reduce(factor)
+
 
 
 def _window_not_applicable(subject: str, description: str) -> ImageLoadError:
@@ -531,13 +622,16 @@ def _tiff_loses_bits_in_pillow(img: Image.Image) -> bool:
     return int(img.tag_v2.get(277, 1)) > 1 and bits > 8  # 277: SamplesPerPixel
 
 
-def _load_tiff_with_tifffile(data: bytes, subject: str, frame: int | None, max_pixels: int) -> MedicalImage:
+def _load_tiff_with_tifffile(
+    data: bytes, subject: str, frame: int | None, max_pixels: int, max_side: int | None
+) -> MedicalImage:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             n_frames = len(tiff.pages)
             index = _select_frame(frame, n_frames, subject)
             page = tiff.pages[index]
-            _check_pixel_count(page.imagewidth, page.imagelength, max_pixels, subject)
+            _check_pixel_count(page.imagewidth, page.imagelength, max_pixels, subject,
+                               max(1, page.nbytes // max(1, page.imagewidth * page.imagelength)))
             values = page.asarray()
             axes, photometric, bits = page.axes, page.photometric, page.bitspersample
     except ImageLoadError:
@@ -549,18 +643,20 @@ def _load_tiff_with_tifffile(data: bytes, subject: str, frame: int | None, max_p
         ) from exc
     if axes.startswith("S"):  # planar configuration: samples first
         values = np.moveaxis(values, 0, -1)
-    unit = _scale_to_unit(values, bits)
+    file_height, file_width = values.shape[:2]
+    unit = _scale_to_unit(_area_reduce(values, _reduction_factor(file_width, file_height, max_side)), bits)
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
         unit = 1.0 - unit
     pixels = _to_display_channels(unit)
     metadata = {
         "format": "TIFF",
-        "width": pixels.shape[1],
-        "height": pixels.shape[0],
+        "width": file_width,
+        "height": file_height,
         "bits_stored": bits,
         "number_of_frames": n_frames,
         "frame": index,
     }
+    _note_working_size(metadata, pixels)
     return MedicalImage(pixels, metadata)
 
 
@@ -570,6 +666,7 @@ def _load_dicom_without_preamble(
     frame: int | None,
     window: tuple[float, float] | None,
     max_pixels: int,
+    max_side: int | None,
     pillow_error: Exception,
 ) -> MedicalImage:
     """Some systems write bare DICOM datasets without the 128-byte preamble and "DICM". Accept
@@ -586,7 +683,7 @@ def _load_dicom_without_preamble(
             f"{subject} is not an image this app can read (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM with pixel "
             "data); it may be a different kind of file, or a damaged one. Choose an image file."
         ) from pillow_error
-    return _load_dicom(ds, subject, frame, window, max_pixels)
+    return _load_dicom(ds, subject, frame, window, max_pixels, max_side)
 
 
 # --- normalisation --------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Grounding tab: where the model looks for each phrase, by one or several heatmap methods."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
-
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from medclip_core.errors import MedclipError, TaskInputError
@@ -16,6 +17,19 @@ from medclip_core.tasks.saving import saved_paths
 from pages.common import clear_on, image_input_column, load_upload, ui_errors
 
 METHODS_INFO = "Every method this model can serve."
+
+GALLERY_MAX_SIDE = 512
+
+
+def _for_display(result: GroundingResult) -> GroundingResult:
+    """The result at gallery size (longest side ``GALLERY_MAX_SIDE``): what the gallery shows and the
+    session keeps for re-blending, at most 1 MiB a map whatever the upload's size."""
+    if max(result.image.size) <= GALLERY_MAX_SIDE:
+        return result
+    image = result.image.copy()
+    image.thumbnail((GALLERY_MAX_SIDE, GALLERY_MAX_SIDE), Image.Resampling.BOX)
+    maps = np.stack([np.asarray(Image.fromarray(m).resize(image.size, Image.Resampling.BILINEAR)) for m in result.maps])
+    return dataclasses.replace(result, image=image, maps=maps)
 
 
 def _gallery(results: list[GroundingResult], opacity: float,
@@ -40,7 +54,11 @@ def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacit
     """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, [results, controls] for
     re-blending). ``control``: also map the nonsense phrase ``CONTROL_PHRASE`` by each method, the control of
     the heatmap sanity checks (``medclip_core.eval.heatmap_sanity``): a map that looks the same for it
-    does not depend on the phrase."""
+    does not depend on the phrase.
+
+    Peak memory whatever the upload's size: the decode bound of ``load_image`` (64 MiB for an
+    8000 x 8000 8-bit PNG) + about 40 MiB per phrase and method at the working size (1024 px);
+    the session keeps the results at gallery size only (<= 1 MiB a map, ``_for_display``)."""
     if not methods:
         raise TaskInputError("Pick at least one heatmap method.")
     phrases = parse_phrases(phrases_text)
@@ -50,7 +68,9 @@ def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacit
     summary = {"model": results[0].model, "phrases": phrases, "methods": [r.to_dict() for r in results]}
     if controls:
         summary["controls"] = [c.to_dict() for c in controls]
-    return _gallery(results, opacity, controls), summary, _downloads(results, opacity), [results, controls]
+    downloads = _downloads(results, opacity)
+    shown, shown_controls = [_for_display(r) for r in results], [_for_display(c) for c in controls]
+    return _gallery(shown, opacity, shown_controls), summary, downloads, [shown, shown_controls]
 
 
 def reblend(state: list[list[GroundingResult]] | None, opacity: float) -> list:

@@ -41,12 +41,12 @@ def heatmap_from_patches(patch_sims: np.ndarray, geometry: CropGeometry, width: 
     part of the original image the model saw; pixels outside that box (cut by the centre crop) are 0.
     A constant grid gives an all-zero map.
     """
-    grid = np.asarray(patch_sims, dtype=np.float64)
+    grid = np.asarray(patch_sims, dtype=np.float32)
     if grid.ndim != 2:
         raise ValueError(f"patch_sims must be (gh, gw), got shape {grid.shape}.")
     span = grid.max() - grid.min()
     grid = (grid - grid.min()) / span if span > 0 else np.zeros_like(grid)
     x0, y0, x1, y1 = geometry.original_box
-    rows = bilinear_weights(height, y0, y1, grid.shape[0])
-    cols = bilinear_weights(width, x0, x1, grid.shape[1])
-    return np.clip(rows @ grid @ cols.T, 0.0, 1.0).astype(np.float32)
+    rows = bilinear_weights(height, y0, y1, grid.shape[0]).astype(np.float32)
+    cols = bilinear_weights(width, x0, x1, grid.shape[1]).astype(np.float32)
+    return np.clip(rows @ grid @ cols.T, 0.0, 1.0)  # float32 throughout: one (height, width) array

@@ -1,12 +1,15 @@
 """Where a model looks for a phrase: text-grounding heatmaps on the original image.
 
 Methods (``METHODS``), each a map per phrase, drawn back through the preprocessing crop/resize
-onto the original image (for DICOM: the windowed original, at its resolution), values in [0, 1]:
+onto the original image (for DICOM: the windowed original; at most ``WORKING_MAX_SIDE`` px on its
+longest side, see ``original_image``), values in [0, 1]:
 
 * ``similarity`` — cosine similarity of each projected patch token with the phrase embedding,
-  lightly smoothed (3x3 binomial). Patch grids are coarse (16 px cells at 224 px), so four passes
-  with the input shifted by a quarter stride up/down and left/right are interleaved into a grid
-  twice as fine (one batch of four). ``surgery`` uses the same grid.
+  lightly smoothed (3x3 binomial). Patch grids are coarse (16 px cells at 224 px), so for small
+  models (``SMALL_MODEL_PARAMETERS``, or ``fine_grid=True``) four passes with the input shifted by
+  a quarter stride up/down and left/right are interleaved into a grid twice as fine (one batch of
+  four); hub-size models take one pass by default (4x cheaper; pointing game in docs/grounding.md).
+  ``surgery`` uses the same grid.
 * ``surgery`` — CLIP Surgery (Li et al. 2023): feature surgery subtracts what all phrases of the
   set share (the mean phrase embedding; with one phrase, a neutral prompt's embedding), and for
   ViT towers whose blocks the model opens up (``ClipModel.vit_parts``) the patch tokens come from a
@@ -15,7 +18,8 @@ onto the original image (for DICOM: the windowed original, at its resolution), v
 * ``gradcam`` — Grad-CAM (Selvaraju et al.) of the image-phrase cosine on the last feature map
   (CNNs) or the tokens entering the last block (ViTs).
 * ``gscorecam`` — gScoreCAM (Chen et al. 2022): the channels with the largest Grad-CAM weights
-  mask the input one at a time; each is weighted by the softmax of the masked image's score.
+  (32 for small models, 8 for hub-size ones) mask the input, all in one batch; each is weighted by
+  the softmax of the masked image's score.
 * ``relevance`` — Chefer et al. 2021 gradient-weighted attention relevance for ViTs with a class
   token: R = I, then R += mean_heads((grad * attention)+) @ R per block; the map is the class
   row over the patches.
@@ -38,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medclip_core.errors import TaskInputError
-from medclip_core.io import MedicalImage
+from medclip_core.io import WORKING_MAX_SIDE, MedicalImage
 from medclip_core.models import default_model_name, load_model
 from medclip_core.models.base import (
     ClipModel, ImageLike, PatchTokensUnsupported, TowerPartUnsupported, ViTParts, image_to_rgb_array,
@@ -58,6 +62,12 @@ METHOD_TITLES = {
 MAX_PHRASES = 16
 MAX_PHRASE_CHARS = 300
 GSCORECAM_CHANNELS = 32
+# Defaults that scale with the model's cost (docs/grounding.md has the pointing game of each): a
+# model under SMALL_MODEL_PARAMETERS (the embedded ones: 28 M) gets the fine grid of four shifted
+# passes and 32 gScoreCAM channels; a hub-size one (BiomedCLIP: 196 M) one pass and 8 channels, so
+# its maps cost <= 2x (similarity, Surgery) and <= 12x (gScoreCAM) one image forward.
+SMALL_MODEL_PARAMETERS = 60_000_000
+GSCORECAM_CHANNELS_LARGE_MODEL = 8
 NEUTRAL_PROMPT = "an image"
 _BINOMIAL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
 
@@ -116,13 +126,14 @@ class GroundingResult(SavesJson):
 
 def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Image.Image:
     """Blend a [0, 1] map onto a greyscale/RGB image (a perceptual blue-yellow-red ramp)."""
-    ramp = np.array([[0.0, 0.0, 0.5], [0.0, 0.4, 1.0], [0.2, 0.9, 0.6], [1.0, 0.9, 0.0], [0.9, 0.1, 0.0]])
-    position = np.clip(heatmap, 0, 1) * (len(ramp) - 1)
-    lower = np.floor(position).astype(int).clip(0, len(ramp) - 2)
+    ramp = np.array([[0.0, 0.0, 0.5], [0.0, 0.4, 1.0], [0.2, 0.9, 0.6], [1.0, 0.9, 0.0], [0.9, 0.1, 0.0]],
+                    dtype=np.float32)
+    position = np.clip(heatmap, 0, 1, dtype=np.float32) * np.float32(len(ramp) - 1)
+    lower = np.floor(position).astype(np.intp).clip(0, len(ramp) - 2)
     frac = (position - lower)[..., None]
     colour = ramp[lower] * (1 - frac) + ramp[lower + 1] * frac
     base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    alpha = float(np.clip(opacity, 0.0, 1.0)) * (0.35 + 0.65 * np.clip(heatmap, 0, 1))[..., None]
+    alpha = np.float32(np.clip(opacity, 0.0, 1.0)) * (0.35 + 0.65 * np.clip(heatmap, 0, 1, dtype=np.float32))[..., None]
     blended = base * (1 - alpha) + colour * alpha
     return Image.fromarray((blended * 255).round().astype(np.uint8))
 
@@ -193,28 +204,31 @@ def interleave_views(tokens: torch.Tensor) -> torch.Tensor:
     return fine
 
 
-def _fine_tokens(model: ClipModel, pixels: torch.Tensor,
-                 tokens_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Unit-norm patch tokens on a grid twice as fine, from four shifted passes (one batch)."""
+def _grid_tokens(model: ClipModel, pixels: torch.Tensor, tokens_of: Callable[[torch.Tensor], torch.Tensor],
+                 fine_grid: bool) -> torch.Tensor:
+    """Unit-norm patch tokens (gh, gw, D) from one pass, or with ``fine_grid`` (2gh, 2gw, D) from four
+    shifted passes (one batch, four times the cost)."""
+    if not fine_grid:
+        return tokens_of(pixels)[0]
     return interleave_views(tokens_of(shifted_views(pixels, model.patch_grid[0])))
 
 
-def _similarity(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
-    patches = _fine_tokens(model, pixels, model.patch_tokens)         # (2gh, 2gw, D)
+def _similarity(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str],
+                fine_grid: bool = False) -> torch.Tensor:
+    patches = _grid_tokens(model, pixels, model.patch_tokens, fine_grid)
     return _smooth(torch.einsum("hwd,pd->phw", patches, text))
 
 
-def _redundant_text(model: ClipModel, text: torch.Tensor) -> torch.Tensor:
-    """What every phrase of the set shares: their mean, or a neutral prompt's embedding for a single phrase
-    (CLIP Surgery uses the empty prompt, which some tokenizers turn into no tokens at all)."""
-    return text.mean(dim=0) if len(text) > 1 else model.encode_text([NEUTRAL_PROMPT])[0]
-
-
-def _surgery(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+def _surgery(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str],
+             fine_grid: bool = False, neutral: torch.Tensor | None = None) -> torch.Tensor:
+    """``neutral``: the embedding of ``NEUTRAL_PROMPT``, removed as what a single phrase shares with
+    nothing (CLIP Surgery uses the empty prompt, which some tokenizers turn into no tokens at all);
+    a set of phrases shares their mean."""
     parts = _vit_parts_or_reason(model)
     tokens_of = model.patch_tokens if isinstance(parts, str) else (lambda batch: _value_value_tokens(model, parts, batch))
-    patches = _fine_tokens(model, pixels, tokens_of)
-    directions = text - _redundant_text(model, text)[None]
+    patches = _grid_tokens(model, pixels, tokens_of, fine_grid)
+    redundant = text.mean(dim=0) if len(text) > 1 or neutral is None else neutral
+    directions = text - redundant[None]
     return torch.einsum("hwd,pd->phw", patches, directions)
 
 
@@ -260,14 +274,15 @@ def _gradcam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases
     return torch.relu(torch.einsum("pc,chw->phw", weights, feature_map))
 
 
-def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str],
+               channels_kept: int = GSCORECAM_CHANNELS) -> torch.Tensor:
     feature_map, grads = _activations_and_grads(model, pixels, text)
     weights = grads.mean(dim=(2, 3))
     size = pixels.shape[-2:]
     cams = []
     with torch.inference_mode():
         for p in range(len(text)):
-            channels = weights[p].topk(min(GSCORECAM_CHANNELS, len(weights[p]))).indices
+            channels = weights[p].topk(min(channels_kept, len(weights[p]))).indices
             maps = feature_map[channels]
             low = maps.amin(dim=(1, 2), keepdim=True)
             span = (maps.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-8)
@@ -316,17 +331,29 @@ _METHOD_FUNCTIONS = {"similarity": _similarity, "surgery": _surgery, "gradcam": 
 
 
 def original_image(image: ImageLike) -> Image.Image:
-    """The image the maps are drawn on: for DICOM the windowed original, at its resolution."""
+    """The image the maps are drawn on: for DICOM the windowed original, at most ``WORKING_MAX_SIDE``
+    pixels on its longest side (what :func:`~medclip_core.io.load_image` keeps), so maps, masks and
+    overlays cost at most ~4 MiB each whatever the input's size."""
     if isinstance(image, MedicalImage):
-        return image.to_pil()
-    if isinstance(image, Image.Image):
-        return image
-    return Image.fromarray((image_to_rgb_array(image) * 255).round().astype(np.uint8))
+        base = image.to_pil()
+    elif isinstance(image, Image.Image):
+        base = image
+    else:
+        base = Image.fromarray((image_to_rgb_array(image) * 255).round().astype(np.uint8))
+    if max(base.size) > WORKING_MAX_SIDE:
+        base = base.copy()
+        base.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.BOX)
+    return base
 
 
 def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | None = None,
-           method: str = "similarity") -> GroundingResult:
-    """One heatmap per phrase for ``image`` by ``method`` (see ``METHODS``)."""
+           method: str = "similarity", *, fine_grid: bool | None = None,
+           gscorecam_channels: int | None = None) -> GroundingResult:
+    """One heatmap per phrase for ``image`` by ``method`` (see ``METHODS``).
+
+    ``fine_grid`` (similarity, surgery): four shifted passes for a grid twice as fine, at four times
+    the cost. ``gscorecam_channels``: how many channels gScoreCAM masks the input with (one pass each).
+    ``None``: by the model's size (see ``SMALL_MODEL_PARAMETERS``)."""
     if method not in METHODS:
         raise TaskInputError(f"Unknown heatmap method '{method}'; choose one of {', '.join(METHODS)}.")
     phrases = check_phrases(phrases)
@@ -339,8 +366,18 @@ def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | No
     base = original_image(image)
     started = time.perf_counter()
     pixels = clip.as_pixels([image])
-    text = clip.encode_text(phrases).clone()  # a normal tensor: gradient methods use it in autograd
-    grids = _METHOD_FUNCTIONS[method](clip, pixels, text, phrases).float().cpu().numpy()
+    small = clip.num_parameters() < SMALL_MODEL_PARAMETERS
+    fine_grid = small if fine_grid is None else fine_grid
+    channels = (GSCORECAM_CHANNELS if small else GSCORECAM_CHANNELS_LARGE_MODEL) if gscorecam_channels is None \
+        else gscorecam_channels
+    with_neutral = method == "surgery" and len(phrases) == 1   # one text pass for both
+    text = clip.encode_text(phrases + [NEUTRAL_PROMPT] if with_neutral else phrases).clone()  # a normal
+    # tensor: gradient methods use it in autograd
+    options = {"similarity": {"fine_grid": fine_grid},
+               "surgery": {"fine_grid": fine_grid, "neutral": text[-1] if with_neutral else None},
+               "gscorecam": {"channels_kept": channels}}.get(method, {})
+    text = text[:len(phrases)]
+    grids = _METHOD_FUNCTIONS[method](clip, pixels, text, phrases, **options).float().cpu().numpy()
     geometry = clip.geometry(base.width, base.height)
     maps = np.stack([heatmap_from_patches(grid, geometry, base.width, base.height) for grid in grids])
     notes = []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pydicom
 from PIL import Image
 from scipy import ndimage
 
@@ -74,7 +75,8 @@ class SegmentationResult(SavesJson):
         saved["masks"] = [str(path) for path in masks]
         if dicom_source is not None:
             seg = folder / f"{prefix}segmentation.dcm"
-            saved["dicom_seg"] = str(write_dicom_seg(dicom_source, dict(zip(self.phrases, self.masks)), seg))
+            masks_at_source = _masks_at_source_size(self.masks, dicom_source)
+            saved["dicom_seg"] = str(write_dicom_seg(dicom_source, dict(zip(self.phrases, masks_at_source)), seg))
         return saved
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,6 +84,18 @@ class SegmentationResult(SavesJson):
         return {"model": self.model, "method": self.method, "phrases": self.phrases,
                 "size": [self.image.width, self.image.height],
                 "area_fraction": [round(float(a), 5) for a in areas], "seconds": round(self.seconds, 4)}
+
+
+def _masks_at_source_size(masks: np.ndarray, dicom_source: DicomSource) -> np.ndarray:
+    """Masks computed at the working size (see ``medclip_core.io.WORKING_MAX_SIDE``) drawn up, nearest
+    pixel, to the source DICOM's Rows x Columns, which a DICOM SEG must match."""
+    header = dicom_source if isinstance(dicom_source, pydicom.Dataset) else pydicom.dcmread(
+        dicom_source, stop_before_pixels=True)
+    rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+    if not rows or not columns or masks.shape[1:] == (rows, columns):
+        return masks  # nothing to draw up (write_dicom_seg explains a source without a size)
+    return np.stack([np.asarray(Image.fromarray(mask).resize((columns, rows), Image.Resampling.NEAREST))
+                     for mask in masks])
 
 
 def mask_from_heatmap(heatmap: np.ndarray, threshold: float = HEATMAP_THRESHOLD, keep_peak: float = KEEP_PEAK,

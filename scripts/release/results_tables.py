@@ -359,12 +359,38 @@ def bench_grounding() -> list[Row]:
     def cell(method: str) -> str:
         parts = []
         for result in models.values():
-            m = result["methods"][method]
-            parts.append("–" if "unavailable" in m else f"{m['ms']:,.0f} ms ({m['ratio_to_forward']:.1f}×)")
+            m = result["methods"].get(method, {"unavailable": ""})
+            if "unavailable" in m:
+                parts.append("–")
+                continue
+            before = m.get("before")
+            was = f", was {before['ratio_to_forward']:.1f}× with {_settings(before['settings'])}" if before else ""
+            parts.append(f"{m['ms']:,.0f} ms ({m['ratio_to_forward']:.1f}×{was})")
         return f"{method} " + " / ".join(parts)
     methods = next(iter(models.values()))["methods"]
-    return [[f"one heatmap (one phrase, 512² input), {data['threads']} thread, vs one bare forward: "
-             + " / ".join(f"`{name}`" for name in models), command(), "; ".join(cell(m) for m in methods)]]
+    load = data.get("machine", {}).get("load_average") or {}
+    loads = ", ".join(f"{v[0]}" for v in load.values()) if isinstance(load, dict) else f"{load[0]}"
+    return [[f"one heatmap (one phrase, 512² input) at default settings, {data['threads']} thread(s), vs one bare "
+             "forward timed just before it (ratio of CPU seconds): " + " / ".join(f"`{name}`" for name in models)
+             + (f" (load average {loads})" if load else ""), command(), "; ".join(cell(m) for m in methods)]]
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def bench_app_speed() -> list[Row]:
+    rows = []
+    for name in ("app_speed", "app_speed_embedded"):
+        if not (ROOT / f"bench/results/{name}.json").exists():
+            continue
+        data, command = _bench(name)
+        cells = [f"`/{endpoint}` {r['app_ms']:,.0f} ms vs {r['gradio_floor_ms']:,.0f} + {r['bare_forward_ms']:,.0f} ms "
+                 f"({r['ratio_app_to_floor_plus_forward']:.2f}×)" for endpoint, r in data["endpoints"].items()]
+        rows.append([f"each tab's main endpoint through `gradio_client` vs a do-nothing Gradio app + the bare forward, "
+                     f"{data['model']} (load average {data['machine']['load_average'][0]}; target ≤ 1.3×)", command(),
+                     "; ".join(cells)])
+    return rows
 
 
 def bench_runs() -> list[Row]:
@@ -458,7 +484,7 @@ def bench_archive() -> list[Row]:
 
 
 BENCHMARKS = (bench_io, bench_render, bench_models, bench_train, bench_grounding, bench_runs, bench_report,
-              bench_concurrency, bench_tasks, bench_index, bench_archive)
+              bench_concurrency, bench_tasks, bench_index, bench_archive, bench_app_speed)
 
 
 def index_figures(_: str | None = None) -> str:
