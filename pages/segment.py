@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 from pydicom.misc import is_dicom
 
+from medclip_core.dicom_seg import write_dicom_seg
 from medclip_core.tasks.grounding import parse_phrases
 from medclip_core.tasks.saving import saved_paths
 from medclip_core.tasks.segmentation import SEGMENT_METHODS, segment
@@ -15,11 +16,17 @@ from pages.common import image_input_column, load_upload, ui_errors
 
 
 @ui_errors
-def run_segmentation(path: str | None, phrases_text: str, method: str, model: str) -> tuple[Any, dict, list[str]]:
-    """Image + phrases -> (annotated image, JSON summary, mask PNGs [+ DICOM SEG for a DICOM input])."""
+def run_segmentation(path: str | None, phrases_text: str, method: str, model: str,
+                     keep_patient: bool = False) -> tuple[Any, dict, list[str]]:
+    """Image + phrases -> (annotated image, JSON summary, mask PNGs [+ DICOM SEG for a DICOM input]); the
+    SEG is a de-identified copy unless ``keep_patient`` (for return to the archive the source came from)."""
     phrases = parse_phrases(phrases_text)
     result = segment(load_upload(path), phrases, model=model, method=method)
-    saved = result.save(tempfile.mkdtemp(prefix="medclip-masks-"), dicom_source=path if is_dicom(path) else None)
+    folder = tempfile.mkdtemp(prefix="medclip-masks-")
+    saved = result.save(folder)
+    if is_dicom(path):
+        saved["dicom_seg"] = str(write_dicom_seg(path, dict(zip(result.phrases, result.masks)),
+                                                 Path(folder) / "segmentation.dcm", deidentify=not keep_patient))
     summary = result.to_dict()
     if "dicom_seg" in saved:
         summary["dicom_seg"] = Path(str(saved["dicom_seg"])).name
@@ -36,10 +43,13 @@ def build(model_picker: gr.Dropdown) -> None:
             with gr.Column():
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line")
                 method = gr.Dropdown(list(SEGMENT_METHODS), value="trained", label="Method")
+                keep_patient = gr.Checkbox(False, label="DICOM SEG: keep the source's patient name, ID and study",
+                                           info="for return to the same archive; unticked, the SEG is a "
+                                                "de-identified copy for sharing (new UIDs, no identifiers)")
                 button = gr.Button("Segment", variant="primary")
         annotated = gr.AnnotatedImage(label="Masks")
         with gr.Row():
             details = gr.JSON(label="Result")
             files = gr.File(label="Masks (JSON, PNG; DICOM SEG for DICOM input)", file_count="multiple")
-        button.click(run_segmentation, inputs=[upload, phrases, method, model_picker],
+        button.click(run_segmentation, inputs=[upload, phrases, method, model_picker, keep_patient],
                      outputs=[annotated, details, files], api_name="segment")
