@@ -275,11 +275,19 @@ def cmd_segment(args: argparse.Namespace) -> Any:
     from medclip_core.io import load_image
     from medclip_core.tasks.segmentation import segment
 
+    from medclip_core.dicom_seg import write_dicom_seg
+
     if args.dicom_seg and args.out is None:
         raise MedclipError("--dicom-seg writes a file: give --out FOLDER too.")
+    if args.keep_patient and not args.dicom_seg:
+        raise MedclipError("--keep-patient applies to the DICOM SEG: give --dicom-seg too.")
     result = segment(load_image(args.image, frame=args.frame), args.phrases, model=args.model,
                      method=args.method)
-    return _answer(result, args.out, dicom_source=args.image if args.dicom_seg else None)
+    payload = _answer(result, args.out)
+    if args.dicom_seg:  # de-identified unless --keep-patient
+        payload["dicom_seg"] = str(write_dicom_seg(args.image, dict(zip(result.phrases, result.masks)),
+                                                   args.out / "segmentation.dcm", deidentify=not args.keep_patient))
+    return payload
 
 
 def _tqdm_progress(description: str):
@@ -599,7 +607,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--frame", type=int)
         p.add_argument("--out", type=Path, help="folder for the JSON, PNG and .npy outputs")
         p.set_defaults(func=func)
-    p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM SEG (DICOM input only), a de-identified copy for sharing")
+    p.add_argument("--keep-patient", action="store_true",
+                   help="with --dicom-seg: keep the source's patient module and UIDs (return to the same archive)")
     p_heatmap = sub.choices["heatmap"]
     p_heatmap.add_argument("--opacity", type=float, default=0.5, help="overlay opacity of overlay-N.png")
 

@@ -1,14 +1,28 @@
 """DICOM SEG export of phrase masks, referencing the DICOM image they were drawn on (highdicom).
 
 A binary Segmentation object, one segment per phrase, each marked as made by an algorithm (this
-software), in the source's study (same Study Instance UID, patient module copied by highdicom)
-with the source's series and instance listed as the referenced image. PACS viewers show it as an
-overlay on the source. Masks are boolean at the source's resolution (rows x columns); the source
-must be a single-frame image (multi-frame sources are refused with a clear message).
+software), with the source's series and instance listed as the referenced image. PACS viewers show
+it as an overlay on the source. Masks are boolean at the source's resolution (rows x columns); the
+source must be a single-frame image (multi-frame sources are refused with a clear message).
+
+Two copies can be written (``deidentify``):
+
+* **de-identified** (the default, for sharing): the patient and study attributes are taken from
+  :func:`deidentified_source`, a copy of the source cleaned in the spirit of the DICOM PS3.15
+  Basic Application Level Confidentiality Profile for the attributes highdicom copies: patient
+  name and ID replaced by a pseudonym, birth date, sex, age, accession number, study date/time/ID,
+  referring and other physicians, institution and station removed or emptied, private tags
+  dropped, and the study, series, instance and frame-of-reference UIDs replaced by new ones
+  (derived with a per-process secret, so the same source gets the same new UIDs in one session and
+  a SEG and an SR shared together still match, yet nothing links back to the archive). The object
+  says so: Patient Identity Removed ``YES``, De-identification Method and its code (DCM 113100).
+* **kept patient module** (for returning the object to the archive the source came from): in the
+  source's study, patient and study modules copied by highdicom, source UIDs referenced as they are.
 """
 from __future__ import annotations
 
 import copy
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -26,6 +40,28 @@ _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                    "ReferringPhysicianName", "StudyID", "AccessionNumber")
 SOFTWARE_NAME = "MedCLIP Explorer"
 SOFTWARE_VERSION = "0.1"
+
+# De-identification (PS3.15 Annex E, Basic Profile, for the patient/study/series/equipment attributes
+# highdicom copies into a SEG or SR): emptied (Z, type 2 where highdicom needs them present) ...
+DEID_EMPTIED = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                "AccessionNumber")
+# ... removed (X) ...
+DEID_REMOVED = ("PatientBirthTime", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress",
+                "PatientTelephoneNumbers", "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientIDsSequence",
+                "OtherPatientNames", "PatientBirthName", "EthnicGroup", "PatientComments", "MedicalRecordLocator",
+                "IssuerOfPatientID", "AdditionalPatientHistory", "Occupation", "InstitutionName",
+                "InstitutionAddress", "InstitutionalDepartmentName", "StationName", "PerformingPhysicianName",
+                "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "OperatorsName", "RequestingPhysician",
+                "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers", "StudyDescription",
+                "SeriesDescription", "RequestAttributesSequence", "ReferencedStudySequence",
+                "ReferencedPatientSequence", "AcquisitionDateTime", "SeriesDate", "SeriesTime", "AcquisitionDate",
+                "AcquisitionTime", "ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
+                "DeviceSerialNumber", "ClinicalTrialSponsorName", "ClinicalTrialSubjectID", "ClinicalTrialSiteName")
+# ... and UIDs replaced (U) by new ones, consistent within one session.
+DEID_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+DEID_PATIENT_NAME = "ANONYMOUS^"  # family name only (the caret says so)
+DEID_METHOD = f"PS3.15 Basic Profile (patient/study), {SOFTWARE_NAME}"
+_UID_SECRET = secrets.token_hex(16)  # per process: new UIDs cannot be recomputed from the source's
 SEGMENT_LABEL_CHARS = 64  # the LO value representation's limit
 # SNOMED CT concepts for phrases that name one (by key word); other phrases are a generic "Finding".
 _PROPERTY_WORDS = (("effusion", "PleuralEffusion"), ("pneumothorax", "Pneumothorax"), ("nodule", "Nodule"),
@@ -67,6 +103,46 @@ def _with_type2_attributes(source):
     return filled
 
 
+def _pseudonym(value: str, keyword: str) -> str:
+    """A new UID for the ``keyword`` attribute's ``value``, derived from both and the per-process secret."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[_UID_SECRET, keyword, value])
+
+
+def deidentified_source(source: "pydicom.Dataset") -> "pydicom.Dataset":
+    """A copy of ``source`` with its identifying patient, study, series and equipment attributes removed,
+    emptied or replaced (see the module docstring), marked Patient Identity Removed; the original is
+    left untouched. Writing a SEG or SR from it gives the shareable, de-identified copy."""
+    clean = copy.deepcopy(source)
+    clean.remove_private_tags()
+    for keyword in DEID_REMOVED:
+        if keyword in clean:
+            delattr(clean, keyword)
+    for keyword in DEID_EMPTIED:
+        setattr(clean, keyword, "")
+    for keyword in DEID_UIDS:
+        if keyword in clean:
+            setattr(clean, keyword, _pseudonym(str(clean[keyword].value), keyword))
+    clean.PatientName = DEID_PATIENT_NAME
+    clean.PatientID = "ANON-" + _pseudonym(str(source.get("PatientID", "")), "PatientID").rsplit(".", 1)[-1][:12]
+    mark_deidentified(clean)
+    return clean
+
+
+def mark_deidentified(dataset: "pydicom.Dataset") -> None:
+    """Set Patient Identity Removed ``YES``, the De-identification Method and its code (DCM 113100, Basic
+    Application Confidentiality Profile) on ``dataset``: what a de-identified SEG or SR must say."""
+    from pydicom.dataset import Dataset
+
+    dataset.PatientIdentityRemoved = "YES"
+    dataset.DeidentificationMethod = DEID_METHOD
+    method = Dataset()
+    method.CodeValue, method.CodingSchemeDesignator = "113100", "DCM"
+    method.CodeMeaning = "Basic Application Confidentiality Profile"
+    dataset.DeidentificationMethodCodeSequence = [method]
+
+
 def _property_type(phrase: str):
     from pydicom.sr.codedict import codes
 
@@ -101,18 +177,21 @@ def _mask_stack(source, masks: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack(stack, axis=-1)[None]
 
 
-def write_dicom_seg(source_dicom: DicomSource, masks: dict[str, np.ndarray], out_path: str | Path) -> Path:
+def write_dicom_seg(source_dicom: DicomSource, masks: dict[str, np.ndarray], out_path: str | Path,
+                    deidentify: bool = True) -> Path:
     """Write a binary DICOM SEG of ``masks`` (phrase -> bool mask) referencing ``source_dicom``.
 
     ``source_dicom`` is a path or a pydicom Dataset of a single-frame image; masks are (rows,
-    columns) at its resolution. Raises ImageLoadError for a non-DICOM source or one without pixel
-    data, TaskInputError for no masks, a mask of the wrong size or a multi-frame source.
-    Returns ``out_path``.
+    columns) at its resolution. ``deidentify`` (default) writes the shareable copy, False keeps the
+    source's patient module and UIDs for the archive it came from (see the module docstring).
+    Raises ImageLoadError for a non-DICOM source or one without pixel data, TaskInputError for no
+    masks, a mask of the wrong size or a multi-frame source. Returns ``out_path``.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    source = _with_type2_attributes(_read_source(source_dicom))
+    source = _read_source(source_dicom)
+    source = _with_type2_attributes(deidentified_source(source) if deidentify else source)
     pixel_array = _mask_stack(source, masks)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=SOFTWARE_NAME, version=SOFTWARE_VERSION, family=codes.cid7162.ArtificialIntelligence)
@@ -135,6 +214,8 @@ def write_dicom_seg(source_dicom: DicomSource, masks: dict[str, np.ndarray], out
             omit_empty_frames=False)
     except (ValueError, AttributeError, TypeError) as exc:
         raise TaskInputError(f"Could not build a DICOM SEG for this source image: {exc}") from exc
+    if deidentify:
+        mark_deidentified(seg)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(out_path)

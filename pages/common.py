@@ -17,9 +17,16 @@ log = logging.getLogger("medclip_explorer")
 
 SYNTHETIC_BANNER = (
     "⚠️ **`{name}` is an embedded demo model, trained on synthetic phantom radiographs rendered from real "
-    "report text. It is not for diagnosis.** Pick a hub model (e.g. BiomedCLIP) for real images."
+    "report text. It is not for diagnosis.** {advice}\n\n{models}"
 )
-RESEARCH_BANNER = "Model **`{name}`**: research use only, not a medical device."
+RESEARCH_BANNER = "Model **`{name}`**: research use only, not a medical device.\n\n{models}"
+REAL_IMAGE_MODEL = "biomedclip"
+USABLE_NOW = ("available", "cached")  # model_availability values that load without the network
+ADD_OFFLINE = (
+    "For real images add BiomedCLIP, which works offline once it is here: copy a Hugging Face cache that "
+    "holds it (start the app with `HF_HOME` pointing at it), or pick `local-dir:/path/to/folder` with its "
+    "files. How: `docs/models.md`, section *Adding BiomedCLIP offline*."
+)
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 IMAGE_FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp", ".gif", ".webp"]
 MODEL_CALLS = "model-calls"  # the Gradio concurrency group of every event that runs a model
@@ -47,14 +54,37 @@ def model_choices() -> list[tuple[str, str]]:
     return [(f"{row['name']} ({row['availability']})", row["name"]) for row in describe_models()]
 
 
+def _names(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def usable_models_line(rows: list[dict[str, Any]]) -> str:
+    """Which registry models load on this machine now, which would come from the hub, which are missing."""
+    usable = [r["name"] for r in rows if r["availability"] in USABLE_NOW]
+    download = [r["name"] for r in rows if r["availability"] == "downloadable"]
+    missing = [r["name"] for r in rows if r["availability"] not in (*USABLE_NOW, "downloadable")]
+    line = f"Usable on this machine now: {_names(usable) or 'none'}."
+    if download:
+        line += f" From the hub on first use: {_names(download)}."
+    if missing:
+        line += f" Not here (no local copy, no hub): {_names(missing)}."
+    return line
+
+
 def banner_for(name: str | None) -> str:
-    """The warning under the model picker: the embedded models (trained on synthetic images) get the strong one."""
+    """The warning under the model picker: the embedded models (trained on synthetic images) get the strong
+    one, with how to get a model for real images; every banner says which models can be used here now."""
     name = name or default_model_name()
     try:
         synthetic = "synthetic" in get_spec(name).modality
     except MedclipError:  # a local folder or hub id typed in
         synthetic = False
-    return (SYNTHETIC_BANNER if synthetic else RESEARCH_BANNER).format(name=name)
+    rows = describe_models()
+    real_model_here = any(r["name"] == REAL_IMAGE_MODEL and r["availability"] in (*USABLE_NOW, "downloadable")
+                          for r in rows)
+    advice = f"For real images pick `{REAL_IMAGE_MODEL}`." if real_model_here else ADD_OFFLINE
+    return (SYNTHETIC_BANNER if synthetic else RESEARCH_BANNER).format(
+        name=name, advice=advice, models=usable_models_line(rows))
 
 
 def model_picker() -> tuple[gr.Dropdown, gr.Markdown]:

@@ -13,6 +13,7 @@ from medclip_core.tasks.report import METHODS, draft_report
 from pages.common import image_input_column, load_upload, ui_errors
 
 TABLE_HEADERS = ["section", "sentence", "similarity", "states"]
+COLUMN_WIDTHS = ["15%", "44%", "15%", "26%"]  # at 1280 px no header or section name breaks; sentences wrap
 
 
 def _states(labels: dict[str, list[str]]) -> str:
@@ -22,10 +23,17 @@ def _states(labels: dict[str, list[str]]) -> str:
 
 
 @ui_errors
-def run_report(path: str | None, method: str, k: float, model: str) -> tuple[Any, str, str, Any, dict]:
-    """Image file -> (preview, caution, editable draft, sentence table, JSON result)."""
+def run_report(path: str | None, method: str, k: float, model: str,
+               progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str, Any, dict]:
+    """Image file -> (preview, caution, editable draft, sentence table, JSON result). A model's first
+    use embeds the sentence corpus (shipped for the embedded models): the progress bar says so."""
     image = load_upload(path)
-    draft = draft_report(image, method, model, k=int(k))
+    progress(0, desc="Loading the model and its report corpus")
+
+    def embedding(done: int, total: int) -> None:
+        progress(done / max(total, 1), desc=f"First use of this model: embedding {total:,} report sentences")
+
+    draft = draft_report(image, method, model, k=int(k), progress=embedding)
     caution = f"⚠️ **{draft.caution}**" if draft.caution else ""
     if draft.prompted is not None:
         prompted = ", ".join(f"{name} ({p:.2f})" for name, p in draft.prompted.items()) or "none"
@@ -65,7 +73,8 @@ def build(model_picker: gr.Dropdown) -> None:
                 draft = gr.Textbox(label="Draft report (editable)", lines=8, interactive=True, elem_id="report-draft")
         with gr.Row():
             with gr.Column(scale=3):
-                table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True,
+                table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, column_widths=COLUMN_WIDTHS,
+                                     elem_id="report-sentences",
                                      label="Sentences: similarity to the image and what each states "
                                            "(select one to see its heatmap)")
             with gr.Column(scale=2):

@@ -54,9 +54,11 @@ def implausible_masks(result: SegmentationResult) -> dict[str, str]:
 
 
 @ui_errors
-def run_segmentation(path: str | None, phrases_text: str, method: str, model: str) -> tuple[Any, dict, list[str]]:
+def run_segmentation(path: str | None, phrases_text: str, method: str, model: str,
+                     keep_patient: bool = False) -> tuple[Any, dict, list[str]]:
     """Image + phrases -> (annotated image, JSON summary, mask PNGs [+ DICOM SEG of the plausible masks
-    for a DICOM input]); the summary's ``implausible`` names the masks marked and left out, and why."""
+    for a DICOM input]); the summary's ``implausible`` names the masks marked and left out, and why. The
+    SEG is a de-identified copy unless ``keep_patient`` (for return to the archive the source came from)."""
     phrases = parse_phrases(phrases_text)
     result = segment(load_upload(path), phrases, model=model, method=method)
     implausible = implausible_masks(result)
@@ -65,7 +67,8 @@ def run_segmentation(path: str | None, phrases_text: str, method: str, model: st
     saved = result.save(folder)
     if is_dicom(path) and plausible:
         masks = {p: m for p, m in zip(result.phrases, result.masks) if p in plausible}
-        saved["dicom_seg"] = str(write_dicom_seg(path, masks, Path(folder) / "segmentation.dcm"))
+        saved["dicom_seg"] = str(write_dicom_seg(path, masks, Path(folder) / "segmentation.dcm",
+                                                 deidentify=not keep_patient))
     summary = {**result.to_dict(), "implausible": implausible}
     if "dicom_seg" in saved:
         summary["dicom_seg"] = Path(str(saved["dicom_seg"])).name
@@ -108,6 +111,9 @@ def build(model_picker: gr.Dropdown) -> None:
                 phrases = gr.Textbox(lines=3, value="pleural effusion", label="Phrases, one per line",
                                      elem_id="segment-phrases")
                 method = gr.Dropdown(list(SEGMENT_METHODS), value="trained", label="Method", elem_id="segment-method")
+                keep_patient = gr.Checkbox(False, label="DICOM SEG: keep the source's patient name, ID and study",
+                                           info="for return to the same archive; unticked, the SEG is a "
+                                                "de-identified copy for sharing (new UIDs, no identifiers)")
                 button = gr.Button("Segment", variant="primary")
         note = gr.Markdown(elem_id="segment-note")
         annotated = gr.AnnotatedImage(label="Masks", height=560, elem_id="segment-masks")
@@ -116,7 +122,7 @@ def build(model_picker: gr.Dropdown) -> None:
             files = gr.File(label="Masks (JSON, PNG; DICOM SEG of the plausible masks for DICOM input)",
                             file_count="multiple")
         outputs = [annotated, details, files, note]
-        run = button.click(run_segmentation, inputs=[upload, phrases, method, model_picker],
+        run = button.click(run_segmentation, inputs=[upload, phrases, method, model_picker, keep_patient],
                            outputs=outputs[:3], api_name="segment")
         run.success(plausibility_note, inputs=details, outputs=note, api_visibility="private", queue=False,
                     show_progress="hidden")

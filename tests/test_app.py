@@ -151,8 +151,13 @@ def test_segment_endpoint_gives_masks_and_a_dicom_seg_for_a_dicom(client) -> Non
     masks = [f for f in files if f.endswith(".png")]
     seg = pydicom.dcmread(next(f for f in files if f.endswith(".dcm")))
     assert len(masks) == 2 and seg.Modality == "SEG" and len(seg.SegmentSequence) == 2
-    source = pydicom.dcmread(EXAMPLES / "phantom_effusion.dcm")
-    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    source = pydicom.dcmread(EXAMPLES / "phantom_effusion.dcm")  # a de-identified copy unless asked to keep
+    assert seg.PatientIdentityRemoved == "YES" and seg.StudyInstanceUID != source.StudyInstanceUID
+    assert seg.PatientID != source.PatientID
+    _, _, files = client.predict(handle_file(str(EXAMPLES / "phantom_effusion.dcm")), "pleural effusion", "trained",
+                                 "medclip-phantom", True, api_name="/segment")
+    kept = pydicom.dcmread(next(f for f in files if f.endswith(".dcm")))
+    assert kept.StudyInstanceUID == source.StudyInstanceUID and kept.PatientID == source.PatientID
     _, result, files = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "pleural effusion",
                                       "zero-shot:similarity", "medclip-phantom", api_name="/segment")
     assert result["method"] == "zero-shot:similarity" and [Path(f).suffix for f in files] == [".json", ".png"]

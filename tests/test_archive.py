@@ -206,7 +206,7 @@ def test_writing_is_off_unless_the_host_allows(archive) -> None:
     from medclip_core.archive.sr import ImageFindings, findings_sr
 
     reader = ArchiveClient(ArchiveSettings(url=archive["server"].url))
-    document = findings_sr([ImageFindings(archive["first"], ["nodule"], [0.7])], "m", "v")
+    document = findings_sr([ImageFindings(archive["first"], ["nodule"], [0.7])], "m", "v", deidentify=False)
     with pytest.raises(ArchiveNotConfiguredError, match="MEDCLIP_DICOMWEB_WRITE=1"):
         reader.store(document)
     assert reader.list_instances(archive["chest"]["study"], document.SeriesInstanceUID) == []
@@ -216,7 +216,7 @@ def test_stow_rejection_shows_the_archives_reason_and_nothing_is_reported_stored
     from medclip_core.archive.errors import ArchiveWriteError
     from medclip_core.archive.sr import ImageFindings, findings_sr
 
-    document = findings_sr([ImageFindings(archive["first"], ["nodule"], [0.7])], "m", "v")
+    document = findings_sr([ImageFindings(archive["first"], ["nodule"], [0.7])], "m", "v", deidentify=False)
     other_study = archive["big"]["study"]  # the archive refuses an object sent to a study it is not in
     with pytest.raises(ArchiveWriteError, match=r"HTTP 409.*0x0110 processing failure.*Nothing was stored"):
         client.store(document, other_study)

@@ -119,6 +119,13 @@ def test_heatmap_and_segment_write_maps_masks_and_a_dicom_seg(tmp_path: Path) ->
     seg = pydicom.dcmread(payload["dicom_seg"])
     mask = np.asarray(Image.open(payload["masks"][0])) > 0
     assert seg.Modality == "SEG" and np.array_equal(seg.pixel_array.astype(bool), mask)
+    source = pydicom.dcmread(dicom)  # a de-identified copy by default; --keep-patient keeps the patient module
+    assert seg.PatientIdentityRemoved == "YES" and seg.PatientID != source.PatientID
+    assert seg.StudyInstanceUID != source.StudyInstanceUID
+    result = run_cli("segment", str(dicom), "pleural effusion", "--dicom-seg", "--keep-patient",
+                     "--out", str(tmp_path / "kept"))
+    kept = pydicom.dcmread(json.loads(result.stdout)["dicom_seg"])
+    assert kept.PatientID == source.PatientID and kept.StudyInstanceUID == source.StudyInstanceUID
     result = run_cli("segment", str(dicom), "pleural effusion", "--dicom-seg")
     assert result.returncode == 2 and "--out" in result.stderr
     result = run_cli("heatmap", str(dicom), "nodule", "--method", "relevance")

@@ -284,7 +284,8 @@ def _store_study_srs(folder: Path, client: ArchiveClient, spec: JobSpec, name: s
     for study_uid in sorted({row.study_uid for row in rows} - stored_studies):
         images = [ImageFindings(client.fetch_metadata(row.study_uid, row.series_uid, row.sop_uid), spec.labels,
                                 row.probabilities, row.frame) for row in rows if row.study_uid == study_uid]
-        stored = client.store(findings_sr(images, name, version, spec.threshold, spec.mode), study_uid, model=name)
+        stored = client.store(findings_sr(images, name, version, spec.threshold, spec.mode, deidentify=False),
+                              study_uid, model=name)
         state.setdefault("stored", []).append(stored.to_dict())
         _write_state(folder, state)
         _log(folder, f"findings SR stored: series {stored.series_uid}")

@@ -13,19 +13,25 @@
   IMPRESSION text items and the source image), observer again the device.
 * :func:`read_findings_sr`: the findings back from such an SR (round trip, display).
 
-Both documents go into the source's study (patient and study modules copied by highdicom from the
-source) as new series, unverified and incomplete: a clinician must review them.
+Both documents are new series, unverified and incomplete: a clinician must review them. With
+``deidentify`` (the default, for sharing) they are written from
+:func:`~medclip_core.dicom_seg.deidentified_source` copies of the sources: no patient name, ID,
+birth date, accession number, institution or physician of the source, new study/series/instance
+UIDs (the same ones a de-identified SEG of the same image gets in this session), Patient Identity
+Removed ``YES``. With ``deidentify=False`` (write-back to the archive the source came from) they go
+into the source's study, patient and study modules copied by highdicom from the source.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
+from medclip_core.dicom_seg import deidentified_source, mark_deidentified
 from medclip_core.errors import TaskInputError
 
 SOFTWARE_NAME = "MedCLIP Explorer"
@@ -131,12 +137,15 @@ def _check_sources(sources: Sequence[Dataset]) -> None:
 
 
 def findings_sr(images: Sequence[ImageFindings], model_name: str, version: str, threshold: float = 0.5,
-                mode: str = "pairwise") -> Dataset:
-    """A TID 1500 measurement report of zero-shot findings for images of one study (see module doc)."""
+                mode: str = "pairwise", deidentify: bool = True) -> Dataset:
+    """A TID 1500 measurement report of zero-shot findings for images of one study (see module doc);
+    ``deidentify=False`` keeps the sources' patient module, for the archive they came from."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     _check_sources([i.source for i in images])
+    if deidentify:
+        images = [replace(image, source=deidentified_source(image.source)) for image in images]
     headers = {str(i.source.SOPInstanceUID): evidence_header(i.source) for i in images}
     if not 0.0 < threshold < 1.0:
         raise TaskInputError(f"The decision threshold must be between 0 and 1, got {threshold}.")
@@ -166,21 +175,27 @@ def findings_sr(images: Sequence[ImageFindings], model_name: str, version: str, 
     report = hd.sr.MeasurementReport(observation_context=_observation_context(),
                                      procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
     first = images[0].source
-    return hd.sr.Comprehensive3DSR(
+    document = hd.sr.Comprehensive3DSR(
         evidence=list(headers.values()), content=report, series_instance_uid=hd.UID(),
         series_number=FINDINGS_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=SOFTWARE_NAME, series_description=f"{SOFTWARE_NAME} zero-shot findings (research only)"[:64],
         is_complete=False, is_final=False, is_verified=False,
         institution_name=getattr(first, "InstitutionName", None) or None)
+    if deidentify:
+        mark_deidentified(document)
+    return document
 
 
 def report_sr(source: Dataset, text_sections: dict[str, str], model_name: str, version: str,
-              frame: int | None = None) -> Dataset:
-    """A text SR holding a draft report (``{"findings": ..., "impression": ...}``) about ``source``."""
+              frame: int | None = None, deidentify: bool = True) -> Dataset:
+    """A text SR holding a draft report (``{"findings": ..., "impression": ...}``) about ``source``;
+    ``deidentify=False`` keeps the source's patient module, for the archive it came from."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     _check_sources([source])
+    if deidentify:
+        source = deidentified_source(source)
     header = evidence_header(source)
     sections = {name: " ".join(text.split()) for name, text in text_sections.items() if text and text.strip()}
     if not sections:
@@ -200,11 +215,14 @@ def report_sr(source: Dataset, text_sections: dict[str, str], model_name: str, v
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
     root.ContentSequence = hd.sr.ContentSequence(items)
-    return hd.sr.ComprehensiveSR(
+    document = hd.sr.ComprehensiveSR(
         evidence=[header], content=root, series_instance_uid=hd.UID(), series_number=REPORT_SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=SOFTWARE_NAME,
         series_description=f"{SOFTWARE_NAME} draft report (research only)"[:64],
         is_complete=False, is_final=False, is_verified=False)
+    if deidentify:
+        mark_deidentified(document)
+    return document
 
 
 def read_findings_sr(dataset: Dataset) -> list[SrFinding]:

@@ -66,25 +66,29 @@ def diagnose_instance(client: ArchiveClient, study_uid: str, series_uid: str, so
 
 def push_findings(client: ArchiveClient, result: ArchivedDiagnosis,
                   threshold: float = DEFAULT_THRESHOLD) -> StoredObject:
-    """Store the TID 1500 findings SR of one diagnosed instance in its study."""
+    """Store the TID 1500 findings SR of one diagnosed instance in its study (patient module kept: it goes
+    back to the archive the source came from)."""
     findings = ImageFindings(result.source, result.diagnosis.labels, result.diagnosis.scores[result.model],
                              result.frame)
-    document = findings_sr([findings], result.model, result.model_version, threshold, result.diagnosis.mode)
+    document = findings_sr([findings], result.model, result.model_version, threshold, result.diagnosis.mode,
+                           deidentify=False)
     return client.store(document, result.study_uid, model=result.model)
 
 
 def push_report(client: ArchiveClient, source: Dataset, sections: dict[str, str], model: str,
                 frame: int | None = None) -> StoredObject:
-    """Store a draft report (``{"findings": ..., "impression": ...}``) as a text SR in the source's study."""
-    document = report_sr(source, sections, model, model_version(load_model(model).card), frame)
+    """Store a draft report (``{"findings": ..., "impression": ...}``) as a text SR in the source's study
+    (patient module kept)."""
+    document = report_sr(source, sections, model, model_version(load_model(model).card), frame, deidentify=False)
     return client.store(document, str(source.StudyInstanceUID), model=model)
 
 
 def push_segmentation(client: ArchiveClient, source: Dataset, masks: dict[str, np.ndarray],
                       model: str | None = None) -> StoredObject:
-    """Store a DICOM SEG of ``masks`` (phrase -> bool mask at the source's size) in the source's study."""
+    """Store a DICOM SEG of ``masks`` (phrase -> bool mask at the source's size) in the source's study
+    (patient module kept)."""
     with tempfile.TemporaryDirectory(prefix="medclip-seg-") as folder:
-        path = write_dicom_seg(source, masks, Path(folder) / "segmentation.dcm")
+        path = write_dicom_seg(source, masks, Path(folder) / "segmentation.dcm", deidentify=False)
         segmentation = pydicom.dcmread(path)
     return client.store(segmentation, str(source.StudyInstanceUID), model=model)
 

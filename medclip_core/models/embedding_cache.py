@@ -12,6 +12,13 @@ The cache folder is ``$MEDCLIP_CACHE_DIR`` or ``~/.cache/medclip-explorer/indexe
 folder holding ``vectors.npy`` (float32), ``items.json`` (one record per row),
 ``fingerprint.json`` and any files its owner adds; it is written to a temporary folder and renamed
 into place, so a crash or a concurrent build never leaves half an entry.
+
+Entries the embedded models need on first use (report corpus, sentence corpus, phantom galleries,
+reference images) also ship with the package in ``assets/embeddings/``: one ``<entry name>.npz``
+each, float16 vectors and the same fingerprint (:func:`write_shipped`, run by
+``scripts/release/precompute_embeddings.py``). :func:`load_shipped` reads them when the cache has
+no entry, so the first query of a fresh install answers in seconds instead of a minute; a changed
+model or source has another fingerprint, misses the shipped copy and is computed as before.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ WEIGHT_SAMPLES_PER_TENSOR = 64  # values of each weight tensor that enter the mo
 VECTORS_NAME = "vectors.npy"
 ITEMS_NAME = "items.json"
 FINGERPRINT_NAME = "fingerprint.json"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "embeddings"
+SHIPPED_SUFFIX = ".npz"
 
 
 def model_fingerprint(model: ClipModel, buffers: bool = True) -> str:
@@ -98,3 +107,45 @@ def save_entry(folder: Path, fingerprint: dict[str, Any], vectors: np.ndarray, i
             shutil.rmtree(staging, ignore_errors=True)
         return None
     return folder
+
+
+def shipped_path(entry_name: str, shipped_dir: Path | None = None) -> Path:
+    """Where the shipped copy of the cache entry ``entry_name`` lives."""
+    return (shipped_dir or SHIPPED_DIR) / f"{entry_name}{SHIPPED_SUFFIX}"
+
+
+def load_shipped(entry_name: str, fingerprint: dict[str, Any], shipped_dir: Path | None = None) -> np.ndarray | None:
+    """The shipped vectors of ``entry_name`` as float32, rows L2-normalised again after the float16
+    rounding, if the shipped file holds exactly this fingerprint; None otherwise."""
+    try:
+        with np.load(shipped_path(entry_name, shipped_dir), allow_pickle=False) as stored:
+            if json.loads(str(stored["fingerprint"])) != fingerprint:
+                return None
+            vectors = stored["vectors"].astype(np.float32)
+    except (OSError, ValueError, KeyError):
+        return None
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def write_shipped(entry_name: str, fingerprint: dict[str, Any], vectors: np.ndarray,
+                  shipped_dir: Path | None = None) -> Path:
+    """Write the shipped copy of a cache entry (float16 vectors + fingerprint, compressed): release time only."""
+    path = shipped_path(entry_name, shipped_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, vectors=np.asarray(vectors, dtype=np.float16), fingerprint=np.array(json.dumps(fingerprint)))
+    return path
+
+
+def cached_vectors(entry_name: str, fingerprint: dict[str, Any], compute: Callable[[], np.ndarray],
+                   cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The vectors of ``entry_name`` from the cache, else from the shipped copy, else ``compute()``d and
+    saved to the cache: for owners that keep nothing but the vectors (see :func:`save_entry`)."""
+    folder = Path(cache_dir or default_cache_dir()).expanduser() / entry_name
+    vectors = load_vectors(folder, fingerprint)
+    if vectors is None:
+        vectors = load_shipped(entry_name, fingerprint)
+    if vectors is None:
+        vectors = np.ascontiguousarray(compute(), dtype=np.float32)
+        save_entry(folder, fingerprint, vectors, [])
+    return vectors

@@ -25,6 +25,10 @@ seeded nucleus samples, that does not contradict itself and whose findings (read
 agree best with the prompts (:func:`write_report_ids`). It exists for the model it was trained on (the embedded default ships one in
 ``assets/medclip-phantom/report/``).
 
+Neither method writes the corpus's de-identification token (``XXXX``): retrieval leaves the sentences
+holding it out of the corpus; generation prefers a candidate without it and drops any sentence that
+still holds it (with a note).
+
 Every draft lists its sentences with their similarity to the image and the findings the labeller
 reads in them, and carries a caution when the image does not look like the chest radiographs
 the model was trained on (:func:`chest_caution`).
@@ -50,7 +54,8 @@ from medclip_core.errors import ModelUnavailableError, TaskInputError
 from medclip_core.io import MedicalImage, image_from_array
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.models.report_decoder import LoadedDecoder, beam_search, load_decoder, sample_reports
-from medclip_core.tasks.report_features import encode_for_report, phantom_features
+from medclip_core.tasks.report_features import FEATURE_FORMAT, GRID, encode_for_report, phantom_features
+from medclip_core.tasks.retrieval import Progress, build_report_index
 from medclip_core.tasks.saving import SavesJson
 from medclip_core.tasks.zero_shot import score_images
 
@@ -160,21 +165,34 @@ class _ModelReference:
     chest_threshold: float           # cosine to the centroid below which an image gets a caution
 
 
+def reference_embeddings(model: ClipModel) -> np.ndarray:
+    """Pooled embeddings (REFERENCE_IMAGES, D) of the first phantom validation images, through the
+    embedding cache (shipped for the embedded models): the reference of the calibration and the chest check."""
+    from medclip_core.data.galleries import phantom_collection
+    from medclip_core.models.embedding_cache import cached_vectors, content_digest, model_fingerprint
+
+    model_fp = model_fingerprint(model)
+    source = content_digest("report-reference", FEATURE_FORMAT, GRID,
+                            phantom_collection(REFERENCE_IMAGES, split="val", size=model.image_size).fingerprint)
+    fingerprint = {"modality": "report-reference", "model": model_fp, "source": source,
+                   "model_name": model.card.name, "n": REFERENCE_IMAGES}
+    return cached_vectors(f"reference-{model_fp[:16]}-{source[:16]}", fingerprint,
+                          lambda: phantom_features(model, "val", limit=REFERENCE_IMAGES).pooled)
+
+
 class ReportReferenceCache:
     """Sentence embeddings and reference statistics per loaded model (weakly keyed: they go with it)."""
 
     def __init__(self) -> None:
         self._entries: weakref.WeakKeyDictionary[ClipModel, _ModelReference] = weakref.WeakKeyDictionary()
 
-    def get(self, model: ClipModel) -> _ModelReference:
+    def get(self, model: ClipModel, progress: Progress | None = None) -> _ModelReference:
+        """The model's entry, built on first use: ``progress(done, total)`` follows the sentences
+        embedded (nothing to embed for the embedded models, whose vectors ship in ``assets/``)."""
         if model not in self._entries:
-            from medclip_core.models.embedding_cache import default_cache_dir
-            from medclip_core.tasks.retrieval import build_report_index
-
             corpus = sentence_corpus()
-            vectors = build_report_index(model, [s.text for s in corpus]).vectors
-            reference = phantom_features(model, "val", limit=REFERENCE_IMAGES,
-                                         cache_dir=default_cache_dir() / "report-reference").pooled
+            vectors = build_report_index(model, [s.text for s in corpus], progress=progress).vectors
+            reference = reference_embeddings(model)
             centroid = reference.mean(axis=0)
             centroid /= np.linalg.norm(centroid)
             self._entries[model] = _ModelReference(
@@ -269,14 +287,17 @@ def _check_k(k: int, name: str) -> int:
 
 
 def retrieve_report(model: ClipModel, image: ImageLike, k: int = 4, impression_k: int = 1,
-                    calibration: float = 1.0, duplicate_threshold: float = 0.9, support: float = SUPPORT) -> ReportDraft:
-    """A draft made of corpus sentences retrieved for ``image`` (see the module docstring)."""
+                    calibration: float = 1.0, duplicate_threshold: float = 0.9, support: float = SUPPORT,
+                    progress: Progress | None = None) -> ReportDraft:
+    """A draft made of corpus sentences retrieved for ``image`` (see the module docstring); ``progress``
+    follows the sentence embedding of a model's first use (:meth:`ReportReferenceCache.get`)."""
     k, impression_k = _check_k(k, "k"), _check_k(impression_k, "impression_k")
     if k + impression_k == 0:
         raise TaskInputError("Ask for at least one sentence (k or impression_k above 0).")
     if isinstance(support, bool) or not isinstance(support, (int, float)) or not 0 <= support <= 1:
         raise TaskInputError(f"support must be a probability from 0 to 1, got {support!r}.")
     start = time.perf_counter()
+    REFERENCE_CACHE.get(model, progress)
     pooled = encode_for_report(model, [image])[0][0]
     draft = retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold, support)
     draft.caution = chest_caution(model, pooled, _as_image(image))
@@ -351,11 +372,13 @@ def _split_sentences(text: str) -> list[str]:
 
 
 def generate_report(model: ClipModel, image: ImageLike, decoder: LoadedDecoder, beam: int = 3,
-                    max_words: int | None = None) -> ReportDraft:
-    """A draft written by ``decoder`` for ``image``: beam search of width ``beam``, at most ``max_words``."""
+                    max_words: int | None = None, progress: Progress | None = None) -> ReportDraft:
+    """A draft written by ``decoder`` for ``image``: beam search of width ``beam``, at most ``max_words``
+    (``progress`` as in :func:`retrieve_report`: the chest check reads the same per-model reference)."""
     if isinstance(beam, bool) or not isinstance(beam, (int, np.integer)) or not 1 <= beam <= 8:
         raise TaskInputError(f"beam must be a whole number from 1 to 8, got {beam!r}.")
     start = time.perf_counter()
+    REFERENCE_CACHE.get(model, progress)
     pooled, patches = encode_for_report(model, [image])
     draft = generated_draft(model, decoder, pooled[0], patches[0], beam, max_words)
     draft.caution = chest_caution(model, pooled[0], _as_image(image))
@@ -363,13 +386,14 @@ def generate_report(model: ClipModel, image: ImageLike, decoder: LoadedDecoder, 
     return draft
 
 
-def _candidate_rank(text: str, prompted: frozenset[str]) -> tuple[bool, float]:
-    """(no two sentences contradict each other, F1 between the findings the labeller reads in ``text``
-    and the prompted findings (none prompted = normal)): how a generated candidate is judged."""
+def _candidate_rank(text: str, prompted: frozenset[str]) -> tuple[bool, bool, float]:
+    """(free of the corpus's de-identification token, no two sentences contradict each other, F1 between
+    the findings the labeller reads in ``text`` and the prompted findings (none prompted = normal)):
+    how a generated candidate is judged."""
     readings = [label_text(sentence) for sentence in _split_sentences(text)]
     coherent = not any(contradicts(a, b) for i, a in enumerate(readings) for b in readings[i + 1:])
     found, wanted = label_text(text).present(), prompted or frozenset({"normal"})
-    return coherent, 2 * len(found & wanted) / (len(found) + len(wanted))
+    return ANONYMISED not in text.lower(), coherent, 2 * len(found & wanted) / (len(found) + len(wanted))
 
 
 @torch.inference_mode()
@@ -381,8 +405,9 @@ def write_report_ids(decoder: LoadedDecoder, pooled: torch.Tensor, patches: torc
 
     Beam search alone writes the stock normal wording whatever the prompts say; with prompts, the
     result is the one among the beam result and ``candidates`` seeded nucleus samples that does not
-    contradict itself and whose findings (read by the labeller) agree best with the prompts, then
-    the beam result, then the likeliest.
+    write the de-identification token ``xxxx`` (the training reports hold it), does not contradict
+    itself and whose findings (read by the labeller) agree best with the prompts, then the beam
+    result, then the likeliest.
     """
     memory = decoder.module.memory(pooled, patches, present if decoder.findings else None)
     ids = beam_search(decoder.module, memory, beam=beam, max_len=max_len)
@@ -406,13 +431,16 @@ def generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray
     ids = write_report_ids(decoder, pooled_t, patches_t, present, beam, max_words + 2 if max_words else None,
                            candidates)
     findings, impression = decoder.vocab.decode(ids)
-    pieces = [(s, "findings") for s in _split_sentences(findings)] + \
-             [(s, "impression") for s in _split_sentences(impression)]
+    written = [(s, "findings") for s in _split_sentences(findings)] + \
+              [(s, "impression") for s in _split_sentences(impression)]
+    pieces = [(text, section) for text, section in written if ANONYMISED not in text.lower()]
+    notes = [f"{len(written) - len(pieces)} sentence(s) holding the training reports' de-identification token "
+             "were left out."] if len(pieces) < len(written) else []
     similarity = (model.encode_text([p for p, _ in pieces]).cpu().numpy() @ pooled) if pieces else []
     sentences = [DraftSentence(text, section, float(s), _labels_dict(label_text(text)))
                  for (text, section), s in zip(pieces, similarity)]
     draft = ReportDraft("generative", model.card.name, sentences, {}, None, 0.0,
-                        [] if pieces else ["The decoder produced no sentence for this image."],
+                        notes + ([] if pieces else ["The decoder produced no sentence for this image."]),
                         {name: round(float(p), 3) for name, p, on in zip(decoder.findings, probabilities[0], present[0])
                          if on} if decoder.findings else None)
     draft.findings = _labels_dict(label_text(draft.text))
@@ -420,8 +448,10 @@ def generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray
 
 
 def draft_report(image: ImageLike, method: str = "retrieval", model: str | ClipModel | None = None,
-                 k: int = 4, impression_k: int = 1, beam: int = 3, support: float = SUPPORT) -> ReportDraft:
-    """One entry point for the CLI and the app: a draft by ``method`` with the model named ``model``."""
+                 k: int = 4, impression_k: int = 1, beam: int = 3, support: float = SUPPORT,
+                 progress: Progress | None = None) -> ReportDraft:
+    """One entry point for the CLI and the app: a draft by ``method`` with the model named ``model``
+    (``progress(done, total)``: the corpus sentences embedded on a model's first use)."""
     from medclip_core.models import default_model_name, load_model
 
     if method not in METHODS:
@@ -429,6 +459,6 @@ def draft_report(image: ImageLike, method: str = "retrieval", model: str | ClipM
     name = model if isinstance(model, str) and model else default_model_name()
     clip = model if isinstance(model, ClipModel) else load_model(name)
     if method == "retrieval":
-        return retrieve_report(clip, image, k=k, impression_k=impression_k, support=support)
+        return retrieve_report(clip, image, k=k, impression_k=impression_k, support=support, progress=progress)
     return generate_report(clip, image, decoder_for(clip, name if not isinstance(model, ClipModel) else
-                                                    clip.card.name), beam=beam)
+                                                    clip.card.name), beam=beam, progress=progress)

@@ -5,7 +5,10 @@ of images, or a CSV). :func:`build_index` embeds its images once per model and k
 in the on-disk embedding cache (:mod:`medclip_core.models.embedding_cache`), so the next session
 (or the next call) loads them instead of running the model again: each entry is named by the
 model fingerprint and the collection fingerprint, and holds ``vectors.npy`` (L2-normalised
-float32), ``items.json`` (id, labels, report, path per row) and ``fingerprint.json``.
+float32), ``items.json`` (id, labels, report, path per row) and ``fingerprint.json``. The entries
+of the embedded models' default corpora and galleries also ship precomputed (float16) in
+``assets/embeddings/`` and are read from there when the cache has none (``from_cache`` is then
+True and ``path`` the shipped file).
 
 Search runs in FAISS on inner products (= cosine similarity, the vectors being normalised): an
 exact ``IndexFlatIP`` up to ``EXACT_INDEX_MAX`` (50,000) vectors, above that an approximate
@@ -36,7 +39,7 @@ from medclip_core.errors import MedclipError, TaskInputError
 from medclip_core.io import MedicalImage
 from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.models.embedding_cache import (
-    content_digest, default_cache_dir, load_vectors, model_fingerprint, save_entry,
+    content_digest, default_cache_dir, load_shipped, load_vectors, model_fingerprint, save_entry, shipped_path,
 )
 from medclip_core.tasks import embed_in_batches
 from medclip_core.tasks.saving import SavesJson
@@ -116,7 +119,8 @@ class VectorIndex:
 
     ``modality`` is ``"image"`` for :func:`build_index` and ``"text"`` for the report corpus of
     :func:`image_to_reports`. ``path`` is the cache entry (None when the cache folder could not
-    be written); ``from_cache`` says whether the vectors were loaded from it rather than computed.
+    be written, the shipped file when it was read from ``assets/embeddings/``); ``from_cache`` says
+    whether the vectors were loaded (from the cache or the shipped copy) rather than computed.
     """
 
     name: str
@@ -177,6 +181,10 @@ def _cached_index(model: ClipModel, name: str, modality: str, items: list[Galler
     if cached is not None:
         vectors, index = cached
         return VectorIndex(name, modality, items, vectors, model_fp, source_fingerprint, folder, True, index)
+    shipped = load_shipped(entry_name, fingerprint)
+    if shipped is not None:  # the embedded models' default corpora and galleries ship precomputed
+        return VectorIndex(name, modality, items, shipped, model_fp, source_fingerprint,
+                           shipped_path(entry_name), True, faiss_index_for(shipped))
     vectors = np.ascontiguousarray(embed(), dtype=np.float32)
     index = faiss_index_for(vectors)
     saved = _save_entry(folder, fingerprint, vectors, index, items)
