@@ -9,7 +9,7 @@ from PIL import Image
 from medclip_core.errors import TaskInputError
 from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
 from medclip_core.tasks.saving import saved_paths
-from pages.common import image_input_column, load_upload, ui_errors
+from pages.common import image_input_column, load_upload, ood_notice, ui_errors
 
 
 def _gallery(results: list[GroundingResult], opacity: float) -> list[tuple[Image.Image, str]]:
@@ -25,15 +25,17 @@ def _downloads(results: list[GroundingResult], opacity: float) -> list[str]:
 
 @ui_errors
 def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacity: float,
-                 model: str) -> tuple[list, dict, list[str], list[GroundingResult]]:
-    """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, results for re-blending)."""
+                 model: str) -> tuple[list, dict, list[str], list[GroundingResult], str]:
+    """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, results for re-blending,
+    out-of-distribution notice)."""
     if not methods:
         raise TaskInputError("Pick at least one heatmap method.")
     phrases = parse_phrases(phrases_text)
     image = load_upload(path)
     results = [ground(image, phrases, model=model, method=method) for method in methods]
     summary = {"model": results[0].model, "phrases": phrases, "methods": [r.to_dict() for r in results]}
-    return _gallery(results, opacity), summary, _downloads(results, opacity), results
+    return _gallery(results, opacity), summary, _downloads(results, opacity), results, ood_notice(
+        summary["methods"][0]["ood"])
 
 
 def reblend(results: list[GroundingResult] | None, opacity: float) -> list:
@@ -56,11 +58,12 @@ def build(model_picker: gr.Dropdown) -> None:
                                            info="Attention relevance needs a ViT with a class token.")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                 button = gr.Button("Show heatmaps", variant="primary")
+        ood = gr.Markdown(elem_id="grounding-ood")
         gallery = gr.Gallery(label="Heatmaps (phrase · method)", columns=3, height="auto")
         with gr.Row():
             details = gr.JSON(label="Result")
             files = gr.File(label="Maps and overlays (JSON, PNG, .npy)", file_count="multiple")
         state = gr.State([])
         button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker],
-                     outputs=[gallery, details, files, state], api_name="heatmap")
+                     outputs=[gallery, details, files, state, ood], api_name="heatmap")
         opacity.release(reblend, inputs=[state, opacity], outputs=gallery, api_visibility="private")
