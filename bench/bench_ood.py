@@ -9,7 +9,7 @@ For each embedded model, with the reference it ships (``scripts/release/fit_ood_
 - the pictures scikit-image bundles (``skimage.data``, offline: photos, textures, micrographs, a
   fundus, text, drawings): each should be flagged.
 
-    OMP_NUM_THREADS=1 nice python bench/bench_ood.py   # -> bench/results/ood.json (about 3 min on 2 cores)
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice python bench/bench_ood.py   # -> bench/results/ood.json (~3 min idle, 2 cores)
 """
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def bench_model(name: str, dicoms: dict[str, tuple[str, MedicalImage]], pictures
     flagged = int((distances > reference.threshold).sum())
     return {
         "threshold": round(reference.threshold, 4), "fitted_on": reference.fitted_on,
-        "phantom_test": {"n": len(distances), "flagged": flagged, "fraction_flagged": round(flagged / len(distances), 4),
+        "phantom_test": {"n": len(distances), "flagged": flagged,
+                         "fraction_flagged": round(flagged / len(distances), 4),
                          "target_max": 0.02, "score_median": round(float(np.median(distances)), 3),
                          "score_max": round(float(distances.max()), 3)},
         "examples": verdicts(model, examples),
@@ -123,7 +124,7 @@ def main() -> None:
     dicoms, skipped = pydicom_images()
     pictures, examples = skimage_pictures(), example_images()
     result = {"benchmark": "out-of-distribution guard (Mahalanobis distance to the training images' embeddings)",
-              "command": "OMP_NUM_THREADS=1 nice python bench/bench_ood.py",
+              "command": "PYTHONPATH=. OMP_NUM_THREADS=1 nice python bench/bench_ood.py",
               "models": {name: bench_model(name, dicoms, pictures, examples) for name in MODELS},
               "pydicom_skipped": skipped, "seconds": round(time.perf_counter() - start, 1),
               "machine": {"python": platform.python_version(), "processor": platform.machine(),

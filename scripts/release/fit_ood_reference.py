@@ -6,7 +6,7 @@ embeddings of the model's phantom *training* split (one render per report); its 
 (393 reports, seeded renders). Written as ``assets/NAME/ood_reference.safetensors`` (mean and precision, float32,
 about 260 kB); the test split is left for ``bench/bench_ood.py``.
 
-    OMP_NUM_THREADS=1 nice python scripts/release/fit_ood_reference.py [--models medclip-phantom medclip-phantom-grounding]
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice python scripts/release/fit_ood_reference.py [--models NAME ...]
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def fit(name: str, n_val: int) -> dict:
                               fitted_on=f"phantom train split ({n_train} images); threshold: {QUANTILE:.1%} quantile "
                                         f"of {n_val} phantom val images (scripts/release/fit_ood_reference.py)")
     path = reference.save(get_spec(name).local_path)
-    return {"path": str(path.relative_to(get_spec(name).local_path.parents[1])), "threshold": round(reference.threshold, 4),
+    return {"path": str(path.relative_to(get_spec(name).local_path.parents[1])),
+            "threshold": round(reference.threshold, 4),
             "train_images": n_train, "val_images": n_val, "bytes": path.stat().st_size}
 
 
