@@ -144,6 +144,20 @@ def image_input_column(elem_id: str, preview: bool = False) -> tuple[gr.File, gr
     return upload, shown
 
 
+def ood_notice(verdict: dict[str, Any] | None) -> str:
+    """The out-of-distribution verdict of a result's ``to_dict()["ood"]`` as the Markdown every image tab
+    shows: a plain warning when the image is unlike the model's training images, one short line when the
+    model has no reference, a quiet line otherwise, nothing without a verdict."""
+    if not verdict:
+        return ""
+    if verdict["in_distribution"] is None:
+        return f"Out-of-distribution check: {verdict['message']}."
+    distance = f"distance {verdict['score']:.2f}, threshold {verdict['threshold']:.2f}"
+    if verdict["in_distribution"]:
+        return f"<small>✓ {verdict['message']} ({distance})</small>"
+    return f"⚠️ **{verdict['message']}** ({distance})"
+
+
 def load_upload(path: str | None) -> MedicalImage:
     """The uploaded image of a tab, decoded; no upload is a readable error, not a crash."""
     if not path:

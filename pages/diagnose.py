@@ -9,7 +9,7 @@ from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS
 from medclip_core.errors import MedclipError
 from medclip_core.tasks.diagnose import diagnose, probability_figure
 from medclip_core.tasks.zero_shot import parse_labels, resolve_labels
-from pages.common import clear_on, image_input_column, load_upload, model_choices, ui_errors
+from pages.common import clear_on, image_input_column, load_upload, model_choices, ood_notice, ui_errors
 
 NO_COMPARISON = "(none)"
 MODEL_NEGATIVES = "the model's own"
@@ -19,14 +19,16 @@ NEGATIVE_CHOICES = [(MODEL_NEGATIVES, MODEL_NEGATIVES), ('"No {finding}." (CheXz
 
 @ui_errors
 def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, model: str, compare_with: str,
-                  shots: float, negatives: str = MODEL_NEGATIVES) -> tuple[Any, Any, Any, dict]:
-    """Image file + labels -> (preview, bar chart, table, full JSON result)."""
+                  shots: float, negatives: str = MODEL_NEGATIVES) -> tuple[Any, Any, Any, dict, str]:
+    """Image file + labels -> (preview, bar chart, table, full JSON result, out-of-distribution notice)."""
     image = load_upload(path)
     result = diagnose(image, resolve_labels(custom_labels, preset), mode=mode, model=model,
                       compare_with=None if compare_with in (None, "", NO_COMPARISON) else compare_with,
                       shots=int(shots or 0), negatives=None if negatives in (None, "", MODEL_NEGATIVES) else negatives)
     header, rows = result.table()
-    return image.to_pil(), probability_figure(result), gr.update(value=rows, headers=header), result.to_dict()
+    summary = result.to_dict()
+    return image.to_pil(), probability_figure(result), gr.update(value=rows, headers=header), summary, ood_notice(
+        summary["ood"])
 
 
 def label_set_in_effect(custom_labels: str) -> Any:
@@ -60,11 +62,12 @@ def build(model_picker: gr.Dropdown) -> None:
                 shots = gr.Slider(0, 32, value=0, step=1, label="Few-shot adaptation: phantom examples per label",
                                   info="0 = zero-shot only; > 0 adds Tip-Adapter and a linear probe (phantom labels)")
                 button = gr.Button("Diagnose", variant="primary")
+        ood = gr.Markdown(elem_id="diagnose-ood")
         plot = gr.Plot(label="Probabilities", elem_id="diagnose-chart")
         table = gr.Dataframe(label="Table", interactive=False)
         details = gr.JSON(label="Result (with the prompts used)")
         run = button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots, negatives],
-                           outputs=[preview, plot, table, details], api_name="zero_shot")
-        clear_on([run.failure, upload.change, model_picker.change], [plot, table, details])
+                           outputs=[preview, plot, table, details, ood], api_name="zero_shot")
+        clear_on([run.failure, upload.change, model_picker.change], [plot, table, details, ood])
         custom.change(label_set_in_effect, inputs=custom, outputs=preset, api_visibility="private", queue=False,
                       show_progress="hidden")

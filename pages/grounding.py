@@ -14,7 +14,7 @@ from medclip_core.eval.heatmap_sanity import CONTROL_PHRASE
 from medclip_core.models import load_model
 from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, method_support, parse_phrases
 from medclip_core.tasks.saving import saved_paths
-from pages.common import clear_on, image_input_column, load_upload, ui_errors
+from pages.common import clear_on, image_input_column, load_upload, ood_notice, ui_errors
 
 METHODS_INFO = "Every method this model can serve."
 
@@ -50,11 +50,11 @@ def _downloads(results: list[GroundingResult], opacity: float) -> list[str]:
 
 @ui_errors
 def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacity: float,
-                 model: str, control: bool = False) -> tuple[list, dict, list[str], list[list[GroundingResult]]]:
+                 model: str, control: bool = False) -> tuple[list, dict, list[str], list[list[GroundingResult]], str]:
     """Image + phrases + methods -> (overlays, JSON summary, downloadable maps, [results, controls] for
-    re-blending). ``control``: also map the nonsense phrase ``CONTROL_PHRASE`` by each method, the control of
-    the heatmap sanity checks (``medclip_core.eval.heatmap_sanity``): a map that looks the same for it
-    does not depend on the phrase.
+    re-blending, out-of-distribution notice). ``control``: also map the nonsense phrase ``CONTROL_PHRASE``
+    by each method, the control of the heatmap sanity checks (``medclip_core.eval.heatmap_sanity``): a map
+    that looks the same for it does not depend on the phrase.
 
     Peak memory whatever the upload's size: the decode bound of ``load_image`` (64 MiB for an
     8000 x 8000 8-bit PNG) + about 40 MiB per phrase and method at the working size (1024 px);
@@ -70,7 +70,8 @@ def run_heatmaps(path: str | None, phrases_text: str, methods: list[str], opacit
         summary["controls"] = [c.to_dict() for c in controls]
     downloads = _downloads(results, opacity)
     shown, shown_controls = [_for_display(r) for r in results], [_for_display(c) for c in controls]
-    return _gallery(shown, opacity, shown_controls), summary, downloads, [shown, shown_controls]
+    return (_gallery(shown, opacity, shown_controls), summary, downloads, [shown, shown_controls],
+            ood_notice(summary["methods"][0]["ood"]))
 
 
 def reblend(state: list[list[GroundingResult]] | None, opacity: float) -> list:
@@ -116,13 +117,14 @@ def build(model_picker: gr.Dropdown) -> None:
                                            "same ignores the phrase (docs/grounding.md, sanity checks).")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                 button = gr.Button("Show heatmaps", variant="primary")
+        ood = gr.Markdown(elem_id="grounding-ood")
         gallery = gr.Gallery(label="Heatmaps (phrase · method)", columns=3, fit_columns=False, height="auto",
                              object_fit="contain", elem_id="grounding-gallery")
         with gr.Row():
             details = gr.JSON(label="Result")
             files = gr.File(label="Maps and overlays (JSON, PNG, .npy)", file_count="multiple")
         state = gr.State([])
-        outputs = [gallery, details, files, state]
+        outputs = [gallery, details, files, state, ood]
         run = button.click(run_heatmaps, inputs=[upload, phrases, methods, opacity, model_picker, control],
                            outputs=outputs, api_name="heatmap")
         opacity.release(reblend, inputs=[state, opacity], outputs=gallery, api_visibility="private")

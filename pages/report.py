@@ -1,6 +1,6 @@
 """Report tab: a draft report for one image (sentence retrieval or the trained decoder), editable,
-with each sentence's similarity to the image and the findings it states, and a caution when the
-image does not look like a chest radiograph."""
+with each sentence's similarity to the image and the findings it states, and the out-of-distribution
+verdict of the image (a warning when it does not look like the model's training images)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,7 +10,7 @@ import gradio as gr
 from medclip_core.errors import TaskInputError
 from medclip_core.tasks.grounding import ground
 from medclip_core.tasks.report import METHODS, draft_report
-from pages.common import image_input_column, load_upload, ui_errors
+from pages.common import image_input_column, load_upload, ood_notice, ui_errors
 
 TABLE_HEADERS = ["section", "sentence", "similarity", "states"]
 COLUMN_WIDTHS = ["15%", "44%", "15%", "26%"]  # at 1280 px no header or section name breaks; sentences wrap
@@ -24,9 +24,9 @@ def _states(labels: dict[str, list[str]]) -> str:
 
 @ui_errors
 def run_report(path: str | None, method: str, k: float, model: str,
-               progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str, Any, dict]:
-    """Image file -> (preview, caution, editable draft, sentence table, JSON result). A model's first
-    use embeds the sentence corpus (shipped for the embedded models): the progress bar says so."""
+               progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str, Any, dict, str]:
+    """Image file -> (preview, decoder prompts, editable draft, sentence table, JSON result, OOD notice). A
+    model's first use embeds the sentence corpus (shipped for the embedded models): the progress bar says so."""
     image = load_upload(path)
     progress(0, desc="Loading the model and its report corpus")
 
@@ -34,13 +34,14 @@ def run_report(path: str | None, method: str, k: float, model: str,
         progress(done / max(total, 1), desc=f"First use of this model: embedding {total:,} report sentences")
 
     draft = draft_report(image, method, model, k=int(k), progress=embedding)
-    caution = f"⚠️ **{draft.caution}**" if draft.caution else ""
+    caution = ""
     if draft.prompted is not None:
         prompted = ", ".join(f"{name} ({p:.2f})" for name, p in draft.prompted.items()) or "none"
-        caution = f"{caution}\n\nFindings the decoder was prompted to report: {prompted}".strip()
+        caution = f"Findings the decoder was prompted to report: {prompted}"
     rows = [[s.section, s.text, round(s.similarity, 4), _states(s.labels)] for s in draft.sentences]
+    summary = draft.to_dict()
     return (image.to_pil(), caution, draft.text.replace(" IMPRESSION:", "\n\nIMPRESSION:"),
-            gr.update(value=rows, headers=TABLE_HEADERS), draft.to_dict())
+            gr.update(value=rows, headers=TABLE_HEADERS), summary, ood_notice(summary["ood"]))
 
 
 @ui_errors
@@ -69,6 +70,7 @@ def build(model_picker: gr.Dropdown) -> None:
                 method = gr.Radio(list(METHODS), value=METHODS[0], label="Method")
                 k = gr.Slider(1, 8, value=4, step=1, label="Findings sentences (retrieval)")
                 button = gr.Button("Draft report", variant="primary")
+                ood = gr.Markdown(elem_id="report-ood")
                 caution = gr.Markdown(elem_id="report-caution")
                 draft = gr.Textbox(label="Draft report (editable)", lines=8, interactive=True, elem_id="report-draft")
         with gr.Row():
@@ -83,6 +85,6 @@ def build(model_picker: gr.Dropdown) -> None:
                                    height=300)
         details = gr.JSON(label="Result")
         button.click(run_report, inputs=[upload, method, k, model_picker],
-                     outputs=[preview, caution, draft, table, details], api_name="report")
+                     outputs=[preview, caution, draft, table, details, ood], api_name="report")
         table.select(_selected_sentence_heatmap, inputs=[upload, model_picker], outputs=[heatmap, heatmap_caption],
                      api_visibility="private")

@@ -22,7 +22,7 @@ from medclip_core.models import load_model
 from medclip_core.tasks.retrieval import (
     build_index, image_to_reports, labelled_precision, search_image, search_text,
 )
-from pages.common import clear_on, image_examples, image_upload, ui_errors
+from pages.common import clear_on, image_examples, image_upload, ood_notice, ui_errors
 
 MODES = ("text → images", "image → images", "image → reports")
 GALLERY_ROOT_ENV = "MEDCLIP_GALLERY_ROOT"
@@ -70,15 +70,18 @@ def search_archive_index(name: str, mode: str, query_text: str, query_path: str 
 @ui_errors
 def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: str, k: float, model_name: str,
                   archive_index: str = NO_ARCHIVE_INDEX,
-                  progress: gr.Progress = gr.Progress()) -> tuple[list, list[list[Any]], str, dict]:
-    """Returns gallery thumbnails with captions, a hits table, a summary and the JSON result."""
+                  progress: gr.Progress = gr.Progress()) -> tuple[list, list[list[Any]], str, dict, str]:
+    """Returns gallery thumbnails with captions, a hits table, a summary, the JSON result and, for an image
+    query, the out-of-distribution notice of the query image."""
     k = int(k)
     if mode not in MODES:
         raise TaskInputError(f"Choose one of: {', '.join(MODES)}.")
     if mode != "text → images" and not query_path:
         raise TaskInputError("Upload a query image (PNG, JPEG, TIFF or DICOM) for an image query.")
     if archive_index and archive_index != NO_ARCHIVE_INDEX:
-        return search_archive_index(archive_index, mode, query_text, query_path, k, model_name)
+        thumbnails, rows, summary, result = search_archive_index(archive_index, mode, query_text, query_path, k,
+                                                                 model_name)
+        return thumbnails, rows, summary, result, ood_notice(result["ood"])
     model = load_model(model_name)
 
     def report(done: int, total: int) -> None:
@@ -87,7 +90,9 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
     if mode == "image → reports":
         result = image_to_reports(model, load_image(query_path), k=k, progress=report)
         summary = f"{len(result.hits)} closest reports of {result.gallery}."
-        return [], [[h.rank, round(h.score, 4), "", h.report] for h in result.hits], summary, result.to_dict()
+        details = result.to_dict()
+        return ([], [[h.rank, round(h.score, 4), "", h.report] for h in result.hits], summary, details,
+                ood_notice(details["ood"]))
     collection = gallery_collection(gallery)
     index = build_index(model, collection, progress=report)
     if mode == "text → images":
@@ -101,7 +106,9 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
     thumbnails = [(index.item(h.item_id).image().to_pil(), f"{h.rank}. {h.score:.3f} — {short_labels(h.labels)}")
                   for h in result.hits]
     rows = [[h.rank, round(h.score, 4), ", ".join(h.labels or []), h.report or ""] for h in result.hits]
-    return thumbnails, rows, summary + "".join(f"\n\n{note}" for note in result.notes), result.to_dict()
+    details = result.to_dict()
+    return (thumbnails, rows, summary + "".join(f"\n\n{note}" for note in result.notes), details,
+            ood_notice(details["ood"]))
 
 
 def build(model_picker: gr.Dropdown) -> None:
@@ -125,11 +132,12 @@ def build(model_picker: gr.Dropdown) -> None:
                 k = gr.Slider(1, 50, value=8, step=1, label="Results (k)")
                 button = gr.Button("Search", variant="primary")
         summary = gr.Markdown()
+        ood = gr.Markdown(elem_id="retrieve-ood")
         results = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain", elem_id="retrieve-gallery")
         table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True,
                              column_widths=["8%", "10%", "22%", "60%"])
         details = gr.JSON(label="Result")
-        outputs = [results, table, summary, details]
+        outputs = [results, table, summary, details, ood]
         run = button.click(run_retrieval, inputs=[mode, text, upload, gallery, k, model_picker, archive],
                            outputs=outputs, api_name="retrieve")
         clear_on([run.failure, upload.change, model_picker.change, mode.input, archive.input], outputs)

@@ -21,7 +21,7 @@ from medclip_core.models.segmentation_decoder import CONFIG_NAME, decoder_dir_fo
 from medclip_core.tasks.grounding import parse_phrases
 from medclip_core.tasks.saving import saved_paths
 from medclip_core.tasks.segmentation import SEGMENT_METHODS, TRAINED, SegmentationResult, segment
-from pages.common import clear_on, image_input_column, load_upload, ui_errors
+from pages.common import clear_on, image_input_column, load_upload, ood_notice, ui_errors
 from pages.grounding import unsupported_methods
 
 MAX_PLAUSIBLE_AREA = 0.5      # a finding's outline covering more than half the image is not an outline
@@ -55,10 +55,11 @@ def implausible_masks(result: SegmentationResult) -> dict[str, str]:
 
 @ui_errors
 def run_segmentation(path: str | None, phrases_text: str, method: str, model: str,
-                     keep_patient: bool = False) -> tuple[Any, dict, list[str]]:
+                     keep_patient: bool = False) -> tuple[Any, dict, list[str], str]:
     """Image + phrases -> (annotated image, JSON summary, mask PNGs [+ DICOM SEG of the plausible masks
-    for a DICOM input]); the summary's ``implausible`` names the masks marked and left out, and why. The
-    SEG is a de-identified copy unless ``keep_patient`` (for return to the archive the source came from)."""
+    for a DICOM input], out-of-distribution notice); the summary's ``implausible`` names the masks marked
+    and left out, and why. The SEG is a de-identified copy unless ``keep_patient`` (for return to the
+    archive the source came from)."""
     phrases = parse_phrases(phrases_text)
     result = segment(load_upload(path), phrases, model=model, method=method)
     implausible = implausible_masks(result)
@@ -74,7 +75,7 @@ def run_segmentation(path: str | None, phrases_text: str, method: str, model: st
         summary["dicom_seg"] = Path(str(saved["dicom_seg"])).name
     image, annotations = result.annotations()
     marked = [(mask, f"{phrase} (implausible)" if phrase in implausible else phrase) for mask, phrase in annotations]
-    return (image, marked), summary, saved_paths(saved)
+    return (image, marked), summary, saved_paths(saved), ood_notice(summary["ood"])
 
 
 def plausibility_note(summary: dict | None) -> str:
@@ -115,17 +116,17 @@ def build(model_picker: gr.Dropdown) -> None:
                                            info="for return to the same archive; unticked, the SEG is a "
                                                 "de-identified copy for sharing (new UIDs, no identifiers)")
                 button = gr.Button("Segment", variant="primary")
+        ood = gr.Markdown(elem_id="segment-ood")
         note = gr.Markdown(elem_id="segment-note")
         annotated = gr.AnnotatedImage(label="Masks", height=560, elem_id="segment-masks")
         with gr.Row():
             details = gr.JSON(label="Result")
             files = gr.File(label="Masks (JSON, PNG; DICOM SEG of the plausible masks for DICOM input)",
                             file_count="multiple")
-        outputs = [annotated, details, files, note]
         run = button.click(run_segmentation, inputs=[upload, phrases, method, model_picker, keep_patient],
-                           outputs=outputs[:3], api_name="segment")
+                           outputs=[annotated, details, files, ood], api_name="segment")
         run.success(plausibility_note, inputs=details, outputs=note, api_visibility="private", queue=False,
                     show_progress="hidden")
-        clear_on([run.failure, upload.change, model_picker.change], outputs)
+        clear_on([run.failure, upload.change, model_picker.change], [annotated, details, files, ood, note])
         gr.on([tab.select, model_picker.change], methods_for_model, inputs=[model_picker, method], outputs=method,
               api_visibility="private", show_progress="hidden")

@@ -60,17 +60,17 @@ def test_zero_shot_endpoint_with_png_and_dicom(client, open_clip_dir) -> None:
 
     model = f"local-dir:{open_clip_dir}"
     for example in (EXAMPLES / "phantom" / "002.png", EXAMPLES / "phantom_effusion.dcm"):
-        preview, plot, table, result = client.predict(
+        preview, plot, table, result, _ = client.predict(
             handle_file(str(example)), "Phantom findings", "", "pairwise", model, "(none)", 0, api_name="/zero_shot")
         assert result["labels"][:3] == ["normal", "cardiomegaly", "pleural effusion"]
         probabilities = result["scores"][model]
         assert len(probabilities) == 12 and all(0 <= p <= 1 for p in probabilities)
         assert result["prompts"]["pleural effusion"]["negative"] and result["negatives"] == "negated"
-    _, _, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "Phantom findings", "", "pairwise",
+    _, _, _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "Phantom findings", "", "pairwise",
                                      model, "(none)", 0, "normal", api_name="/zero_shot")
     assert result["negatives"] == "normal" and "normal study" in result["notes"][0]
     assert result["prompts"]["pleural effusion"]["negative"] == result["prompts"]["nodule"]["negative"]
-    _, _, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "000.png")), "Phantom findings",
+    _, _, _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "000.png")), "Phantom findings",
                                      "effusion\nnodule", "softmax", model, "(none)", 0, api_name="/zero_shot")
     assert result["labels"] == ["effusion", "nodule"] and abs(sum(result["scores"][model]) - 1) < 1e-4
 
@@ -85,13 +85,13 @@ def test_retrieve_endpoint_text_and_image(client, open_clip_dir) -> None:
     from gradio_client import handle_file
 
     model = f"local-dir:{open_clip_dir}"
-    gallery, table, summary, result = client.predict("text → images", "pleural effusion", None, "phantom:10", 4, model,
+    gallery, table, summary, result, _ = client.predict("text → images", "pleural effusion", None, "phantom:10", 4, model,
                                                      api_name="/retrieve")
     assert len(result["hits"]) == 4 and len(gallery) == 4
     scores = [hit["score"] for hit in result["hits"]]
     assert scores == sorted(scores, reverse=True)
     assert "Precision@4" in summary
-    _, _, _, result = client.predict("image → images", "", handle_file(str(EXAMPLES / "phantom_effusion.dcm")),
+    _, _, _, result, _ = client.predict("image → images", "", handle_file(str(EXAMPLES / "phantom_effusion.dcm")),
                                      "phantom:10", 3, model, api_name="/retrieve")
     assert result["query_kind"] == "image" and len(result["hits"]) == 3
     with pytest.raises(Exception, match="only serves the phantom gallery"):
@@ -108,7 +108,7 @@ def test_embedding_map_endpoint(client, open_clip_dir) -> None:
 def test_heatmap_endpoint_with_dicom_several_phrases_and_methods(client, open_clip_dir) -> None:
     from gradio_client import handle_file
 
-    gallery, result, files = client.predict(
+    gallery, result, files, _ = client.predict(
         handle_file(str(EXAMPLES / "phantom_effusion.dcm")), "pleural effusion\nnodule", ["similarity", "gradcam"],
         0.6, "medclip-phantom", api_name="/heatmap")
     assert len(gallery) == 4                                  # 2 phrases x 2 methods
@@ -121,7 +121,7 @@ def test_heatmap_endpoint_with_dicom_several_phrases_and_methods(client, open_cl
     assert saved == result["methods"][1]
     overlay = Image.open(next(f for f in files if f.endswith("similarity-overlay-1.png")))
     assert overlay.size == (224, 224) and overlay.mode == "RGB"
-    _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "nodule", ["relevance"],
+    _, result, _, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "nodule", ["relevance"],
                                      0.5, f"local-dir:{open_clip_dir}", api_name="/heatmap")
     assert result["methods"][0]["method"] == "relevance"
 
@@ -143,7 +143,7 @@ def test_segment_endpoint_gives_masks_and_a_dicom_seg_for_a_dicom(client) -> Non
     import pydicom
     from gradio_client import handle_file
 
-    annotated, result, files = client.predict(handle_file(str(EXAMPLES / "phantom_effusion.dcm")),
+    annotated, result, files, _ = client.predict(handle_file(str(EXAMPLES / "phantom_effusion.dcm")),
                                               "pleural effusion\npneumothorax", "trained", "medclip-phantom",
                                               api_name="/segment")
     assert result["method"] == "trained" and result["phrases"] == ["pleural effusion", "pneumothorax"]
@@ -154,11 +154,11 @@ def test_segment_endpoint_gives_masks_and_a_dicom_seg_for_a_dicom(client) -> Non
     source = pydicom.dcmread(EXAMPLES / "phantom_effusion.dcm")  # a de-identified copy unless asked to keep
     assert seg.PatientIdentityRemoved == "YES" and seg.StudyInstanceUID != source.StudyInstanceUID
     assert seg.PatientID != source.PatientID
-    _, _, files = client.predict(handle_file(str(EXAMPLES / "phantom_effusion.dcm")), "pleural effusion", "trained",
-                                 "medclip-phantom", True, api_name="/segment")
+    _, _, files, _ = client.predict(handle_file(str(EXAMPLES / "phantom_effusion.dcm")), "pleural effusion", "trained",
+                                    "medclip-phantom", True, api_name="/segment")
     kept = pydicom.dcmread(next(f for f in files if f.endswith(".dcm")))
     assert kept.StudyInstanceUID == source.StudyInstanceUID and kept.PatientID == source.PatientID
-    _, result, files = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "pleural effusion",
+    _, result, files, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "002.png")), "pleural effusion",
                                       "zero-shot:similarity", "medclip-phantom", api_name="/segment")
     assert result["method"] == "zero-shot:similarity" and [Path(f).suffix for f in files] == [".json", ".png"]
     with pytest.raises(Exception, match="at least one phrase"):

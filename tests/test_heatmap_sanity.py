@@ -121,11 +121,11 @@ def test_grounding_tab_adds_the_control_map_beside_the_real_one():
     from pages.grounding import reblend, run_heatmaps
 
     image = str(EXAMPLES / "002.png")
-    gallery, summary, _, state = run_heatmaps(image, "nodule", ["gradcam"], 0.5, "medclip-phantom", True)
+    gallery, summary, _, state, _ = run_heatmaps(image, "nodule", ["gradcam"], 0.5, "medclip-phantom", True)
     assert [caption for _, caption in gallery] == ["nodule · Grad-CAM", "control: a photo of a bicycle wheel · Grad-CAM"]
     assert summary["controls"][0]["phrases"] == ["a photo of a bicycle wheel"]
     real, control = (np.asarray(overlay) for overlay, _ in gallery)
     assert not np.array_equal(real, control)
     assert len(reblend(state, 0.2)) == 2
-    gallery, summary, _, _ = run_heatmaps(image, "nodule", ["gradcam"], 0.5, "medclip-phantom", False)
+    gallery, summary, _, _, _ = run_heatmaps(image, "nodule", ["gradcam"], 0.5, "medclip-phantom", False)
     assert len(gallery) == 1 and "controls" not in summary

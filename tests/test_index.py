@@ -181,7 +181,7 @@ def test_retrieve_tab_searches_a_registered_index_and_reads_thumbnails_from_the_
     from pages.retrieve import run_retrieval
 
     monkeypatch.setenv("MEDCLIP_INDEX_ROOT", str(built.parent))
-    thumbnails, rows, summary, result = run_retrieval("image → images", "", str(archive / "right" / "004.png"),
+    thumbnails, rows, summary, result, _ = run_retrieval("image → images", "", str(archive / "right" / "004.png"),
                                                       "phantom", 3, tiny_model_name, built.name)
     assert len(thumbnails) == 3 and thumbnails[0][0].size == (224, 224) and "right/004.png" in thumbnails[0][1]
     assert result["hits"][0]["id"] == "right/004.png" and f"{N_PNG + 1:,} images in archive index" in summary

@@ -131,7 +131,7 @@ def test_inspect_session_keeps_only_the_display_size_image(tmp_path: Path) -> No
 def test_grounding_session_keeps_gallery_size_results(huge_png: Path) -> None:
     from pages.grounding import GALLERY_MAX_SIDE, run_heatmaps
 
-    gallery, summary, files, (results, controls) = run_heatmaps(str(huge_png), "pleural effusion\nnodule",
+    gallery, summary, files, (results, controls), _ = run_heatmaps(str(huge_png), "pleural effusion\nnodule",
                                                                 ["similarity"], 0.5, "medclip-phantom", True)
     assert len(gallery) == 3 and summary["methods"][0]["size"] == [1000, 1000]
     for result in results + controls:

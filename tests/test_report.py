@@ -49,7 +49,7 @@ def test_retrieval_draft_has_no_contradictions_or_duplicates(phantom_model) -> N
         assert [s.section for s in draft.sentences] == ["findings"] * 5 + ["impression"]
         labels = [corpus[t].labels for t in texts]
         assert not any(contradicts(a, b) for i, a in enumerate(labels) for b in labels[i + 1:])
-        assert draft.caution is None
+        assert draft.ood.in_distribution is True
         assert draft.text.startswith("FINDINGS: ") and "IMPRESSION: " in draft.text
 
 
@@ -71,9 +71,10 @@ def test_retrieval_states_only_findings_the_image_supports(phantom_model) -> Non
         draft_report(image, "retrieval", phantom_model, support=1.5)
 
 
-def test_non_radiograph_gets_an_answer_and_a_caution(phantom_model, colour_photo) -> None:
+def test_non_radiograph_gets_an_answer_and_the_out_of_distribution_warning(phantom_model, colour_photo) -> None:
     draft = draft_report(load_image(colour_photo), "retrieval", phantom_model)
-    assert draft.sentences and draft.caution and "colour image" in draft.caution
+    assert draft.sentences and draft.ood.in_distribution is False
+    assert draft.to_dict()["ood"]["message"].startswith("This image does not look like")
 
 
 @pytest.mark.skipif(not (DECODER_DIR / "report_decoder.safetensors").is_file(), reason="no shipped decoder")
@@ -83,7 +84,7 @@ def test_shipped_decoder_writes_a_report(phantom_model, colour_photo) -> None:
     assert all(-1 <= s.similarity <= 1 for s in draft.sentences)
     assert sum(len(s.text.split()) for s in draft.sentences) <= 110  # the length limit
     odd = draft_report(load_image(colour_photo), "generative", phantom_model)
-    assert odd.caution and odd.sentences
+    assert odd.ood.in_distribution is False and odd.sentences
     from medclip_core.data.labeller import label_text
 
     for name in ("001.png", "005.png", "008.png"):  # the pneumothorax example used to say "no pneumothorax" too
@@ -210,15 +211,16 @@ def client(app_url):
 def test_report_endpoint(client, colour_photo) -> None:
     from gradio_client import handle_file
 
-    preview, caution, draft, table, result = client.predict(
+    preview, caution, draft, table, result, ood = client.predict(
         handle_file(str(EXAMPLES / "phantom" / "002.png")), "retrieval", 4, "medclip-phantom", api_name="/report")
     assert result["method"] == "retrieval" and len(result["sentences"]) == 5 and not caution
+    assert result["ood"]["in_distribution"] is True and "⚠️" not in ood
     assert draft.startswith("FINDINGS:") and "IMPRESSION:" in draft
     assert [row[1] for row in table["value"]["data"]] == [s["text"] for s in result["sentences"]]
-    _, caution, draft, _, result = client.predict(handle_file(str(colour_photo)), "retrieval", 4, "medclip-phantom",
-                                                  api_name="/report")
-    assert draft and "may not be a frontal chest radiograph" in caution
-    _, caution, draft, _, result = client.predict(handle_file(str(EXAMPLES / "phantom" / "001.png")), "generative", 4,
+    _, caution, draft, _, result, ood = client.predict(handle_file(str(colour_photo)), "retrieval", 4,
+                                                       "medclip-phantom", api_name="/report")
+    assert draft and "does not look like the images this model was trained on" in ood
+    _, caution, draft, _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "001.png")), "generative", 4,
                                                   "medclip-phantom", api_name="/report")
     assert result["method"] == "generative" and "cardiomegaly" in result["prompted_findings"]
     assert "prompted to report:" in caution and "cardiomegaly (" in caution and draft.startswith("FINDINGS:")

@@ -28,6 +28,7 @@ from PIL import Image
 
 from medclip_core.errors import MedclipError, TaskInputError
 from medclip_core.io import MedicalImage, image_from_array
+from medclip_core.models.ood import OodReference
 
 ImageLike = Union[MedicalImage, Image.Image, np.ndarray]
 
@@ -147,7 +148,11 @@ class ClipModel(ABC):
 
     ``resize_mode`` is ``"crop"`` (shorter side to ``image_size`` then centre crop, as CLIP and
     open_clip do) or ``"squash"`` (resize both sides to ``image_size``, as SigLIP does).
+    ``ood_reference`` is the embedding distribution of the model's training images, set by the loader
+    when the model ships one (see :mod:`medclip_core.models.ood`); None otherwise.
     """
+
+    ood_reference: OodReference | None = None
 
     def __init__(
         self,

@@ -34,6 +34,7 @@ from medclip_core.models import checkpoint, hub
 from medclip_core.models.base import (
     AttentionBlock, ClipModel, ModelCard, PatchTokensUnsupported, TowerPartUnsupported, ViTParts,
 )
+from medclip_core.models.ood import load_reference
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -451,4 +452,6 @@ def load_checkpoint_dir(path: Path, card: ModelCard | None, device: torch.device
     else:  # the registry spec names the model; the checkpoint's own card describes and measures it
         card = ModelCard(**{**card.to_dict(), **{k: v for k, v in saved.items()
                                                   if k not in ("name", "source", "backend")}})
-    return _finish(module.to(device), tokenizer, card, device)
+    model = _finish(module.to(device), tokenizer, card, device)
+    model.ood_reference = load_reference(path)
+    return model

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from medclip_core.errors import TaskInputError
 from medclip_core.models import default_model_name, load_model
 from medclip_core.models.base import ImageLike
+from medclip_core.models.ood import OodVerdict
 from medclip_core.tasks.few_shot import SUPPORT_CACHE, csv_support, few_shot_scores
 from medclip_core.tasks.saving import SavesJson
 from medclip_core.tasks.zero_shot import SCORE_MODES, zero_shot
@@ -20,7 +21,8 @@ from medclip_core.tasks.zero_shot import SCORE_MODES, zero_shot
 
 @dataclass
 class Diagnosis(SavesJson):
-    """``scores[series][i]`` is the probability of ``labels[i]`` under that series."""
+    """``scores[series][i]`` is the probability of ``labels[i]`` under that series; ``ood`` says whether the
+    image is like the first model's training images (:mod:`medclip_core.models.ood`)."""
 
     SAVED_NAME = "diagnosis"
 
@@ -30,6 +32,7 @@ class Diagnosis(SavesJson):
     prompts: dict[str, dict[str, list[str]]]
     notes: list[str] = field(default_factory=list)
     negatives: str | None = None  # the first model's pairwise negative style; None in softmax mode
+    ood: OodVerdict | None = None
 
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """Header and rows (one per label), probabilities rounded for display."""
@@ -39,8 +42,10 @@ class Diagnosis(SavesJson):
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": self.labels, "mode": self.mode, "negatives": self.negatives, "scores": self.scores,
-                "prompts": self.prompts, "notes": self.notes}
+                "prompts": self.prompts, "notes": self.notes, "ood": self.ood.to_dict() if self.ood else None}
 
+
+OUT_OF_DISTRIBUTION_GREYS = ("#9e9e9e", "#cccccc", "#6b6b6b", "#e3e3e3")  # one per series, cycled
 
 NEGATIVE_NOTES = {
     "negated": 'each finding against its negation ("No {finding}.")',
@@ -79,7 +84,7 @@ def diagnose(image: ImageLike, labels: Sequence[str], mode: str = "pairwise", mo
         scores[f"{name} + linear probe"] = adapted.linear_probe
         notes.append(f"few-shot support: {adapted.support} ({adapted.support_size} images).")
         notes.extend(adapted.notes)
-    return Diagnosis(list(result.labels), mode, scores, result.prompts, notes, result.negatives)
+    return Diagnosis(list(result.labels), mode, scores, result.prompts, notes, result.negatives, result.ood)
 
 
 def decision_threshold(diagnosis: Diagnosis) -> float:
@@ -90,15 +95,19 @@ def decision_threshold(diagnosis: Diagnosis) -> float:
 
 def probability_figure(diagnosis: Diagnosis):
     """Grouped horizontal bars, most probable label (first series) on top, one bar per series, with
-    the decision threshold drawn as a dashed line."""
+    the decision threshold drawn as a dashed line; grey bars under the warning in the title when the
+    image is out of the model's training distribution."""
     import plotly.graph_objects as go
 
     first = next(iter(diagnosis.scores.values()))
     order = [diagnosis.labels[i] for i in sorted(range(len(first)), key=lambda i: -first[i])]
     threshold = decision_threshold(diagnosis)
+    outside = diagnosis.ood is not None and diagnosis.ood.in_distribution is False
     figure = go.Figure()
-    for series, probabilities in diagnosis.scores.items():
+    for number, (series, probabilities) in enumerate(diagnosis.scores.items()):
+        grey = OUT_OF_DISTRIBUTION_GREYS[number % len(OUT_OF_DISTRIBUTION_GREYS)]
         figure.add_trace(go.Bar(name=series, y=diagnosis.labels, x=probabilities, orientation="h",
+                                marker_color=grey if outside else None,
                                 hovertemplate="%{y}: %{x:.3f}<extra>" + series + "</extra>"))
     figure.add_vline(x=threshold, line_dash="dash", line_color="#d62728", annotation_text=f"threshold {threshold:.2f}",
                      annotation_position="top right")
@@ -106,5 +115,6 @@ def probability_figure(diagnosis: Diagnosis):
                          yaxis=dict(categoryorder="array", categoryarray=order, autorange="reversed"),
                          height=max(320, 28 * len(diagnosis.labels) * max(1, len(diagnosis.scores) // 2)),
                          margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"),
-                         title=f"Zero-shot ({diagnosis.mode}), sorted by probability")
+                         title=f"⚠️ {diagnosis.ood.message}" if outside
+                         else f"Zero-shot ({diagnosis.mode}), sorted by probability")
     return figure

@@ -48,6 +48,7 @@ from medclip_core.models.base import (
     ClipModel, ImageLike, PatchTokensUnsupported, TowerPartUnsupported, ViTParts, image_to_rgb_array,
 )
 from medclip_core.models.geometry import heatmap_from_patches
+from medclip_core.models.ood import OodVerdict, ood_verdict
 from medclip_core.tasks import check_text_items
 from medclip_core.tasks.saving import SavedFiles, SavesJson
 
@@ -74,7 +75,8 @@ _BINOMIAL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 
 
 @dataclass
 class GroundingResult(SavesJson):
-    """One map per phrase over the original image, plus the raw patch-grid scores."""
+    """One map per phrase over the original image, plus the raw patch-grid scores; ``ood`` says whether the
+    image is like the model's training images (:mod:`medclip_core.models.ood`)."""
 
     SAVED_NAME = "heatmap"
 
@@ -86,6 +88,7 @@ class GroundingResult(SavesJson):
     image: Image.Image          # the original (windowed) image the maps lie on
     seconds: float
     notes: list[str]
+    ood: OodVerdict | None = None
 
     def overlay(self, index: int = 0, opacity: float = 0.5) -> Image.Image:
         """The image with map ``index`` blended on top in a blue-to-red colour scale."""
@@ -121,7 +124,7 @@ class GroundingResult(SavesJson):
         return {"model": self.model, "method": self.method, "phrases": self.phrases,
                 "size": [self.image.width, self.image.height], "grid": list(self.grids.shape[1:]),
                 "peaks_xy": [[int(x), int(y)] for y, x in peaks], "seconds": round(self.seconds, 4),
-                "notes": self.notes}
+                "notes": self.notes, "ood": self.ood.to_dict() if self.ood else None}
 
 
 def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Image.Image:
@@ -386,5 +389,6 @@ def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | No
                      "backend opens up.")
     if len(phrases) == 1 and method == "surgery":
         notes.append(f"one phrase: the embedding of '{NEUTRAL_PROMPT}' is removed as the shared part.")
+    verdict = ood_verdict(clip, clip.encode_image(pixels))  # the maps compute no pooled embedding: one more pass
     return GroundingResult(phrases, method, clip.card.name, maps, grids, base,
-                           time.perf_counter() - started, notes)
+                           time.perf_counter() - started, notes, verdict)

@@ -30,8 +30,8 @@ holding it out of the corpus; generation prefers a candidate without it and drop
 still holds it (with a note).
 
 Every draft lists its sentences with their similarity to the image and the findings the labeller
-reads in them, and carries a caution when the image does not look like the chest radiographs
-the model was trained on (:func:`chest_caution`).
+reads in them, and carries the out-of-distribution verdict of the image embedding
+(:mod:`medclip_core.models.ood`): whether the image looks like the images the model was trained on.
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ from medclip_core.data.findings import FINDINGS
 from medclip_core.data.labeller import TextLabels, label_text
 from medclip_core.data.reports import load_reports, report_splits
 from medclip_core.errors import ModelUnavailableError, TaskInputError
-from medclip_core.io import MedicalImage, image_from_array
 from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.models.ood import OodVerdict, ood_verdict
 from medclip_core.models.report_decoder import LoadedDecoder, beam_search, load_decoder, sample_reports
 from medclip_core.tasks.report_features import FEATURE_FORMAT, GRID, encode_for_report, phantom_features
 from medclip_core.tasks.retrieval import Progress, build_report_index
@@ -62,9 +62,8 @@ from medclip_core.tasks.zero_shot import score_images
 METHODS: tuple[str, ...] = ("retrieval", "generative")
 DECODER_FOLDER = "report"
 ANONYMISED = "xxxx"
-REFERENCE_IMAGES = 64           # phantom validation images for calibration and the chest check
+REFERENCE_IMAGES = 64           # phantom validation images for the sentence calibration
 SUPPORT = 0.1                   # best on the validation split for both embedded models (bench/tune_report_retrieval.py)
-CHEST_MARGIN = 0.05             # below the least typical reference image by this much -> caution
 MAX_K = 12
 
 
@@ -124,7 +123,8 @@ class DraftSentence:
 
 @dataclass
 class ReportDraft(SavesJson):
-    """A draft report for one image and how it was made."""
+    """A draft report for one image and how it was made; ``ood`` says whether the image is like the model's
+    training images (None for drafts made from cached features, see :func:`retrieval_draft`)."""
 
     SAVED_NAME = "report"
 
@@ -132,10 +132,10 @@ class ReportDraft(SavesJson):
     model: str
     sentences: list[DraftSentence]
     findings: dict[str, list[str]]
-    caution: str | None
     seconds: float
     notes: list[str] = field(default_factory=list)
     prompted: dict[str, float] | None = None  # decoder with diagnosis prompts: findings prompted present -> probability
+    ood: OodVerdict | None = None
 
     def section_text(self, section: str) -> str:
         return " ".join(s.text for s in self.sentences if s.section == section)
@@ -149,25 +149,23 @@ class ReportDraft(SavesJson):
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "model": self.model, "text": self.text,
                 "sentences": [s.to_dict() for s in self.sentences], "findings": self.findings,
-                "caution": self.caution, "seconds": round(self.seconds, 3), "notes": self.notes,
-                "prompted_findings": self.prompted}
+                "seconds": round(self.seconds, 3), "notes": self.notes, "prompted_findings": self.prompted,
+                "ood": self.ood.to_dict() if self.ood else None}
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-model state: sentence embeddings, calibration and the chest-radiograph reference
+# Per-model state: sentence embeddings and their calibration
 
 
 @dataclass
 class _ModelReference:
     sentence_vectors: np.ndarray     # (S, D) L2-normalised text embeddings of the corpus
     sentence_prior: np.ndarray       # (S,) mean similarity of each sentence to the reference images
-    centroid: np.ndarray             # (D,) unit mean embedding of the reference images
-    chest_threshold: float           # cosine to the centroid below which an image gets a caution
 
 
 def reference_embeddings(model: ClipModel) -> np.ndarray:
     """Pooled embeddings (REFERENCE_IMAGES, D) of the first phantom validation images, through the
-    embedding cache (shipped for the embedded models): the reference of the calibration and the chest check."""
+    embedding cache (shipped for the embedded models): the reference of the sentence calibration."""
     from medclip_core.data.galleries import phantom_collection
     from medclip_core.models.embedding_cache import cached_vectors, content_digest, model_fingerprint
 
@@ -193,11 +191,7 @@ class ReportReferenceCache:
             corpus = sentence_corpus()
             vectors = build_report_index(model, [s.text for s in corpus], progress=progress).vectors
             reference = reference_embeddings(model)
-            centroid = reference.mean(axis=0)
-            centroid /= np.linalg.norm(centroid)
-            self._entries[model] = _ModelReference(
-                vectors, (reference @ vectors.T).mean(axis=0), centroid,
-                float((reference @ centroid).min()) - CHEST_MARGIN)
+            self._entries[model] = _ModelReference(vectors, (reference @ vectors.T).mean(axis=0))
         return self._entries[model]
 
     def clear(self) -> None:
@@ -207,38 +201,8 @@ class ReportReferenceCache:
 REFERENCE_CACHE = ReportReferenceCache()
 
 
-def chest_caution(model: ClipModel, pooled: np.ndarray, image: MedicalImage | None = None) -> str | None:
-    """A caution when the image does not look like the chest radiographs the model knows, else None.
-
-    Two checks: a colour image (radiographs are grey), and the cosine of the image embedding to the
-    centroid of phantom chest radiographs falling below that of every reference image (less a margin).
-    """
-    reasons = []
-    if image is not None and image.is_color:
-        rgb = image.pixels.astype(np.float32)
-        if float((rgb.max(axis=2) - rgb.min(axis=2)).mean()) > 0.05:
-            reasons.append("it is a colour image")
-    reference = REFERENCE_CACHE.get(model)
-    similarity = float(pooled @ reference.centroid)
-    if similarity < reference.chest_threshold:
-        reasons.append(f"its embedding is far from chest radiographs (cosine {similarity:.2f} to their centre, "
-                       f"reference ≥ {reference.chest_threshold + CHEST_MARGIN:.2f})")
-    if not reasons:
-        return None
-    return ("This image may not be a frontal chest radiograph (" + "; ".join(reasons) + "). The draft below "
-            "was written anyway, from chest X-ray reports only: do not trust it for this image.")
-
-
 # ---------------------------------------------------------------------------------------------
 # Methods
-
-
-def _as_image(image: ImageLike) -> MedicalImage | None:
-    if isinstance(image, MedicalImage):
-        return image
-    if isinstance(image, np.ndarray):
-        return image_from_array(image)
-    return None
 
 
 def _labels_dict(labels: TextLabels) -> dict[str, list[str]]:
@@ -300,7 +264,7 @@ def retrieve_report(model: ClipModel, image: ImageLike, k: int = 4, impression_k
     REFERENCE_CACHE.get(model, progress)
     pooled = encode_for_report(model, [image])[0][0]
     draft = retrieval_draft(model, pooled, k, impression_k, calibration, duplicate_threshold, support)
-    draft.caution = chest_caution(model, pooled, _as_image(image))
+    draft.ood = ood_verdict(model, pooled)
     draft.seconds = time.perf_counter() - start
     return draft
 
@@ -317,7 +281,7 @@ def unsupported_findings(model: ClipModel, pooled: np.ndarray, support: float = 
 def retrieval_draft(model: ClipModel, pooled: np.ndarray, k: int, impression_k: int, calibration: float,
                     duplicate_threshold: float, support: float = SUPPORT) -> ReportDraft:
     """The retrieval draft for an image already encoded (``pooled``, its (D,) embedding): the sentence
-    selection of :func:`retrieve_report` without input checks, caution or timing, so that the report
+    selection of :func:`retrieve_report` without input checks, OOD verdict or timing, so that the report
     evaluation can draft from cached image features."""
     corpus = sentence_corpus()
     vectors = REFERENCE_CACHE.get(model).sentence_vectors
@@ -326,7 +290,7 @@ def retrieval_draft(model: ClipModel, pooled: np.ndarray, k: int, impression_k: 
     similarity = vectors[rows] @ pooled
     sentences = [DraftSentence(corpus[r].text, corpus[r].section, float(s), _labels_dict(corpus[r].labels),
                                corpus[r].count) for r, s in zip(rows, similarity)]
-    draft = ReportDraft("retrieval", model.card.name, sentences, {}, None, 0.0)
+    draft = ReportDraft("retrieval", model.card.name, sentences, {}, 0.0)
     draft.findings = _labels_dict(label_text(draft.text))
     return draft
 
@@ -381,7 +345,7 @@ def generate_report(model: ClipModel, image: ImageLike, decoder: LoadedDecoder, 
     REFERENCE_CACHE.get(model, progress)
     pooled, patches = encode_for_report(model, [image])
     draft = generated_draft(model, decoder, pooled[0], patches[0], beam, max_words)
-    draft.caution = chest_caution(model, pooled[0], _as_image(image))
+    draft.ood = ood_verdict(model, pooled[0])
     draft.seconds = time.perf_counter() - start
     return draft
 
@@ -423,7 +387,7 @@ def write_report_ids(decoder: LoadedDecoder, pooled: torch.Tensor, patches: torc
 def generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray, patches: np.ndarray,
                     beam: int = 3, max_words: int | None = None, candidates: int = 16) -> ReportDraft:
     """The decoder's draft for an image already encoded (``pooled`` (D,), ``patches`` (N, D)): what
-    :func:`generate_report` writes, without input checks, caution or timing, so that the report
+    :func:`generate_report` writes, without input checks, OOD verdict or timing, so that the report
     evaluation can draft from cached image features."""
     device = next(decoder.module.parameters()).device
     pooled_t, patches_t = torch.from_numpy(pooled[None]).to(device), torch.from_numpy(patches[None]).to(device)
@@ -439,7 +403,7 @@ def generated_draft(model: ClipModel, decoder: LoadedDecoder, pooled: np.ndarray
     similarity = (model.encode_text([p for p, _ in pieces]).cpu().numpy() @ pooled) if pieces else []
     sentences = [DraftSentence(text, section, float(s), _labels_dict(label_text(text)))
                  for (text, section), s in zip(pieces, similarity)]
-    draft = ReportDraft("generative", model.card.name, sentences, {}, None, 0.0,
+    draft = ReportDraft("generative", model.card.name, sentences, {}, 0.0,
                         notes + ([] if pieces else ["The decoder produced no sentence for this image."]),
                         {name: round(float(p), 3) for name, p, on in zip(decoder.findings, probabilities[0], present[0])
                          if on} if decoder.findings else None)

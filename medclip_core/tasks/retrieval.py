@@ -41,6 +41,7 @@ from medclip_core.models.base import ClipModel, ImageLike
 from medclip_core.models.embedding_cache import (
     content_digest, default_cache_dir, load_shipped, load_vectors, model_fingerprint, save_entry, shipped_path,
 )
+from medclip_core.models.ood import OodVerdict, ood_verdict
 from medclip_core.tasks import embed_in_batches
 from medclip_core.tasks.saving import SavesJson
 
@@ -246,7 +247,8 @@ def _no_image() -> MedicalImage:
 
 @dataclass
 class RetrievalResult(SavesJson):
-    """The hits of one query, best first; ``notes`` tell the user about truncation or a short gallery."""
+    """The hits of one query, best first; ``notes`` tell the user about truncation or a short gallery; ``ood``
+    (image queries) whether the query image is like the model's training images (:mod:`medclip_core.models.ood`)."""
 
     SAVED_NAME = "retrieval"
 
@@ -258,11 +260,12 @@ class RetrievalResult(SavesJson):
     index_kind: str
     hits: list[RetrievalHit]
     notes: list[str] = field(default_factory=list)
+    ood: OodVerdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"query_kind": self.query_kind, "query": self.query, "k": self.k, "gallery": self.gallery,
                 "model": self.model, "index_kind": self.index_kind, "hits": [h.to_dict() for h in self.hits],
-                "notes": self.notes}
+                "notes": self.notes, "ood": self.ood.to_dict() if self.ood else None}
 
 
 def check_k(k: int) -> int:
@@ -320,8 +323,9 @@ def search_image(model: ClipModel, index: VectorIndex, image: ImageLike, k: int 
     """The ``k`` gallery images most similar to ``image``; the query is only embedded, never stored."""
     k = check_k(k)
     _check_model(model, index)
-    hits = index.search(model.encode_image([image]).cpu().numpy(), k)
-    return RetrievalResult("image", None, k, index.name, model.card.name, index.kind, hits, _gallery_notes(index, k))
+    embedding = model.encode_image([image]).cpu().numpy()
+    return RetrievalResult("image", None, k, index.name, model.card.name, index.kind, index.search(embedding, k),
+                           _gallery_notes(index, k), ood_verdict(model, embedding))
 
 
 def image_to_reports(model: ClipModel, image: ImageLike, k: int = 5, corpus: Sequence[Report | str] | None = None,
@@ -329,8 +333,9 @@ def image_to_reports(model: ClipModel, image: ImageLike, k: int = 5, corpus: Seq
     """The ``k`` whole reports of ``corpus`` (see :func:`build_report_index`) closest to ``image``."""
     k = check_k(k)
     index = build_report_index(model, corpus, cache_dir=cache_dir, progress=progress)
-    hits = index.search(model.encode_image([image]).cpu().numpy(), k)
-    return RetrievalResult("image", None, k, index.name, model.card.name, index.kind, hits, _gallery_notes(index, k))
+    embedding = model.encode_image([image]).cpu().numpy()
+    return RetrievalResult("image", None, k, index.name, model.card.name, index.kind, index.search(embedding, k),
+                           _gallery_notes(index, k), ood_verdict(model, embedding))
 
 
 # ---------------------------------------------------------------------------------------------

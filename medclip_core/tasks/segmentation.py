@@ -28,6 +28,7 @@ from medclip_core.dicom_seg import DicomSource, write_dicom_seg
 from medclip_core.errors import TaskInputError
 from medclip_core.models import default_model_name, load_model
 from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.models.ood import OodVerdict, ood_verdict
 from medclip_core.models.segmentation_decoder import load_segmentation_decoder
 from medclip_core.tasks.grounding import METHODS as HEATMAP_METHODS, check_phrases, ground, original_image
 from medclip_core.tasks.saving import SavedFiles, SavesJson
@@ -40,7 +41,8 @@ SEGMENT_METHODS = tuple(f"zero-shot:{m}" for m in HEATMAP_METHODS) + (TRAINED,)
 
 @dataclass
 class SegmentationResult(SavesJson):
-    """Boolean masks (P, H, W) on the original image, with the scores they were cut from."""
+    """Boolean masks (P, H, W) on the original image, with the scores they were cut from; ``ood`` says whether
+    the image is like the model's training images (:mod:`medclip_core.models.ood`)."""
 
     SAVED_NAME = "segmentation"
 
@@ -51,6 +53,7 @@ class SegmentationResult(SavesJson):
     scores: np.ndarray          # heatmaps (zero-shot) or probabilities (trained), (P, H, W) in [0, 1]
     image: Image.Image
     seconds: float
+    ood: OodVerdict | None = None
 
     def annotations(self) -> tuple[Image.Image, list[tuple[np.ndarray, str]]]:
         """``(image, [(mask, phrase), ...])``, the value ``gr.AnnotatedImage`` shows."""
@@ -83,7 +86,8 @@ class SegmentationResult(SavesJson):
         areas = self.masks.reshape(len(self.masks), -1).mean(axis=1)
         return {"model": self.model, "method": self.method, "phrases": self.phrases,
                 "size": [self.image.width, self.image.height],
-                "area_fraction": [round(float(a), 5) for a in areas], "seconds": round(self.seconds, 4)}
+                "area_fraction": [round(float(a), 5) for a in areas], "seconds": round(self.seconds, 4),
+                "ood": self.ood.to_dict() if self.ood else None}
 
 
 def _masks_at_source_size(masks: np.ndarray, dicom_source: DicomSource) -> np.ndarray:
@@ -125,8 +129,10 @@ def segment(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | N
         scores = load_segmentation_decoder(clip).predict(clip, image, phrases)
         masks = scores >= 0.5
         base = original_image(image)
+        verdict = ood_verdict(clip, clip.encode_image([image]))  # the decoder reads patch features only
     else:
         grounding = ground(image, phrases, model=clip, method=method.split(":", 1)[1])
-        scores, base = grounding.maps, grounding.image
+        scores, base, verdict = grounding.maps, grounding.image, grounding.ood
         masks = np.stack([mask_from_heatmap(m, refine=refine) for m in scores])
-    return SegmentationResult(phrases, method, clip.card.name, masks, scores, base, time.perf_counter() - started)
+    return SegmentationResult(phrases, method, clip.card.name, masks, scores, base, time.perf_counter() - started,
+                              verdict)

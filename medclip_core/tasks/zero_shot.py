@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from medclip_core.data.findings import DEFAULT_PRESET, LABEL_PRESETS, LABEL_SYNONYMS, NORMAL_LABELS
 from medclip_core.errors import TaskInputError
 from medclip_core.models.base import ClipModel, ImageLike
+from medclip_core.models.ood import OodVerdict, ood_verdict
 from medclip_core.tasks import check_text_items
 from medclip_core.tasks.saving import SavesJson
 
@@ -249,7 +250,8 @@ def score_images(model: ClipModel, image_embeddings: torch.Tensor, labels: Seque
 @dataclass
 class ZeroShotResult(SavesJson):
     """Zero-shot scores of one image: ``probabilities[i]`` belongs to ``labels[i]``; ``negatives`` is
-    the pairwise negative style (None in softmax mode)."""
+    the pairwise negative style (None in softmax mode); ``ood`` whether the image is like the model's
+    training images (:mod:`medclip_core.models.ood`)."""
 
     SAVED_NAME = "zero_shot"
 
@@ -259,6 +261,7 @@ class ZeroShotResult(SavesJson):
     prompts: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     negatives: str | None = None
     calibrated: bool = False
+    ood: OodVerdict | None = None
 
     def ranked(self) -> list[tuple[str, float]]:
         """(label, probability) from most to least likely."""
@@ -266,7 +269,8 @@ class ZeroShotResult(SavesJson):
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": self.labels, "probabilities": self.probabilities, "mode": self.mode,
-                "negatives": self.negatives, "calibrated": self.calibrated, "prompts": self.prompts}
+                "negatives": self.negatives, "calibrated": self.calibrated, "prompts": self.prompts,
+                "ood": self.ood.to_dict() if self.ood else None}
 
 
 def zero_shot(model: ClipModel, image: ImageLike, labels: Sequence[str], mode: ScoreMode = "pairwise",
@@ -275,6 +279,7 @@ def zero_shot(model: ClipModel, image: ImageLike, labels: Sequence[str], mode: S
     ``calibrated``: use the model's calibration where it has one, see :class:`LogitMap`)."""
     text = label_text_embeddings(model, labels, mode, negatives=negatives)
     logits = logit_map(model, text, calibrated)
-    probabilities = scores_from_embeddings(model.encode_image([image]), text, logits)[0]
+    embedding = model.encode_image([image])
+    probabilities = scores_from_embeddings(embedding, text, logits)[0]
     return ZeroShotResult(list(text.labels), [float(p) for p in probabilities], mode, text.prompts, text.negatives,
-                          logits.calibrated)
+                          logits.calibrated, ood_verdict(model, embedding))

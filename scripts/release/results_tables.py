@@ -299,6 +299,24 @@ def report_retrieval_tuning(model: str) -> str:
                    "micro finding F1", "macro"], rows)
 
 
+# -- out-of-distribution guard: bench/results/ood.json ----------------------------------------------
+
+def ood_guard(_: str | None = None) -> str:
+    """Per embedded model: its threshold and how many images of each set its reference flags."""
+    data = _json("bench/results/ood.json")
+
+    def flagged(part: dict) -> str:
+        return f"{part['flagged']} / {part['n']} ({part['fraction_flagged']:.1%})"
+
+    rows = [[f"`{model}`", _fmt(part["threshold"], 2), flagged(part["phantom_test"]), flagged(part["examples"]),
+             flagged(part["pydicom"]), flagged(part["skimage"])] for model, part in data["models"].items()]
+    return _table(["model", "threshold (distance)", "phantom test images flagged (target ≤ 2 %)",
+                   "committed phantom examples flagged", "pydicom's test images flagged (all should be)",
+                   "scikit-image pictures flagged (all should be)"], rows) + \
+        f"\n{len(data['pydicom_skipped'])} pydicom files could not be decoded and were skipped. " \
+        f"Command: `{data['command']}`.\n"
+
+
 # -- speed and memory benchmarks: bench/results/*.json ---------------------------------------------
 # One row function per results file; each returns table rows (what, command, result). The command is
 # the one the JSON records, else the script's plain invocation.
@@ -548,7 +566,7 @@ TABLES: dict[str, Callable[[str | None], str]] = {
     "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
     "variants": variants, "zero-shot-summary": zero_shot_summary,
     "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks, "index-figures": index_figures,
-    "heatmap-sanity": heatmap_sanity,
+    "heatmap-sanity": heatmap_sanity, "ood-guard": ood_guard,
 }
 
 
