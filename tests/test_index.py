@@ -94,6 +94,7 @@ def test_image_query_finds_itself_first_and_text_query_ranks_all(built, archive,
     result = search_index_image(model, index, load_image(archive / "right" / "004.png"), k=3)
     assert result.hits[0].item_id == "right/004.png" and result.hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert Path(result.hits[0].path) == archive / "right" / "004.png"
+    assert result.ood is not None and result.ood.in_distribution is None  # the tiny model has no reference
     everything = search_index_text(model, index, "pleural effusion", k=100)
     assert len(everything.hits) == len(index)
     assert [h.score for h in everything.hits] == sorted((h.score for h in everything.hits), reverse=True)

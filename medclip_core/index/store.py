@@ -44,6 +44,7 @@ from medclip_core.errors import MedclipError, TaskInputError
 from medclip_core.index.shards import PLAN_FILE, SHARDS_DIR, read_shards
 from medclip_core.index.sources import SourceListing
 from medclip_core.models.embedding_cache import model_fingerprint
+from medclip_core.models.ood import ood_verdict
 from medclip_core.tasks.retrieval import RetrievalHit, RetrievalResult, check_k, text_exceeds_context
 from medclip_core.io import MedicalImage, load_image
 from medclip_core.models.base import ClipModel, ImageLike
@@ -331,5 +332,6 @@ def search_index_image(model: ClipModel, index: ArchiveIndex, image: ImageLike, 
     """The ``k`` archive images most similar to ``image`` (embedded only, never added to the index)."""
     k = check_k(k)
     index.check_model(model)
-    hits = index.hits(model.encode_image([image]).cpu().numpy(), k)
-    return RetrievalResult("image", None, k, index.info.name, model.card.name, _kind_label(index), hits, [])
+    embedding = model.encode_image([image]).cpu().numpy()
+    return RetrievalResult("image", None, k, index.info.name, model.card.name, _kind_label(index),
+                           index.hits(embedding, k), [], ood_verdict(model, embedding[0]))
