@@ -181,3 +181,37 @@ def test_unreadable_images_are_listed_and_skipped_and_maps_are_scored(phantom_mo
     dice = segmentation["methods"]["similarity"]["dice"]
     assert 0 <= dice["mean"] <= 1 and not math.isnan(dice["mean"])
     assert sum(segmentation["n_targets"].values()) == 8
+
+
+def test_cli_compares_two_models_and_writes_json_csv_and_html(tmp_path, capsys) -> None:
+    from medclip_core.__main__ import main
+
+    out = tmp_path / "report"
+    code = main(["eval", "--data", str(EXAMPLES / "pairs.csv"), "--model", "medclip-phantom", "--model",
+                 "medclip-phantom-grounding", "--out", str(out), "--bootstrap", "50", "--workers", "0",
+                 "--relevance", "labels"])
+    answer = json.loads(capsys.readouterr().out)
+    assert code == 0 and answer["models"] == ["medclip-phantom", "medclip-phantom-grounding"]
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.csv", "evaluation.html", "evaluation.json"]
+    assert list(answer["comparisons"]) == ["medclip-phantom vs medclip-phantom-grounding"]
+    assert answer["retrieval"]["medclip-phantom"]["relevance"] == "same label set"
+    assert main(["eval", "--data", str(tmp_path / "nothing.csv")]) == 2
+    assert "neither a CSV file nor a folder" in capsys.readouterr().err
+
+
+def test_evaluation_runs_take_only_evaluation_flags(tmp_path) -> None:
+    from medclip_core.train.evaluations import evaluation_request
+    from medclip_core.train.runs import run_command
+
+    request = evaluation_request("eval-1", EXAMPLES / "labels.csv", ["medclip-phantom", "biomedclip"],
+                                 ["classification"], bootstrap=200, threshold=0.3)
+    command = run_command(request, tmp_path / "run")
+    assert command[command.index("eval"):] == [
+        "eval", "--data", str(EXAMPLES / "labels.csv"), "--model", "medclip-phantom", "--model", "biomedclip",
+        "--tasks", "classification", "--bootstrap", "200", "--uncertain", "ignore", "--threshold", "0.3",
+        "--device", "cpu", "--out", str(tmp_path / "run")]
+    request.extra_args += ["--out", "/etc"]
+    with pytest.raises(TaskInputError, match="Unknown evaluation option"):
+        run_command(request, tmp_path / "run")
+    with pytest.raises(TaskInputError, match="not found"):
+        run_command(evaluation_request("eval-2", tmp_path / "none.csv", ["medclip-phantom"]), tmp_path / "run")
