@@ -176,6 +176,10 @@ def test_unreadable_images_are_listed_and_skipped_and_maps_are_scored(phantom_mo
         strict, tolerant = method["pointing"]["mean"], method["pointing_15px"]["mean"]
         assert 0 <= strict <= tolerant <= 1
     assert 0 < grounding["chance"]["mean"] < grounding["chance_15px"]["mean"] < 1
+    for method, check in grounding["sanity"]["methods"].items():
+        assert check["n_maps"] == sum(grounding["n_targets"].values())
+        assert -1 <= check["nonsense_phrase_rank_correlation"] <= 1
+        assert check["flagged"] == (check["nonsense_phrase_rank_correlation"] > 0.9)
     masks = read_labelled_set(EXAMPLES / "masks.csv")
     segmentation = evaluate_set({"phantom": phantom_model}, masks, EvalOptions(workers=0)).segmentation["phantom"]
     dice = segmentation["methods"]["similarity"]["dice"]

@@ -18,7 +18,11 @@ drawn for the images that have boxes or masks. Prompts are encoded once per mode
   a hit is the image's own report text, or (``relevance="labels"``) any report of the same label set;
 * grounding: pointing game (Zhang et al. 2016) per heatmap method, strict and within
   ``POINTING_TOLERANCE`` pixels, beside its chance rate (the fraction of the image the boxes cover);
-* segmentation: Dice and IoU of the zero-shot mask of each method's map with the given mask.
+* segmentation: Dice and IoU of the zero-shot mask of each method's map with the given mask;
+* a sanity check of each heatmap method (Adebayo et al. 2018, "Sanity checks for saliency maps"):
+  the Spearman rank correlation between a phrase's map and the map of a nonsense phrase
+  (``NONSENSE_PHRASE``) on the same image; a method whose median correlation exceeds
+  ``SANITY_FLAG_CORRELATION`` draws much the same map whatever the prompt, and is flagged.
 
 The engine imports nothing of training or the app: the CLI and the run manager call
 :func:`evaluate_set` and save the :class:`EvaluationResult`.
@@ -56,6 +60,9 @@ MIN_CLASS_FOR_INTERVAL = 2     # fewer positives or negatives: no interval ("too
 RETRIEVAL_KS = (1, 5, 10)
 ROC_POINTS = 200               # ROC curves are thinned to about this many points in the results
 STATUS_OK, STATUS_FEW, STATUS_UNDEFINED = "ok", "too few to trust", "not defined"
+NONSENSE_PHRASE = "a purple bicycle leaning on a fence"
+SANITY_FLAG_CORRELATION = 0.9
+SANITY_MAX_SIDE = 128          # maps are subsampled to at most this many pixels a side for the rank correlation
 
 Progress = Callable[[float, str], Any]
 
@@ -296,6 +303,15 @@ class _MapTally:
         self.chance_tol: dict[str, list[float]] = {}
         self.dice = {m: {} for m in methods}
         self.iou = {m: {} for m in methods}
+        self.control: dict[str, list[float]] = {m: [] for m in methods}
+
+    def add_control(self, method: str, heatmap: np.ndarray, control: np.ndarray) -> None:
+        """Rank correlation of a phrase's map with the nonsense phrase's map (subsampled)."""
+        from scipy.stats import spearmanr
+
+        step = max(1, max(heatmap.shape) // SANITY_MAX_SIDE)
+        rho = spearmanr(heatmap[::step, ::step].ravel(), control[::step, ::step].ravel()).statistic
+        self.control[method].append(float(rho) if np.isfinite(rho) else 1.0)  # a constant map ignores the prompt
 
     def add_boxes(self, method: str, phrase: str, heatmap: np.ndarray, boxes: list, tolerance: float) -> None:
         self.pointing[method].setdefault(phrase, []).append(float(pointing_game(heatmap, boxes)))
@@ -315,10 +331,20 @@ class _MapTally:
         rates = {phrase: mean_of_numbers(v) for phrase, v in per.items()}
         return {"per_phrase": rates, "mean": mean_of_numbers(list(rates.values())) if rates else None}
 
+    def sanity(self) -> dict[str, Any]:
+        """Per method: median rank correlation with the nonsense phrase's map, and whether it is flagged."""
+        out = {}
+        for method, values in self.control.items():
+            median = float(np.median(values)) if values else None
+            out[method] = {"nonsense_phrase_rank_correlation": median, "n_maps": len(values),
+                           "flagged": median is not None and median > SANITY_FLAG_CORRELATION}
+        return {"methods": out, "nonsense_phrase": NONSENSE_PHRASE, "flag_above": SANITY_FLAG_CORRELATION}
+
     def grounding(self, tolerance: float) -> dict[str, Any]:
         return {"methods": {m: {"pointing": self._means(self.pointing[m]),
                                 f"pointing_{tolerance:g}px": self._means(self.pointing_tol[m])}
                             for m in self.pointing},
+                "sanity": self.sanity(),
                 "chance": self._means(self.chance), f"chance_{tolerance:g}px": self._means(self.chance_tol),
                 "n_targets": {phrase: len(v) for phrase, v in self.chance.items()}, "tolerance_px": tolerance}
 
@@ -451,7 +477,9 @@ def _draw_maps(model: ClipModel, methods: list[str], tally: _MapTally, batch: li
             tally.add_chance(phrase, boxes[phrase], width, height, options.tolerance)
         for method in methods:
             maps = ground(image, phrases, model=model, method=method).maps
+            control = ground(image, [NONSENSE_PHRASE], model=model, method=method).maps[0]
             for phrase, heatmap in zip(phrases, maps):
+                tally.add_control(method, heatmap, control)
                 if phrase in boxes:
                     tally.add_boxes(method, phrase, heatmap, boxes[phrase], options.tolerance)
                 if phrase in masks:
