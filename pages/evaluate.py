@@ -121,6 +121,16 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         return (progress, text, classification_rows(payload), *figures, "\n\n".join(others),
                 _downloadable(name, files))
 
+    def tick(name: str | None, shown: list[str]) -> tuple[Any, ...]:
+        """The timer's refresh: the status again, unless the run shown has ended and is on screen already
+        (so its figures are not redrawn every two seconds)."""
+        runs = _evaluation_runs(manager)
+        name = name or (runs[0] if runs else None)
+        state = manager.get(name).state if name in runs else None
+        if state in ("finished", "failed", "cancelled") and shown == [name, state]:
+            return (*(gr.skip(),) * 8, shown)
+        return (*status(name), [name, state])
+
     needs_token = admin_token_required()
     with gr.Tab("Evaluate"):
         gr.Markdown("Measure models on **your own labelled data**: zero-shot AUC per finding with 95 % bootstrap "
@@ -161,6 +171,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
         downloads = gr.File(label="Downloads (JSON, CSV, HTML report)", file_count="multiple", interactive=False,
                             elem_id="evaluate-downloads")
         timer = gr.Timer(2.0)
+        shown = gr.State([])
 
         token.change(lambda t: (gr.update(interactive=bool(t)),) * 2, inputs=token, outputs=[read_button, start_button],
                      api_visibility="private")
@@ -171,4 +182,5 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
                            outputs=[message, selected], api_name="evaluate_start")
         outputs = [progress_json, progress_text, table, auc_plot, roc_plot, reliability_plot, other, downloads]
         selected.change(status, inputs=selected, outputs=outputs, api_name="evaluate_status")
-        timer.tick(status, inputs=selected, outputs=outputs, api_visibility="private", show_progress="hidden")
+        timer.tick(tick, inputs=[selected, shown], outputs=[*outputs, shown], api_visibility="private",
+                   show_progress="hidden")
