@@ -103,6 +103,27 @@ def test_exported_phantom_files_reproduce_the_phantom_evaluation(phantom_model, 
         assert low <= auc <= high
 
 
+def test_the_phantom_zero_shot_summary_is_the_engines() -> None:
+    from medclip_core.data.findings import FINDINGS
+    from medclip_core.eval.phantom_eval import MIN_CLASS_COUNT, zero_shot_summary
+
+    rng = np.random.default_rng(0)
+    label_sets = [frozenset(rng.choice(FINDINGS[:4], size=2, replace=False)) for _ in range(60)]
+    truth = np.array([[f in labels for f in FINDINGS] for labels in label_sets])
+    probabilities = np.clip(rng.random((60, len(FINDINGS))) * 0.6 + 0.4 * truth, 0, 1)
+    summary = zero_shot_summary(probabilities, label_sets, bootstrap=200)
+    for j, finding in enumerate(FINDINGS):
+        engine = summary["findings"][finding]
+        assert engine["n_positives"] == truth[:, j].sum() == summary["positives"][finding]
+        if min(engine["n_positives"], engine["n_negatives"]) >= MIN_CLASS_COUNT:
+            assert summary["auc"][finding] == engine["auc"] == pytest.approx(roc_auc(truth[:, j], probabilities[:, j]))
+            assert engine["ci"][0] <= engine["auc"] <= engine["ci"][1]
+        else:
+            assert finding in summary["skipped"]
+        if engine["n_positives"] == 0:
+            assert engine["status"] == STATUS_UNDEFINED and engine["auc"] is None
+
+
 def test_two_models_compared_with_paired_intervals_and_bad_findings_flagged(phantom_model, tmp_path) -> None:
     from medclip_core.models import load_model
 

@@ -29,11 +29,12 @@ The engine imports nothing of training or the app: the CLI and the run manager c
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,12 +42,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from medclip_core.data.labelled_sets import LabelledSet
 from medclip_core.errors import ImageLoadError, TaskInputError
-from medclip_core.eval.grounding_eval import POINTING_TOLERANCE
 from medclip_core.eval.metrics import (
     bootstrap_counts, box_area_fraction, dice, expected_calibration_error, hits_at_k, iou, pointing_game,
     reliability_bins, roc_auc, roc_curve, sensitivity_specificity, weighted_roc_auc, youden_threshold,
 )
-from medclip_core.eval.phantom_eval import eval_mode, mean_of_numbers
 from medclip_core.io import MedicalImage, load_image
 from medclip_core.models.base import ClipModel
 from medclip_core.tasks.grounding import METHODS, ground, method_support
@@ -60,6 +59,7 @@ MIN_CLASS_FOR_INTERVAL = 2     # fewer positives or negatives: no interval ("too
 RETRIEVAL_KS = (1, 5, 10)
 ROC_POINTS = 200               # ROC curves are thinned to about this many points in the results
 STATUS_OK, STATUS_FEW, STATUS_UNDEFINED = "ok", "too few to trust", "not defined"
+POINTING_TOLERANCE = 15.0      # pixels, as in Zhang et al. 2016
 NONSENSE_PHRASE = "a purple bicycle leaning on a fence"
 SANITY_FLAG_CORRELATION = 0.9
 SANITY_MAX_SIDE = 128          # maps are subsampled to at most this many pixels a side for the rank correlation
@@ -151,6 +151,23 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def mean_of_numbers(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN; NaN when none is (a finding without targets)."""
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+@contextlib.contextmanager
+def eval_mode(model: ClipModel) -> Iterator[None]:
+    """Evaluation mode for the duration, then the module's previous mode (training may be running)."""
+    was_training = model.module.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.module.train(was_training)
 
 
 # --- decoding ------------------------------------------------------------------------------------
