@@ -240,3 +240,33 @@ def test_evaluation_runs_take_only_evaluation_flags(tmp_path) -> None:
         run_command(request, tmp_path / "run")
     with pytest.raises(TaskInputError, match="not found"):
         run_command(evaluation_request("eval-2", tmp_path / "none.csv", ["medclip-phantom"]), tmp_path / "run")
+
+
+def test_server_sets_and_uploads_resolve_inside_their_folders(tmp_path, monkeypatch) -> None:
+    import zipfile
+
+    from medclip_core.train.evaluations import import_evaluation_upload, resolve_evaluation_data, server_sets
+
+    runs = tmp_path / "runs"
+    with pytest.raises(TaskInputError, match="MEDCLIP_GALLERY_ROOT"):
+        monkeypatch.delenv("MEDCLIP_GALLERY_ROOT", raising=False)
+        resolve_evaluation_data("labels.csv", runs)
+    shutil.copytree(EXAMPLES, tmp_path / "served" / "chest")
+    monkeypatch.setenv("MEDCLIP_GALLERY_ROOT", str(tmp_path / "served"))
+    assert server_sets() == [f"chest/{name}.csv" for name in
+                             ("boxes", "example_report/evaluation", "labels", "masks", "pairs")]
+    assert resolve_evaluation_data("chest/labels.csv", runs) == (tmp_path / "served" / "chest" / "labels.csv")
+    with pytest.raises(TaskInputError, match="must lie inside"):
+        resolve_evaluation_data("../served/../x.csv", runs)
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(EXAMPLES / "pairs.csv", "pairs.csv")
+        zf.write(EXAMPLES / "images" / "0000.png", "images/0000.png")
+    name, labelled = import_evaluation_upload([archive], runs)
+    assert len(labelled.images) == 1 and labelled.to_dict()["problem_counts"] == {"missing_file": 11}
+    assert resolve_evaluation_data(name, runs).is_dir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("notes.txt", "no table here")
+    with pytest.raises(TaskInputError, match="no CSV"):
+        import_evaluation_upload([archive], runs)
+    assert len(list((runs / "eval-datasets").iterdir())) == 1  # the refused upload left nothing behind
