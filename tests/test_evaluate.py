@@ -15,6 +15,7 @@ from medclip_core.data.labelled_sets import match_finding, read_labelled_set
 from medclip_core.errors import TaskInputError
 from medclip_core.eval.engine import STATUS_FEW, STATUS_UNDEFINED, EvalOptions, evaluate_set
 from medclip_core.eval.metrics import bootstrap_counts, roc_auc, weighted_roc_auc
+from medclip_core.io import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "evaluation"
@@ -197,10 +198,12 @@ def test_unreadable_images_are_listed_and_skipped_and_maps_are_scored(phantom_mo
         strict, tolerant = method["pointing"]["mean"], method["pointing_15px"]["mean"]
         assert 0 <= strict <= tolerant <= 1
     assert 0 < grounding["chance"]["mean"] < grounding["chance_15px"]["mean"] < 1
-    for method, check in grounding["sanity"]["methods"].items():
-        assert check["n_maps"] == sum(grounding["n_targets"].values())
-        assert -1 <= check["nonsense_phrase_rank_correlation"] <= 1
-        assert check["flagged"] == (check["nonsense_phrase_rank_correlation"] > 0.9)
+    assert grounding["sanity"]["randomised_last_block_note"] is None
+    for checks in grounding["sanity"]["methods"].values():
+        for check in checks.values():
+            assert check["n_maps"] == sum(grounding["n_targets"].values())
+            assert -1 <= check["median_rank_correlation"] <= 1
+            assert check["flagged"] == (check["median_rank_correlation"] > 0.9)
     masks = read_labelled_set(EXAMPLES / "masks.csv")
     segmentation = evaluate_set({"phantom": phantom_model}, masks, EvalOptions(workers=0)).segmentation["phantom"]
     dice = segmentation["methods"]["similarity"]["dice"]
@@ -270,3 +273,19 @@ def test_server_sets_and_uploads_resolve_inside_their_folders(tmp_path, monkeypa
     with pytest.raises(TaskInputError, match="no CSV"):
         import_evaluation_upload([archive], runs)
     assert len(list((runs / "eval-datasets").iterdir())) == 1  # the refused upload left nothing behind
+
+
+def test_randomised_last_block_changes_only_that_block_of_a_copy(phantom_model) -> None:
+    import torch
+
+    from medclip_core.eval.engine import randomised_last_block
+
+    twin = randomised_last_block(phantom_model)
+    before = dict(phantom_model.module.named_parameters())
+    changed = [name for name, p in twin.module.named_parameters() if not torch.equal(p, before[name])]
+    layer = next(n for n, m in phantom_model.module.named_modules() if m is phantom_model.gradcam_layer())
+    block = layer.rpartition(".")[0]
+    assert changed and all(name.startswith(block + ".") for name in changed)
+    assert all(torch.equal(p, before[n]) for n, p in phantom_model.module.named_parameters())  # original untouched
+    image = load_image(EXAMPLES / "images" / "0000.png")
+    assert not torch.allclose(twin.encode_image([image]), phantom_model.encode_image([image]))

@@ -19,10 +19,12 @@ drawn for the images that have boxes or masks. Prompts are encoded once per mode
 * grounding: pointing game (Zhang et al. 2016) per heatmap method, strict and within
   ``POINTING_TOLERANCE`` pixels, beside its chance rate (the fraction of the image the boxes cover);
 * segmentation: Dice and IoU of the zero-shot mask of each method's map with the given mask;
-* a sanity check of each heatmap method (Adebayo et al. 2018, "Sanity checks for saliency maps"):
-  the Spearman rank correlation between a phrase's map and the map of a nonsense phrase
-  (``NONSENSE_PHRASE``) on the same image; a method whose median correlation exceeds
-  ``SANITY_FLAG_CORRELATION`` draws much the same map whatever the prompt, and is flagged.
+* sanity checks of each heatmap method (Adebayo et al. 2018, "Sanity checks for saliency maps"):
+  the Spearman rank correlation between a phrase's map and (a) the map of a nonsense phrase
+  (``NONSENSE_PHRASE``) on the same image, (b) the map of the same phrase drawn by a copy of the
+  model whose last image block has random weights (:func:`randomised_last_block`). A method whose
+  median correlation exceeds ``SANITY_FLAG_CORRELATION`` draws much the same map whatever the prompt,
+  or whatever the learned weights, and is flagged.
 
 The engine imports nothing of training or the app: the CLI and the run manager call
 :func:`evaluate_set` and save the :class:`EvaluationResult`.
@@ -30,6 +32,7 @@ The engine imports nothing of training or the app: the CLI and the run manager c
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 import time
@@ -41,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medclip_core.data.labelled_sets import LabelledSet
-from medclip_core.errors import ImageLoadError, TaskInputError
+from medclip_core.errors import ImageLoadError, MedclipError, TaskInputError
 from medclip_core.eval.metrics import (
     bootstrap_counts, box_area_fraction, dice, expected_calibration_error, hits_at_k, iou, pointing_game,
     reliability_bins, roc_auc, roc_curve, sensitivity_specificity, weighted_roc_auc, youden_threshold,
@@ -320,15 +323,16 @@ class _MapTally:
         self.chance_tol: dict[str, list[float]] = {}
         self.dice = {m: {} for m in methods}
         self.iou = {m: {} for m in methods}
-        self.control: dict[str, list[float]] = {m: [] for m in methods}
+        self.checks: dict[str, dict[str, list[float]]] = {
+            check: {m: [] for m in methods} for check in ("nonsense_phrase", "randomised_last_block")}
 
-    def add_control(self, method: str, heatmap: np.ndarray, control: np.ndarray) -> None:
-        """Rank correlation of a phrase's map with the nonsense phrase's map (subsampled)."""
+    def add_check(self, check: str, method: str, heatmap: np.ndarray, other: np.ndarray) -> None:
+        """Rank correlation of a phrase's map with its control map (subsampled) under ``check``."""
         from scipy.stats import spearmanr
 
         step = max(1, max(heatmap.shape) // SANITY_MAX_SIDE)
-        rho = spearmanr(heatmap[::step, ::step].ravel(), control[::step, ::step].ravel()).statistic
-        self.control[method].append(float(rho) if np.isfinite(rho) else 1.0)  # a constant map ignores the prompt
+        rho = spearmanr(heatmap[::step, ::step].ravel(), other[::step, ::step].ravel()).statistic
+        self.checks[check][method].append(float(rho) if np.isfinite(rho) else 1.0)  # a constant map: no change
 
     def add_boxes(self, method: str, phrase: str, heatmap: np.ndarray, boxes: list, tolerance: float) -> None:
         self.pointing[method].setdefault(phrase, []).append(float(pointing_game(heatmap, boxes)))
@@ -348,26 +352,48 @@ class _MapTally:
         rates = {phrase: mean_of_numbers(v) for phrase, v in per.items()}
         return {"per_phrase": rates, "mean": mean_of_numbers(list(rates.values())) if rates else None}
 
-    def sanity(self) -> dict[str, Any]:
-        """Per method: median rank correlation with the nonsense phrase's map, and whether it is flagged."""
-        out = {}
-        for method, values in self.control.items():
-            median = float(np.median(values)) if values else None
-            out[method] = {"nonsense_phrase_rank_correlation": median, "n_maps": len(values),
-                           "flagged": median is not None and median > SANITY_FLAG_CORRELATION}
-        return {"methods": out, "nonsense_phrase": NONSENSE_PHRASE, "flag_above": SANITY_FLAG_CORRELATION}
+    def sanity(self, randomised_note: str | None) -> dict[str, Any]:
+        """Per method and check: median rank correlation with the control map, maps compared, flagged."""
+        out: dict[str, Any] = {}
+        for method in self.pointing:
+            out[method] = {}
+            for check, per_method in self.checks.items():
+                values = per_method[method]
+                median = float(np.median(values)) if values else None
+                out[method][check] = {"median_rank_correlation": median, "n_maps": len(values),
+                                      "flagged": median is not None and median > SANITY_FLAG_CORRELATION}
+        return {"methods": out, "nonsense_phrase": NONSENSE_PHRASE, "flag_above": SANITY_FLAG_CORRELATION,
+                "randomised_last_block_note": randomised_note}
 
-    def grounding(self, tolerance: float) -> dict[str, Any]:
+    def grounding(self, tolerance: float, randomised_note: str | None) -> dict[str, Any]:
         return {"methods": {m: {"pointing": self._means(self.pointing[m]),
                                 f"pointing_{tolerance:g}px": self._means(self.pointing_tol[m])}
                             for m in self.pointing},
-                "sanity": self.sanity(),
+                "sanity": self.sanity(randomised_note),
                 "chance": self._means(self.chance), f"chance_{tolerance:g}px": self._means(self.chance_tol),
                 "n_targets": {phrase: len(v) for phrase, v in self.chance.items()}, "tolerance_px": tolerance}
 
     def segmentation(self) -> dict[str, Any]:
         return {"methods": {m: {"dice": self._means(self.dice[m]), "iou": self._means(self.iou[m])} for m in self.dice},
                 "n_targets": {phrase: len(v) for phrase, v in next(iter(self.dice.values()), {}).items()}}
+
+
+def randomised_last_block(model: ClipModel, seed: int = 0) -> ClipModel:
+    """A copy of ``model`` whose last image block has random weights: the module holding its Grad-CAM
+    layer (a ViT's last block, a CNN's last stage), each parameter redrawn from a normal distribution
+    of the original's mean and spread (the cascading randomisation of Adebayo et al. 2018, last step).
+    Raises :class:`~medclip_core.models.base.TowerPartUnsupported` when the model names no such layer."""
+    twin = copy.deepcopy(model)
+    layer = twin.gradcam_layer()
+    name = next(n for n, m in twin.module.named_modules() if m is layer)
+    block = twin.module.get_submodule(name.rpartition(".")[0]) if "." in name else layer
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            noise = torch.randn(parameter.shape, generator=generator).to(parameter.device, parameter.dtype)
+            spread = parameter.std() if parameter.numel() > 1 else parameter.abs().mean()
+            parameter.copy_(parameter.mean() + noise * spread)
+    return twin
 
 
 def _mask_array(path: str) -> np.ndarray:
@@ -413,6 +439,15 @@ def evaluate_set(models: dict[str, ClipModel], labelled: LabelledSet, options: E
         methods[name] = [m for m in options.methods if not support[m]]
         tallies[name] = _MapTally(methods[name])
     want_maps = "grounding" in tasks or "segmentation" in tasks
+    randomised: dict[str, ClipModel | None] = {}
+    randomised_notes: dict[str, str | None] = {}
+    for name, model in models.items():
+        randomised[name], randomised_notes[name] = None, None
+        if "grounding" in tasks and methods[name]:
+            try:
+                randomised[name] = randomised_last_block(model, options.seed)
+            except MedclipError as error:  # no known last block: that check is left out
+                randomised_notes[name] = f"not measured: {error}"
 
     embeddings: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     decoded_ok = np.zeros(n, dtype=bool)
@@ -434,7 +469,8 @@ def evaluate_set(models: dict[str, ClipModel], labelled: LabelledSet, options: E
             seconds_encode[name] += time.perf_counter() - tick
             if want_maps:
                 tick = time.perf_counter()
-                _draw_maps(model, methods[name], tallies[name], [(images[i], im) for i, im in good], tasks, options)
+                _draw_maps(model, methods[name], tallies[name], [(images[i], im) for i, im in good], tasks, options,
+                           randomised[name])
                 seconds_maps += time.perf_counter() - tick
         done += len(batch)
         report(0.9 * done / max(n, 1), f"encoded {done}/{n} images")
@@ -468,7 +504,7 @@ def evaluate_set(models: dict[str, ClipModel], labelled: LabelledSet, options: E
             similarity = (vectors[name][with_report] @ text_vectors.T).numpy()
             result.retrieval[name] = retrieval_summary(similarity, own, keys, options)
     if "grounding" in tasks:
-        result.grounding = {name: tallies[name].grounding(options.tolerance) for name in models}
+        result.grounding = {name: tallies[name].grounding(options.tolerance, randomised_notes[name]) for name in models}
     if "segmentation" in tasks:
         result.segmentation = {name: tallies[name].segmentation() for name in models}
     seconds_total = time.perf_counter() - start
@@ -481,7 +517,7 @@ def evaluate_set(models: dict[str, ClipModel], labelled: LabelledSet, options: E
 
 
 def _draw_maps(model: ClipModel, methods: list[str], tally: _MapTally, batch: list[tuple[Any, MedicalImage]],
-               tasks: list[str], options: EvalOptions) -> None:
+               tasks: list[str], options: EvalOptions, randomised: ClipModel | None) -> None:
     """Heatmaps of each method for the phrases an image has boxes or masks for, scored into ``tally``."""
     for item, image in batch:
         boxes = item.boxes if "grounding" in tasks else {}
@@ -494,9 +530,15 @@ def _draw_maps(model: ClipModel, methods: list[str], tally: _MapTally, batch: li
             tally.add_chance(phrase, boxes[phrase], width, height, options.tolerance)
         for method in methods:
             maps = ground(image, phrases, model=model, method=method).maps
-            control = ground(image, [NONSENSE_PHRASE], model=model, method=method).maps[0]
-            for phrase, heatmap in zip(phrases, maps):
-                tally.add_control(method, heatmap, control)
+            checks = boxes and "grounding" in tasks
+            control = ground(image, [NONSENSE_PHRASE], model=model, method=method).maps[0] if checks else None
+            random_maps = (ground(image, phrases, model=randomised, method=method).maps
+                           if checks and randomised is not None else [None] * len(phrases))
+            for phrase, heatmap, random_map in zip(phrases, maps, random_maps):
+                if control is not None:
+                    tally.add_check("nonsense_phrase", method, heatmap, control)
+                if random_map is not None:
+                    tally.add_check("randomised_last_block", method, heatmap, random_map)
                 if phrase in boxes:
                     tally.add_boxes(method, phrase, heatmap, boxes[phrase], options.tolerance)
                 if phrase in masks:

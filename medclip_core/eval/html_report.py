@@ -137,13 +137,14 @@ def evaluation_html(payload: dict[str, Any]) -> str:
                              _number(g["chance"]["mean"]), _number(g[f"chance_{tolerance}"]["mean"])])
         parts.append(_table(["model", "method", "pointing", "pointing (tolerance)", "chance", "chance (tolerance)"],
                             rows))
-        parts.append("<h3>Sanity check: rank correlation with a nonsense phrase's map (flagged above "
-                     f"{html.escape(str(next(iter(payload['grounding'].values()))['sanity']['flag_above']))})</h3>")
-        parts.append(_table(["model", "method", "median rank correlation", "maps", "flagged"],
-                            [[model, method, _number(m["nonsense_phrase_rank_correlation"]), m["n_maps"],
-                              "yes: the map ignores the prompt" if m["flagged"] else "no"]
+        flag = next(iter(payload["grounding"].values()))["sanity"]["flag_above"]
+        parts.append("<h3>Sanity checks: rank correlation of each map with the map of a nonsense phrase, and "
+                     f"with the map of the model with its last block randomised (flagged above {flag})</h3>")
+        parts.append(_table(["model", "method", "check", "median rank correlation", "maps", "flagged"],
+                            [[model, method, check.replace("_", " "), _number(c["median_rank_correlation"]),
+                              c["n_maps"], "yes: the map ignores it" if c["flagged"] else "no"]
                              for model, g in payload["grounding"].items()
-                             for method, m in g["sanity"]["methods"].items()]))
+                             for method, per in g["sanity"]["methods"].items() for check, c in per.items()]))
     if payload["segmentation"]:
         parts.append("<h2>Segmentation</h2>")
         rows = [[model, method, _number(m["dice"]["mean"]), _number(m["iou"]["mean"])]
