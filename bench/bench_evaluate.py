@@ -6,12 +6,13 @@
   same ``n``, split and seed). Target: max |difference| <= 1e-6.
 * **throughput**: the engine's whole run (decoding in ``--workers`` processes, prompts, 22 findings,
   ``--resamples`` bootstrap resamples, ROC, calibration) against the bare batched ``encode_image``
-  of the same model on the same images already decoded in memory (batch 32). Target: ratio >= 0.9.
+  of the same model on the same images already decoded in memory (batch 32), alternated ``--repeats``
+  times, best of each (the machine is shared: the best run is the least disturbed). Target: ratio >= 0.9.
 * **bootstrap overhead**: the seconds of the classification summary (bootstrap intervals, paired
   resamples, ROC, reliability) as a share of the run. Target: <= 10 % at 1,000 images x 22 findings
   x 1,000 resamples.
 
-    nice python bench/bench_evaluate.py [--n 1000] [--out bench/results/evaluate.json]  # ~4 min on 2 cores
+    nice python bench/bench_evaluate.py [--n 1000] [--repeats 2] [--out bench/results/evaluate.json]  # ~5 min on 2 idle cores
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "evaluate.json")
     args = parser.parse_args()
     committed = json.loads(COMMITTED.read_text())
@@ -64,27 +66,31 @@ def main() -> None:
         seconds_export = time.perf_counter() - tick
         labelled = read_labelled_set(folder)
         paths = [image.path for image in labelled.images]
-        bare = bare_encode_seconds(model, paths)
-        result = evaluate_set({committed["model"]: model}, labelled,
-                              EvalOptions(bootstrap=args.resamples, workers=args.workers, batch_size=BATCH))
-        no_bootstrap = evaluate_set({committed["model"]: model}, labelled,
-                                    EvalOptions(bootstrap=0, workers=args.workers, batch_size=BATCH))
+        bare_runs, results = [], []
+        for _ in range(args.repeats):
+            bare_runs.append(bare_encode_seconds(model, paths))
+            results.append(evaluate_set({committed["model"]: model}, labelled,
+                                        EvalOptions(bootstrap=args.resamples, workers=args.workers, batch_size=BATCH)))
+    result = min(results, key=lambda r: r.timing["seconds_total"])
+    bare = min(bare_runs)
     engine = result.classification[committed["model"]]["findings"]
     differences = {f: abs(engine[f]["auc"] - auc) for f, auc in committed["zero_shot"]["auc"].items()}
     total = result.timing["seconds_total"]
+    load = os.getloadavg()[0]
     payload = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-                   f"{os.cpu_count()} cores shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)",
+                   f"{os.cpu_count()} cores shared with other jobs (load average {load:.1f} at the end)",
         "model": committed["model"], "n_images": args.n, "findings": len(labelled.findings),
         "resamples": args.resamples, "decode_workers": args.workers, "seconds_export": round(seconds_export, 1),
         "reproduction": {"committed": str(COMMITTED.relative_to(ROOT)), "findings_compared": len(differences),
                          "max_abs_auc_difference": max(differences.values()),
                          "target": "<= 1e-6"},
         "throughput": {"engine_images_per_second": args.n / total, "bare_encode_images_per_second": args.n / bare,
-                       "ratio": bare / total, "target": ">= 0.9"},
+                       "ratio": bare / total, "repeats": args.repeats,
+                       "engine_seconds": [r.timing["seconds_total"] for r in results], "bare_seconds": bare_runs,
+                       "target": ">= 0.9"},
         "bootstrap": {"seconds_classification_summary": result.timing["seconds_bootstrap"],
                       "seconds_total": total, "share_of_run": result.timing["seconds_bootstrap"] / total,
-                      "seconds_total_without_bootstrap": no_bootstrap.timing["seconds_total"],
                       "target": "<= 0.10"},
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
