@@ -18,7 +18,9 @@ import gradio as gr  # noqa: E402
 
 from medclip_core import hosting  # noqa: E402
 from medclip_core.archive.config import archive_configured  # noqa: E402
-from pages import archive, common, diagnose, embeddings, grounding, inspect, report, retrieve, segment, train  # noqa: E402
+from pages import (  # noqa: E402
+    archive, common, diagnose, embeddings, evaluate, grounding, inspect, report, retrieve, segment, train,
+)
 
 TITLE = "MedCLIP Explorer"
 MODEL_CONCURRENCY = int(os.environ.get("MEDCLIP_CONCURRENCY", "2"))
@@ -52,6 +54,7 @@ def build_app() -> gr.Blocks:
         report.build(picker)
         inspect.build()
         train.build(picker)
+        evaluate.build(picker)
         if archive_configured():  # the Archive tab exists only where the host set MEDCLIP_DICOMWEB_URL
             archive.build(picker)
             archive.resume_jobs()

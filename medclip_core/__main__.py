@@ -52,9 +52,24 @@ def cmd_inspect(args: argparse.Namespace) -> Any:
 def cmd_phantom(args: argparse.Namespace) -> Any:
     from medclip_core.data.phantom import write_examples
 
-    if args.n < 1:
+    if args.action == "export":
+        return _phantom_export(args)
+    n = 16 if args.n is None else args.n
+    if n < 1:
         raise MedclipError("--n must be at least 1.")
-    return write_examples(args.out, n=args.n, seed=args.seed, size=args.size, split=args.split)
+    return write_examples(args.out, n=n, seed=args.seed, size=args.size, split=args.split)
+
+
+def _phantom_export(args: argparse.Namespace) -> Any:
+    """The phantom evaluation samples (as ``eval --data phantom`` measures them) as a labelled set."""
+    from medclip_core.eval.phantom_export import export_phantom
+
+    if not args.export_format:
+        raise MedclipError("phantom export needs --format chexpert, pairs, boxes or masks.")
+    n = 1000 if args.n is None else args.n
+    if n < 2:
+        raise MedclipError("--n must be at least 2.")
+    return export_phantom(args.out, args.export_format, n=n, split=args.split, seed=args.seed)
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
@@ -136,7 +151,10 @@ def cmd_eval(args: argparse.Namespace) -> Any:
     from medclip_core.models import load_model
 
     if args.data != "phantom":
-        raise MedclipError(f"Unknown evaluation data '{args.data}': only 'phantom' is available.")
+        return _eval_labelled_set(args)
+    if len(args.model or []) > 1:
+        raise MedclipError("--data phantom evaluates one --model at a time; give a labelled set to compare models.")
+    args.model = args.model[0] if args.model else None
     if args.task == "report":
         return _eval_report(args)
     model = load_model(args.model, device=args.device)
@@ -160,6 +178,23 @@ def cmd_eval(args: argparse.Namespace) -> Any:
         write_eval(result, out)
         payload["written_to"] = str(out)
     return payload
+
+
+def _eval_labelled_set(args: argparse.Namespace) -> Any:
+    """Every --model on the user's labelled set (a CSV or a folder holding one) through the engine."""
+    from medclip_core.data.labelled_sets import read_labelled_set
+    from medclip_core.eval.engine import EvalOptions, evaluate_set
+    from medclip_core.models import default_model_name, load_model
+
+    names = list(dict.fromkeys(args.model or [default_model_name()]))
+    labelled = read_labelled_set(args.data, uncertain=args.uncertain)
+    models = {name: load_model(name, device=args.device) for name in names}
+    options = EvalOptions(tasks=tuple(args.tasks) if args.tasks else None, bootstrap=args.bootstrap, seed=args.seed,
+                          threshold=args.threshold, methods=tuple(args.methods or ("similarity",)),
+                          negatives=args.negatives, relevance=args.relevance, workers=args.workers)
+    result = evaluate_set(models, labelled, options,
+                          progress=lambda fraction, message: print(f"{fraction:.0%} {message}", file=sys.stderr))
+    return _answer(result, args.out)
 
 
 def _eval_report(args: argparse.Namespace) -> Any:
@@ -535,8 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), help="override the DICOM window")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("phantom", help="render phantom chest radiographs with their reports, labels and boxes")
-    p.add_argument("--n", type=int, default=16)
+    p = sub.add_parser("phantom", help="render phantom chest radiographs with their reports, labels and boxes; "
+                                       "'phantom export --format F' writes the evaluation split as a labelled set")
+    p.add_argument("action", nargs="?", choices=("render", "export"), default="render")
+    p.add_argument("--format", dest="export_format", choices=("chexpert", "pairs", "boxes", "masks"),
+                   help="export: the labelled-set format (docs/evaluation.md)")
+    p.add_argument("--n", type=int, help="render: images (default 16); export: evaluation samples (default 1000)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224)
@@ -646,13 +685,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", help="heatmap methods for --task grounding (default: all)")
     p.add_argument("--negatives", choices=("negated", "normal"),
                    help="--task phantom: pairwise negative prompts (default: the model's own)")
-    p.add_argument("--model", help="registry name or local-dir:PATH (default: the default model)")
-    p.add_argument("--data", default="phantom")
+    p.add_argument("--model", action="append",
+                   help="registry name or local-dir:PATH (default: the default model); repeat to compare models "
+                        "on a labelled set")
+    p.add_argument("--data", default="phantom", help="phantom, or a labelled set: a CSV or a folder holding one "
+                                                     "(formats in docs/evaluation.md)")
+    p.add_argument("--tasks", nargs="+", choices=("classification", "retrieval", "grounding", "segmentation"),
+                   help="labelled set: the evaluations to run (default: all the set allows)")
+    p.add_argument("--uncertain", choices=("positive", "negative", "ignore"), default="ignore",
+                   help="labelled set: CheXpert -1 labels counted as positive, negative or left out")
+    p.add_argument("--bootstrap", type=int, default=1000, help="labelled set: bootstrap resamples (0: no intervals)")
+    p.add_argument("--threshold", type=float, help="labelled set: probability threshold for sensitivity/"
+                                                   "specificity (default: Youden's per finding)")
+    p.add_argument("--relevance", choices=("report", "labels"), default="report",
+                   help="labelled set retrieval: a hit is the own report text, or any report of the same label set")
+    p.add_argument("--workers", type=int, default=2, help="labelled set: image decoding processes")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
-    p.add_argument("--out", type=Path, help="where to write the JSON (default: next to a local model)")
+    p.add_argument("--out", type=Path, help="phantom: where to write the JSON (default: next to a local model); "
+                                            "labelled set: folder for evaluation.json, .csv and .html")
     p.set_defaults(func=cmd_eval)
     add_eval_sanity_command(sub)
     add_archive_commands(sub)

@@ -18,13 +18,13 @@ from typing import Any, Sequence
 
 from medclip_core.data.findings import GROUNDING_FINDINGS
 from medclip_core.eval.metrics import box_area_fraction, dice, iou, pointing_game
-from medclip_core.eval.phantom_eval import IMAGE_SIZE, Progress, eval_mode, mean_of_numbers, phantom_eval_order
+from medclip_core.eval.engine import POINTING_TOLERANCE, eval_mode, mean_of_numbers
+from medclip_core.eval.phantom_eval import IMAGE_SIZE, Progress, phantom_eval_order
 from medclip_core.models.base import ClipModel
 from medclip_core.tasks.grounding import METHODS, ground, method_support
 from medclip_core.tasks.segmentation import mask_from_heatmap
 
 SET_METHODS = ("similarity", "surgery")   # one pass grounds the whole phrase set
-POINTING_TOLERANCE = 15.0                  # pixels, as in Zhang et al. 2016
 
 
 @dataclass

@@ -67,9 +67,15 @@ def recall_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Iterable[int] 
     has_relevant = np.asarray(relevant, dtype=bool).any(axis=1)
     out = {}
     for k in ks:
-        hits = _top_k_relevance(similarity, relevant, k).any(axis=1)[has_relevant]
+        hits = hits_at_k(similarity, relevant, k)[has_relevant]
         out[k] = float(hits.mean()) if hits.size else float("nan")
     return out
+
+
+def hits_at_k(similarity: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """(Q,) whether each query has a relevant item among its k most similar (the per-query recall@k,
+    which a bootstrap over queries resamples)."""
+    return _top_k_relevance(similarity, relevant, k).any(axis=1)
 
 
 def precision_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Iterable[int] = (5,)) -> dict[int, float]:
@@ -158,3 +164,80 @@ def dice(pred: np.ndarray, target: np.ndarray) -> float:
     pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
     total = pred.sum() + target.sum()
     return float(2.0 * np.logical_and(pred, target).sum() / total) if total else 1.0
+
+
+def bootstrap_counts(n: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n) how often each of n items is drawn in each bootstrap resample (Efron 1979):
+    n draws with replacement per resample. One matrix serves every finding and every model of an
+    evaluation, so their intervals (and paired differences) come from the same resamples."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(resamples, n)) + np.arange(resamples)[:, None] * n
+    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
+
+
+def weighted_roc_auc(y_true: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC under each row of ``weights`` (R, N) item multiplicities, e.g. :func:`bootstrap_counts`:
+    the AUC of the data set in which item i appears ``weights[r, i]`` times (ties count 1/2, as in
+    :func:`roc_auc`, which a row of ones reproduces). NaN where a row leaves one class empty.
+
+    The scores are sorted once; per row it sums the weight of positives and negatives in each group of
+    tied scores, so R resamples cost O(R N) after one sort instead of R sorts."""
+    y = np.asarray(y_true).astype(bool).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    order = np.argsort(score, kind="mergesort")
+    sorted_score = score[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    w = weights[:, order]
+    positive = np.add.reduceat(w * y[order], starts, axis=1)
+    negative = np.add.reduceat(w * ~y[order], starts, axis=1)
+    negative_below = np.cumsum(negative, axis=1) - negative
+    n_pos, n_neg = positive.sum(axis=1), negative.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (positive * (negative_below + 0.5 * negative)).sum(axis=1) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, threshold) at every distinct score, from the highest
+    threshold down, starting at (0, 0); "positive" means score >= threshold."""
+    y = np.asarray(y_true).astype(bool).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    order = np.argsort(-score, kind="mergesort")
+    sorted_score, sorted_y = score[order], y[order]
+    last_of_run = np.r_[sorted_score[1:] != sorted_score[:-1], True]
+    tp = np.cumsum(sorted_y)[last_of_run]
+    fp = np.cumsum(~sorted_y)[last_of_run]
+    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    return (np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos], np.r_[np.inf, sorted_score[last_of_run]])
+
+
+def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity - 1 (Youden 1950)."""
+    fpr, tpr, thresholds = roc_curve(y_true, score)
+    return float(thresholds[1:][np.argmax((tpr - fpr)[1:])])
+
+
+def sensitivity_specificity(y_true: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Sensitivity (true positive rate) and specificity (true negative rate) of ``score >= threshold``."""
+    y = np.asarray(y_true).astype(bool).ravel()
+    called = np.asarray(score, dtype=np.float64).ravel() >= threshold
+    sensitivity = float(called[y].mean()) if y.any() else float("nan")
+    specificity = float((~called[~y]).mean()) if (~y).any() else float("nan")
+    return sensitivity, specificity
+
+
+def reliability_bins(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """The reliability diagram of binary probabilities (DeGroot & Fienberg 1983; Guo et al. 2017): per
+    non-empty equal-width bin, its range, item count, mean probability and observed frequency; the
+    bins of :func:`expected_calibration_error`."""
+    probabilities = np.asarray(probabilities, dtype=float).ravel()
+    truth = np.asarray(truth, dtype=float).ravel()
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    out = []
+    for b in np.unique(which):
+        inside = which == b
+        out.append({"low": b / bins, "high": (b + 1) / bins, "count": int(inside.sum()),
+                    "mean_probability": float(probabilities[inside].mean()),
+                    "observed_frequency": float(truth[inside].mean())})
+    return out

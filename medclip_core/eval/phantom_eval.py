@@ -4,8 +4,10 @@ The phantom set gives, for every image, its report, its finding labels and a box
 one pass measures what real public sets rarely allow together:
 
 * zero-shot: pairwise prompt-ensemble probability per finding (the model's own negatives and
-  calibration) -> ROC AUC per finding with at least ``MIN_CLASS_COUNT`` positives and negatives,
-  their macro mean, how often an image's top finding is its own, and the calibration error;
+  calibration) -> the evaluation engine's per-finding metrics (AUC with a bootstrap 95 % interval,
+  counts, "too few to trust" / "not defined"; :mod:`medclip_core.eval.engine`), so the phantom set
+  is measured by the same code as any user's labelled set; the AUCs of the findings with at least
+  ``MIN_CLASS_COUNT`` positives and negatives, their macro mean, how often an image's top finding is its own, and the calibration error;
 * retrieval between the n images and their n reports. Many reports say the same thing in other
   words, so "the exact report" is the wrong target: a retrieved item counts as relevant when its
   finding-label set equals the query's (recall@1/5/10, precision@5, both directions);
@@ -21,20 +23,20 @@ weights are still changing during training.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
 from medclip_core.data.findings import FINDINGS, GROUNDING_FINDINGS
+from medclip_core.eval.engine import EvalOptions, classification_summary, eval_mode, json_safe, mean_of_numbers
 from medclip_core.eval.metrics import (
-    box_area_fraction, expected_calibration_error, pointing_game, precision_at_k, recall_at_k, roc_auc,
+    box_area_fraction, expected_calibration_error, pointing_game, precision_at_k, recall_at_k,
 )
 from medclip_core.models.base import ClipModel
 from medclip_core.models.geometry import heatmap_from_patches
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from medclip_core.data.phantom import PhantomDataset, PhantomSample
 
 MIN_CLASS_COUNT = 5
+PHANTOM_BOOTSTRAP = 1000  # resamples of the per-finding AUC intervals
 RETRIEVAL_KS = (1, 5, 10)
 PRECISION_K = 5
 IMAGE_SIZE = 224
@@ -60,7 +63,8 @@ class PhantomEvalResult:
     * ``zero_shot``: ``mode``, ``negatives`` and ``calibrated`` (how it was scored), ``auc``
       {finding: AUC}, ``macro_auc``, ``top_finding_accuracy``, ``calibration_error`` (see
       :func:`zero_shot_summary`), ``positives`` {finding: count for every finding}, ``skipped``
-      (findings with too few positives or negatives).
+      (findings with too few positives or negatives), ``findings`` {finding: "auc", "ci" (bootstrap 95 %
+      interval), "n_positives", "n_negatives", "status"} from the evaluation engine.
     * ``retrieval``: ``image_to_text`` and ``text_to_image``, each {"recall@1", "recall@5",
       "recall@10", "precision@5"}, and ``relevance`` (how a hit is defined).
     * ``grounding``: ``raw`` and ``redundancy_removed``, each {"per_finding": {finding: hit rate},
@@ -82,47 +86,33 @@ class PhantomEvalResult:
     timing: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN -> None, numpy scalars -> Python numbers, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def mean_of_numbers(values: Sequence[float]) -> float:
-    """Mean of the values that are not NaN; NaN when none is (a finding without targets)."""
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+PHANTOM_FINDING_KEYS = ("auc", "ci", "n_positives", "n_negatives", "status")
 
 
 def zero_shot_summary(probabilities: np.ndarray, label_sets: list[frozenset[str]], mode: str = "pairwise",
-                      negatives: str | None = None) -> dict[str, Any]:
-    """Per-finding AUC over images; ``top_finding_accuracy`` across findings: how often an image's
-    highest-scoring finding of ``FINDINGS`` is one of its own (every image has one; "normal" counts);
-    ``calibration_error`` (pairwise mode only): the ECE over all (image, finding) pairs."""
+                      negatives: str | None = None, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Per-finding metrics from the evaluation engine (:func:`~medclip_core.eval.engine.classification_summary`,
+    with ``bootstrap`` resamples for intervals): ``findings`` {finding: AUC, interval, counts, status},
+    and ``auc`` for the findings with at least ``MIN_CLASS_COUNT`` positives and negatives;
+    ``top_finding_accuracy`` across findings: how often an image's highest-scoring finding of
+    ``FINDINGS`` is one of its own (every image has one; "normal" counts); ``calibration_error``
+    (pairwise mode only): the ECE over all (image, finding) pairs."""
     truth = np.array([[label in labels for label in FINDINGS] for labels in label_sets], dtype=bool)
-    positives = {label: int(truth[:, j].sum()) for j, label in enumerate(FINDINGS)}
-    auc, skipped = {}, []
-    for j, label in enumerate(FINDINGS):
-        if min(positives[label], len(label_sets) - positives[label]) >= MIN_CLASS_COUNT:
-            auc[label] = roc_auc(truth[:, j], probabilities[:, j])
-        else:
-            skipped.append(label)
+    engine, _ = classification_summary(truth.astype(float), FINDINGS, {"model": probabilities},
+                                       EvalOptions(bootstrap=bootstrap, seed=seed))
+    findings = {f: {k: m[k] for k in PHANTOM_FINDING_KEYS} for f, m in engine["model"]["findings"].items()}
+    positives = {label: findings[label]["n_positives"] for label in FINDINGS}
+    enough = [f for f in FINDINGS if min(positives[f], len(label_sets) - positives[f]) >= MIN_CLASS_COUNT]
+    auc = {f: findings[f]["auc"] for f in enough}
     top = truth[np.arange(len(truth)), probabilities.argmax(axis=1)]
     return {"mode": mode, "negatives": negatives, "auc": auc, "macro_auc": mean_of_numbers(list(auc.values())),
             "top_finding_accuracy": float(top.mean()),
             # softmax rows sum to 1, so their ECE mostly counts findings per image: left out
             "calibration_error": expected_calibration_error(probabilities, truth) if mode == "pairwise" else None,
-            "positives": positives, "skipped": skipped}
+            "positives": positives, "skipped": [f for f in FINDINGS if f not in auc], "findings": findings}
 
 
 def _retrieval_summary(similarity: np.ndarray, label_sets: list[frozenset[str]]) -> dict[str, Any]:
@@ -171,17 +161,6 @@ class _PointingTally:
         out["n_targets"] = {f: len(v) for f, v in self.chance.items()}
         out["note"] = note
         return out
-
-
-@contextlib.contextmanager
-def eval_mode(model: ClipModel) -> Iterator[None]:
-    """Evaluation mode for the duration, then the module's previous mode (training may be running)."""
-    was_training = model.module.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.module.train(was_training)
 
 
 def phantom_eval_order(n: int = 1000, split: str = "test", seed: int = 0) -> tuple[PhantomDataset, list[int]]:
@@ -283,7 +262,8 @@ def evaluate_phantom(model: ClipModel, n: int = 1000, split: str = "test", seed:
     return PhantomEvalResult(
         model=model.card.name, split=split, seed=seed, n_images=count,
         n_reports=len({s.report.report_id for s in samples}),
-        zero_shot={**zero_shot_summary(probabilities, label_sets, "pairwise", text.negatives),
+        zero_shot={**zero_shot_summary(probabilities, label_sets, "pairwise", text.negatives, PHANTOM_BOOTSTRAP,
+                                       seed),
                    "calibrated": logits.calibrated},
         retrieval=_retrieval_summary(similarity, label_sets),
         grounding=tally.summary(grounding_note),

@@ -298,6 +298,52 @@ def train_command(request: RunRequest, out_dir: Path) -> list[str]:
     return [sys.executable, "-m", "medclip_core", *args]
 
 
+# An evaluation run: ``python -m medclip_core eval --data CSV --model ...`` (``RunRequest.task``)
+EVALUATION_TASK = "evaluate"
+
+
+def _evaluation_flags() -> "argparse.ArgumentParser":
+    """The ``eval`` flags an evaluation request may carry in ``extra_args`` (nothing that names files)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--model", action="append", required=True)
+    parser.add_argument("--tasks", nargs="+", choices=("classification", "retrieval", "grounding", "segmentation"))
+    parser.add_argument("--methods", nargs="+")
+    parser.add_argument("--bootstrap", type=int)
+    parser.add_argument("--threshold", type=float)
+    parser.add_argument("--uncertain", choices=("positive", "negative", "ignore"))
+    parser.add_argument("--relevance", choices=("report", "labels"))
+    return parser
+
+
+def evaluation_command(request: RunRequest, out_dir: Path) -> list[str]:
+    """The command line of an evaluation run: the CLI's ``eval`` on ``request.data`` (a labelled set's
+    CSV or folder), writing its JSON, CSV and HTML into the run folder. ``extra_args`` holds the
+    models and options (``--model A --model B --tasks ...``), checked against :func:`_evaluation_flags`."""
+    import argparse
+
+    if not Path(request.data).exists():
+        raise TaskInputError(f"Evaluation data not found: {request.data}.")
+    try:
+        flags, unknown = _evaluation_flags().parse_known_args(request.extra_args)
+    except (argparse.ArgumentError, SystemExit) as error:
+        raise TaskInputError(f"Evaluation options {request.extra_args}: {error}") from None
+    if unknown:
+        raise TaskInputError(f"Unknown evaluation option(s): {' '.join(unknown)}.")
+    if flags.bootstrap is not None and not 0 <= flags.bootstrap <= 10_000:
+        raise TaskInputError("Bootstrap resamples: between 0 and 10,000.")
+    return [sys.executable, "-m", "medclip_core", "eval", "--data", str(request.data), *request.extra_args,
+            "--device", request.device, "--out", str(out_dir)]
+
+
+def run_command(request: RunRequest, out_dir: Path) -> list[str]:
+    """The command of a run of any kind: an evaluation, or training (:func:`train_command`)."""
+    if request.task == EVALUATION_TASK:
+        return evaluation_command(request, out_dir)
+    return train_command(request, out_dir)
+
+
 class RunManager:
     """Starts, watches and cancels background runs recorded in ``root/runs.sqlite``.
 
@@ -365,7 +411,7 @@ class RunManager:
         if request.name == DATASETS_FOLDER:
             raise TaskInputError(f"'{DATASETS_FOLDER}' is the folder of uploaded datasets; choose another run name.")
         run_dir = self.root / request.name
-        train_command(request, run_dir)  # validates the request before anything is recorded
+        run_command(request, run_dir)  # validates the request before anything is recorded
         with self._lock:
             active = sum(r.state in ACTIVE_STATES for r in self.list_runs())
             if active >= max_queued_runs():
@@ -411,7 +457,7 @@ class RunManager:
         request = RunRequest(**record.request)
         run_dir = Path(record.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        command = train_command(request, run_dir)
+        command = run_command(request, run_dir)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                                         os.environ.get("PYTHONPATH")]))}
         env.pop("WORLD_SIZE", None)

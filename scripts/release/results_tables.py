@@ -501,8 +501,26 @@ def bench_archive() -> list[Row]:
              f"target ≤ {data['target_ratio']:g}); fetch alone {data['dicomweb_fetch_only_seconds']:.2f} s"]]
 
 
+def bench_evaluate() -> list[Row]:
+    data, command = _bench("evaluate")
+    throughput, bootstrap, reproduction = data["throughput"], data["bootstrap"], data["reproduction"]
+    return [
+        [f"evaluation engine vs bare batched `encode_image` ({data['model']}, {data['n_images']} exported phantom "
+         f"TIFFs, {data['findings']} findings, {data['resamples']} resamples, {data['decode_workers']} decode worker)",
+         command(), f"{throughput['engine_images_per_second']:.1f} vs {throughput['bare_encode_images_per_second']:.1f} "
+         f"images/s (ratio {throughput['ratio']:.2f}; target {throughput['target']}; {data['machine']})"],
+        ["evaluation: bootstrap intervals, ROC and calibration as a share of the run", command(),
+         f"{bootstrap['seconds_classification_summary']:.2f} of {bootstrap['seconds_total']:.1f} s "
+         f"({100 * bootstrap['share_of_run']:.1f} %; target {bootstrap['target']})"],
+        ["evaluation: exported phantom test split vs the committed phantom AUCs", command(),
+         f"largest difference {reproduction['max_abs_auc_difference']:.1e} over {reproduction['findings_compared']} "
+         f"findings (target {reproduction['target']})"],
+    ]
+
+
 BENCHMARKS = (bench_io, bench_render, bench_models, bench_train, bench_grounding, bench_runs, bench_report,
-              bench_concurrency, bench_tasks, bench_index, bench_archive, bench_app_speed)
+              bench_concurrency, bench_tasks, bench_index, bench_archive, bench_app_speed,
+              bench_evaluate)
 
 
 def index_figures(_: str | None = None) -> str:
@@ -558,6 +576,40 @@ def benchmarks(_: str | None = None) -> str:
     return _table(["what", "command", "result"], [row for rows in BENCHMARKS for row in rows()])
 
 
+def evaluate_example(_: str | None = None) -> str:
+    """The example report of docs/evaluation.md: two models on assets/evaluation/pairs.csv, AUC with intervals,
+    counts, status, and the paired difference."""
+    report = _json("assets/evaluation/example_report/evaluation.json")
+    first, second = report["models"][:2]
+    pair = report["comparisons"][f"{first} vs {second}"]["findings"]
+
+    def auc(model: str, finding: str) -> str:
+        m = report["classification"][model]["findings"][finding]
+        return "not defined" if m["auc"] is None else (
+            f"{m['auc']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m["ci"] else f"{m['auc']:.3f}")
+
+    rows = []
+    for finding, m in report["classification"][first]["findings"].items():
+        diff = pair[finding]
+        rows.append([finding, f"{m['n_positives']} / {m['n_negatives']}", m["status"], auc(first, finding),
+                     auc(second, finding), "–" if diff["difference"] is None else
+                     f"{diff['difference']:+.3f}" + (f" [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]" if diff["ci"] else "")])
+    table = _table(["finding", "positives / negatives", "status", f"`{first}` AUC [95 % CI]",
+                    f"`{second}` AUC [95 % CI]", "paired difference [95 % CI]"], rows)
+    recall = [[f"`{model}`", direction.replace("_to_", " → "), *(
+        f"{r[direction][f'recall@{k}']['value']:.2f} [{r[direction][f'recall@{k}']['ci'][0]:.2f}, "
+        f"{r[direction][f'recall@{k}']['ci'][1]:.2f}]" for k in (1, 5, 10))]
+        for model, r in report["retrieval"].items() for direction in ("image_to_text", "text_to_image")]
+    return table + (f"\nRetrieval over {report['retrieval'][first]['n_texts']} distinct report texts "
+                    f"({report['retrieval'][first]['n_images']} images; hit: {report['retrieval'][first]['relevance']}):\n\n"
+                    + _table(["model", "direction", "recall@1", "recall@5", "recall@10"], recall))
+
+
+def evaluate_figures(_: str | None = None) -> str:
+    """The figures of bench/bench_evaluate.py for docs/evaluation.md."""
+    return _table(["what", "command", "result"], bench_evaluate())
+
+
 TABLES: dict[str, Callable[[str | None], str]] = {
     "embedded-models": embedded_models, "zero-shot-auc": zero_shot_auc, "retrieval": retrieval, "pointing": pointing,
     "grounding-methods": grounding_methods, "grounding-dice": grounding_dice, "segmentation": segmentation,
@@ -566,7 +618,8 @@ TABLES: dict[str, Callable[[str | None], str]] = {
     "zero-shot-calibration": zero_shot_calibration, "few-shot": few_shot, "zero-shot-devices": zero_shot_devices, "ablation-local-loss": ablation_local_loss,
     "variants": variants, "zero-shot-summary": zero_shot_summary,
     "report-retrieval-tuning": report_retrieval_tuning, "benchmarks": benchmarks, "index-figures": index_figures,
-    "heatmap-sanity": heatmap_sanity, "ood-guard": ood_guard,
+    "heatmap-sanity": heatmap_sanity, "ood-guard": ood_guard, "evaluate-example": evaluate_example,
+    "evaluate-figures": evaluate_figures,
 }
 
 
