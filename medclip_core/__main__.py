@@ -307,10 +307,9 @@ def cmd_heatmap(args: argparse.Namespace) -> Any:
 
 
 def cmd_segment(args: argparse.Namespace) -> Any:
+    from medclip_core.dicom_seg import write_dicom_seg
     from medclip_core.io import load_image
     from medclip_core.tasks.segmentation import segment
-
-    from medclip_core.dicom_seg import write_dicom_seg
 
     if args.dicom_seg and args.out is None:
         raise MedclipError("--dicom-seg writes a file: give --out FOLDER too.")

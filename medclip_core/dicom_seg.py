@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
+from PIL import Image
 
 from medclip_core.errors import ImageLoadError, TaskInputError
 
@@ -155,7 +156,8 @@ def _property_type(phrase: str):
 
 
 def _mask_stack(source, masks: dict[str, np.ndarray]) -> np.ndarray:
-    """Masks -> (1, rows, columns, segments) bool; clear errors for wrong shapes or a multi-frame source."""
+    """Masks -> (1, rows, columns, segments) bool, drawn up to the source's size when computed on a reduced
+    copy; clear errors for other shapes or a multi-frame source."""
     if not masks:
         raise TaskInputError("A DICOM SEG needs at least one mask.")
     if "PixelData" not in source or "Rows" not in source:
@@ -169,11 +171,16 @@ def _mask_stack(source, masks: dict[str, np.ndarray]) -> np.ndarray:
                              "Save the mask as PNG instead.")
     stack = []
     for phrase, mask in masks.items():
-        mask = np.asarray(mask)
+        mask = np.asarray(mask).astype(bool)
         if mask.shape != (rows, cols):
-            raise TaskInputError(f"The mask for '{phrase}' has shape {mask.shape}, the source image needs "
-                                 f"({rows}, {cols}) (rows, columns); masks must be at the source's resolution.")
-        stack.append(mask.astype(bool))
+            height, width = mask.shape[:2] if mask.ndim == 2 else (0, 0)
+            if not 0 < height <= rows or not 0 < width <= cols or abs(height * cols - width * rows) > max(rows, cols):
+                raise TaskInputError(f"The mask for '{phrase}' has shape {mask.shape}, the source image needs "
+                                     f"({rows}, {cols}) (rows, columns): masks must be at the source's resolution "
+                                     "or a reduced copy of it (the working size of load_image).")
+            # a mask at the working size (medclip_core.io.WORKING_MAX_SIDE) drawn up, nearest pixel
+            mask = np.asarray(Image.fromarray(mask).resize((cols, rows), Image.Resampling.NEAREST))
+        stack.append(mask)
     return np.stack(stack, axis=-1)[None]
 
 

@@ -62,8 +62,11 @@ def test_masks_save_pngs_and_a_dicom_seg_that_reads_back_with_the_same_masks(mod
     seg = pydicom.dcmread(saved["dicom_seg"])
     source = pydicom.dcmread(DICOM)
     assert seg.Modality == "SEG" and [s.SegmentLabel for s in seg.SegmentSequence] == phrases
-    assert seg.StudyInstanceUID == source.StudyInstanceUID
-    pixels = hd.seg.segread(saved["dicom_seg"]).get_pixels_by_source_instance(
+    assert seg.PatientIdentityRemoved == "YES" and seg.StudyInstanceUID != source.StudyInstanceUID  # shareable copy
+    kept_path = result.save(tmp_path / "kept", dicom_source=DICOM, deidentify=False)["dicom_seg"]
+    kept = pydicom.dcmread(kept_path)
+    assert kept.StudyInstanceUID == source.StudyInstanceUID and kept.PatientID == source.PatientID
+    pixels = hd.seg.segread(kept_path).get_pixels_by_source_instance(
         source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1, 2])
     assert pixels.shape == (1, *result.masks.shape[1:], 2)
     assert np.array_equal(np.moveaxis(pixels[0], -1, 0).astype(bool), result.masks)

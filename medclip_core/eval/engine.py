@@ -21,9 +21,9 @@ drawn for the images that have boxes or masks. Prompts are encoded once per mode
 * segmentation: Dice and IoU of the zero-shot mask of each method's map with the given mask;
 * sanity checks of each heatmap method (Adebayo et al. 2018, "Sanity checks for saliency maps"):
   the Spearman rank correlation between a phrase's map and (a) the map of a nonsense phrase
-  (``NONSENSE_PHRASE``) on the same image, (b) the map of the same phrase drawn by a copy of the
-  model whose last image block has random weights (:func:`randomised_last_block`). A method whose
-  median correlation exceeds ``SANITY_FLAG_CORRELATION`` draws much the same map whatever the prompt,
+  (``CONTROL_PHRASE``) on the same image, (b) the map of the same phrase drawn by a copy of the
+  model whose last image block has random weights (``ClipModel.with_randomised_blocks``; the
+  standalone checks are :mod:`medclip_core.eval.heatmap_sanity`). A method whose median correlation exceeds ``FLAG_THRESHOLD`` draws much the same map whatever the prompt,
   or whatever the learned weights, and is flagged.
 
 The engine imports nothing of training or the app: the CLI and the run manager call
@@ -32,7 +32,6 @@ The engine imports nothing of training or the app: the CLI and the run manager c
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import math
 import time
@@ -47,7 +46,7 @@ from medclip_core.data.labelled_sets import LabelledSet
 from medclip_core.errors import ImageLoadError, MedclipError, TaskInputError
 from medclip_core.eval.metrics import (
     bootstrap_counts, box_area_fraction, dice, expected_calibration_error, hits_at_k, iou, pointing_game,
-    reliability_bins, roc_auc, roc_curve, sensitivity_specificity, weighted_roc_auc, youden_threshold,
+    reliability_bins, roc_auc, roc_curve, sensitivity_specificity, spearman, weighted_roc_auc, youden_threshold,
 )
 from medclip_core.io import MedicalImage, load_image
 from medclip_core.models.base import ClipModel
@@ -63,8 +62,8 @@ RETRIEVAL_KS = (1, 5, 10)
 ROC_POINTS = 200               # ROC curves are thinned to about this many points in the results
 STATUS_OK, STATUS_FEW, STATUS_UNDEFINED = "ok", "too few to trust", "not defined"
 POINTING_TOLERANCE = 15.0      # pixels, as in Zhang et al. 2016
-NONSENSE_PHRASE = "a purple bicycle leaning on a fence"
-SANITY_FLAG_CORRELATION = 0.9
+CONTROL_PHRASE = "a photo of a bicycle wheel"   # names nothing a chest radiograph shows
+FLAG_THRESHOLD = 0.9           # median Spearman above this: the map barely changed
 SANITY_MAX_SIDE = 128          # maps are subsampled to at most this many pixels a side for the rank correlation
 
 Progress = Callable[[float, str], Any]
@@ -328,10 +327,8 @@ class _MapTally:
 
     def add_check(self, check: str, method: str, heatmap: np.ndarray, other: np.ndarray) -> None:
         """Rank correlation of a phrase's map with its control map (subsampled) under ``check``."""
-        from scipy.stats import spearmanr
-
         step = max(1, max(heatmap.shape) // SANITY_MAX_SIDE)
-        rho = spearmanr(heatmap[::step, ::step].ravel(), other[::step, ::step].ravel()).statistic
+        rho = spearman(heatmap[::step, ::step], other[::step, ::step])
         self.checks[check][method].append(float(rho) if np.isfinite(rho) else 1.0)  # a constant map: no change
 
     def add_boxes(self, method: str, phrase: str, heatmap: np.ndarray, boxes: list, tolerance: float) -> None:
@@ -361,8 +358,8 @@ class _MapTally:
                 values = per_method[method]
                 median = float(np.median(values)) if values else None
                 out[method][check] = {"median_rank_correlation": median, "n_maps": len(values),
-                                      "flagged": median is not None and median > SANITY_FLAG_CORRELATION}
-        return {"methods": out, "nonsense_phrase": NONSENSE_PHRASE, "flag_above": SANITY_FLAG_CORRELATION,
+                                      "flagged": median is not None and median > FLAG_THRESHOLD}
+        return {"methods": out, "nonsense_phrase": CONTROL_PHRASE, "flag_above": FLAG_THRESHOLD,
                 "randomised_last_block_note": randomised_note}
 
     def grounding(self, tolerance: float, randomised_note: str | None) -> dict[str, Any]:
@@ -377,23 +374,6 @@ class _MapTally:
         return {"methods": {m: {"dice": self._means(self.dice[m]), "iou": self._means(self.iou[m])} for m in self.dice},
                 "n_targets": {phrase: len(v) for phrase, v in next(iter(self.dice.values()), {}).items()}}
 
-
-def randomised_last_block(model: ClipModel, seed: int = 0) -> ClipModel:
-    """A copy of ``model`` whose last image block has random weights: the module holding its Grad-CAM
-    layer (a ViT's last block, a CNN's last stage), each parameter redrawn from a normal distribution
-    of the original's mean and spread (the cascading randomisation of Adebayo et al. 2018, last step).
-    Raises :class:`~medclip_core.models.base.TowerPartUnsupported` when the model names no such layer."""
-    twin = copy.deepcopy(model)
-    layer = twin.gradcam_layer()
-    name = next(n for n, m in twin.module.named_modules() if m is layer)
-    block = twin.module.get_submodule(name.rpartition(".")[0]) if "." in name else layer
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in block.parameters():
-            noise = torch.randn(parameter.shape, generator=generator).to(parameter.device, parameter.dtype)
-            spread = parameter.std() if parameter.numel() > 1 else parameter.abs().mean()
-            parameter.copy_(parameter.mean() + noise * spread)
-    return twin
 
 
 def _mask_array(path: str) -> np.ndarray:
@@ -445,7 +425,7 @@ def evaluate_set(models: dict[str, ClipModel], labelled: LabelledSet, options: E
         randomised[name], randomised_notes[name] = None, None
         if "grounding" in tasks and methods[name]:
             try:
-                randomised[name] = randomised_last_block(model, options.seed)
+                randomised[name] = model.with_randomised_blocks(1, options.seed)
             except MedclipError as error:  # no known last block: that check is left out
                 randomised_notes[name] = f"not measured: {error}"
 
@@ -531,7 +511,7 @@ def _draw_maps(model: ClipModel, methods: list[str], tally: _MapTally, batch: li
         for method in methods:
             maps = ground(image, phrases, model=model, method=method).maps
             checks = boxes and "grounding" in tasks
-            control = ground(image, [NONSENSE_PHRASE], model=model, method=method).maps[0] if checks else None
+            control = ground(image, [CONTROL_PHRASE], model=model, method=method).maps[0] if checks else None
             random_maps = (ground(image, phrases, model=randomised, method=method).maps
                            if checks and randomised is not None else [None] * len(phrases))
             for phrase, heatmap, random_map in zip(phrases, maps, random_maps):

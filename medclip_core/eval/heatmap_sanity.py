@@ -32,14 +32,13 @@ import numpy as np
 
 from medclip_core.data.findings import GROUNDING_FINDINGS
 from medclip_core.errors import TaskInputError
-from medclip_core.eval.metrics import average_ranks
+from medclip_core.eval.engine import CONTROL_PHRASE, FLAG_THRESHOLD
+from medclip_core.eval.metrics import spearman
 from medclip_core.eval.phantom_eval import Progress, eval_mode, phantom_eval_order
 from medclip_core.models.base import ClipModel, ImageLike, TowerPartUnsupported
 from medclip_core.tasks.grounding import METHODS, ground, method_support
 from medclip_core.tasks.saving import SavesJson
 
-CONTROL_PHRASE = "a photo of a bicycle wheel"   # names nothing a chest radiograph shows
-FLAG_THRESHOLD = 0.9                            # median Spearman above this: the map barely changed
 PROMPT_FLAG = "insensitive to the prompt"
 WEIGHTS_FLAG = "insensitive to the model's weights"
 
@@ -54,21 +53,6 @@ class SanityItem:
     image: ImageLike
     phrase: str
 
-
-def spearman(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman rank correlation of two maps of the same shape (ties share their mean rank).
-
-    Identical maps give 1.0; a constant map against a different one gives NaN (no ranks to correlate)."""
-    a, b = np.asarray(first, dtype=np.float64).ravel(), np.asarray(second, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise TaskInputError(f"maps of different sizes: {a.size} and {b.size} values")
-    if np.array_equal(a, b):
-        return 1.0
-    ranks_a, ranks_b = average_ranks(a), average_ranks(b)
-    ranks_a -= ranks_a.mean()
-    ranks_b -= ranks_b.mean()
-    norm = math.sqrt(float(ranks_a @ ranks_a) * float(ranks_b @ ranks_b))
-    return float(ranks_a @ ranks_b) / norm if norm > 0 else math.nan
 
 
 @dataclass

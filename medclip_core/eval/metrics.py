@@ -7,9 +7,12 @@ the pointing game on a heatmap drawn back onto the original image through the mo
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from medclip_core.errors import TaskInputError
 
 Box = tuple[float, float, float, float]
 
@@ -241,3 +244,18 @@ def reliability_bins(probabilities: np.ndarray, truth: np.ndarray, bins: int = 1
                     "mean_probability": float(probabilities[inside].mean()),
                     "observed_frequency": float(truth[inside].mean())})
     return out
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman rank correlation of two maps of the same shape (ties share their mean rank).
+
+    Identical maps give 1.0; a constant map against a different one gives NaN (no ranks to correlate)."""
+    a, b = np.asarray(first, dtype=np.float64).ravel(), np.asarray(second, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise TaskInputError(f"maps of different sizes: {a.size} and {b.size} values")
+    if np.array_equal(a, b):
+        return 1.0
+    ranks_a, ranks_b = average_ranks(a), average_ranks(b)
+    ranks_a -= ranks_a.mean()
+    ranks_b -= ranks_b.mean()
+    norm = math.sqrt(float(ranks_a @ ranks_a) * float(ranks_b @ ranks_b))
+    return float(ranks_a @ ranks_b) / norm if norm > 0 else math.nan

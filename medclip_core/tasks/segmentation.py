@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pydicom
 from PIL import Image
 from scipy import ndimage
 
@@ -65,11 +64,12 @@ class SegmentationResult(SavesJson):
         Image.fromarray(self.masks[index].astype(np.uint8) * 255).save(buffer, format="PNG")
         return buffer.getvalue()
 
-    def save(self, out_dir: str | Path, *, prefix: str = "", dicom_source: DicomSource | None = None) -> SavedFiles:
+    def save(self, out_dir: str | Path, *, prefix: str = "", dicom_source: DicomSource | None = None,
+             deidentify: bool = True) -> SavedFiles:
         """Write into ``out_dir``: ``segmentation.json``, ``mask-N.png`` per phrase (see :meth:`mask_png`)
         and, given the DICOM image the masks were drawn on (a path or a pydicom Dataset), a DICOM SEG
-        ``segmentation.dcm`` referencing it (:func:`~medclip_core.dicom_seg.write_dicom_seg`), each name
-        after ``prefix``. Returns ``{"json", "masks": [PNGs]}`` and ``"dicom_seg"`` when written."""
+        ``segmentation.dcm`` referencing it (:func:`~medclip_core.dicom_seg.write_dicom_seg`; a de-identified
+        copy unless ``deidentify`` is False), each name after ``prefix``. Returns ``{"json", "masks": [PNGs]}`` and ``"dicom_seg"`` when written."""
         saved = super().save(out_dir, prefix=prefix)
         folder = Path(out_dir)
         masks = [folder / f"{prefix}mask-{index}.png" for index in range(len(self.phrases))]
@@ -78,8 +78,8 @@ class SegmentationResult(SavesJson):
         saved["masks"] = [str(path) for path in masks]
         if dicom_source is not None:
             seg = folder / f"{prefix}segmentation.dcm"
-            masks_at_source = _masks_at_source_size(self.masks, dicom_source)
-            saved["dicom_seg"] = str(write_dicom_seg(dicom_source, dict(zip(self.phrases, masks_at_source)), seg))
+            saved["dicom_seg"] = str(write_dicom_seg(dicom_source, dict(zip(self.phrases, self.masks)), seg,
+                                                     deidentify=deidentify))
         return saved
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,17 +89,6 @@ class SegmentationResult(SavesJson):
                 "area_fraction": [round(float(a), 5) for a in areas], "seconds": round(self.seconds, 4),
                 "ood": self.ood.to_dict() if self.ood else None}
 
-
-def _masks_at_source_size(masks: np.ndarray, dicom_source: DicomSource) -> np.ndarray:
-    """Masks computed at the working size (see ``medclip_core.io.WORKING_MAX_SIDE``) drawn up, nearest
-    pixel, to the source DICOM's Rows x Columns, which a DICOM SEG must match."""
-    header = dicom_source if isinstance(dicom_source, pydicom.Dataset) else pydicom.dcmread(
-        dicom_source, stop_before_pixels=True)
-    rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
-    if not rows or not columns or masks.shape[1:] == (rows, columns):
-        return masks  # nothing to draw up (write_dicom_seg explains a source without a size)
-    return np.stack([np.asarray(Image.fromarray(mask).resize((columns, rows), Image.Resampling.NEAREST))
-                     for mask in masks])
 
 
 def mask_from_heatmap(heatmap: np.ndarray, threshold: float = HEATMAP_THRESHOLD, keep_peak: float = KEEP_PEAK,
