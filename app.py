@@ -18,6 +18,7 @@ import gradio as gr  # noqa: E402
 
 from medclip_core import hosting  # noqa: E402
 from medclip_core.archive.config import archive_configured  # noqa: E402
+from medclip_core.train.runs import RunManager  # noqa: E402
 from pages import (  # noqa: E402
     archive, common, diagnose, embeddings, evaluate, grounding, inspect, report, retrieve, segment, train,
 )
@@ -53,8 +54,9 @@ def build_app() -> gr.Blocks:
         segment.build(picker)
         report.build(picker)
         inspect.build()
-        train.build(picker)
-        evaluate.build(picker)
+        runs = RunManager()  # one manager (and monitor thread) for the Training and Evaluate tabs
+        train.build(picker, runs)
+        evaluate.build(picker, runs)
         if archive_configured():  # the Archive tab exists only where the host set MEDCLIP_DICOMWEB_URL
             archive.build(picker)
             archive.resume_jobs()

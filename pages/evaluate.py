@@ -17,6 +17,7 @@ from typing import Any
 
 import gradio as gr
 
+from medclip_core import hosting
 from medclip_core.eval.engine import TASKS
 from medclip_core.eval.html_report import auc_figure, classification_rows, reliability_figure, roc_figure
 from medclip_core.models import default_model_name
@@ -24,7 +25,7 @@ from medclip_core.train.evaluations import (
     EVALUATION_TASK, evaluation_files, evaluation_progress, evaluation_request, import_evaluation_upload,
     read_evaluation_data, resolve_evaluation_data, server_sets,
 )
-from medclip_core.train.runs import RunManager, admin_token_required, check_admin_token
+from medclip_core.train.runs import RunManager
 from pages.common import model_choices, ui_errors
 
 CLASSIFICATION_HEADERS = ["model", "finding", "AUC", "95 % CI", "positives", "negatives", "status", "threshold",
@@ -66,7 +67,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
     @ui_errors
     def read_upload(files: list[str] | None, token: str | None = None) -> tuple[str, list[list[Any]], Any]:
         """Unpack an uploaded zip and say what was read; the set joins the data choices as ``upload:ID``."""
-        check_admin_token(token)
+        hosting.check_admin_token(token, "Evaluations of uploaded data")
         name, labelled = import_evaluation_upload(files or [], manager.root)
         rows = [[p.line, p.kind, p.message] for p in labelled.problems]
         return _what_was_read(name, labelled.to_dict()), rows, gr.update(choices=server_sets() + [name], value=name)
@@ -83,7 +84,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
     def start(name: str, models: list[str] | str | None, tasks: list[str] | None, bootstrap: float,
               threshold: float | None, uncertain: str, token: str | None = None) -> tuple[str, Any]:
         """Queue an evaluation run; returns a message and the run selector set to it."""
-        check_admin_token(token)
+        hosting.check_admin_token(token, "Evaluations of uploaded data")
         models = [models] if isinstance(models, str) else list(models or [])
         run_name = datetime.datetime.now().strftime("eval-%Y%m%d-%H%M%S-%f")
         request = evaluation_request(run_name, resolve_evaluation_data(name, manager.root), models or
@@ -131,7 +132,8 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
             return (*(gr.skip(),) * 8, shown)
         return (*status(name), [name, state])
 
-    needs_token = admin_token_required()
+    enabled = hosting.admin_actions_enabled()
+    needs_token = hosting.admin_token_needed()
     with gr.Tab("Evaluate"):
         gr.Markdown("Measure models on **your own labelled data**: zero-shot AUC per finding with 95 % bootstrap "
                     "intervals, paired differences between models, ROC curves, calibration, retrieval recall, "
@@ -156,7 +158,7 @@ def build(model_picker: gr.Dropdown, manager: RunManager | None = None) -> None:
                 bootstrap = gr.Number(1000, precision=0, minimum=0, maximum=10_000, label="Bootstrap resamples")
                 threshold = gr.Number(0, minimum=0, maximum=1,
                                       label="Threshold for sensitivity/specificity (0: Youden's per finding)")
-        token = gr.Textbox(label="Admin token", type="password", visible=needs_token)
+        token = gr.Textbox(label="Admin token", type="password", visible=needs_token and enabled)
         start_button = gr.Button("Start evaluation", variant="primary", interactive=not needs_token)
         message = gr.Markdown()
         selected = gr.Dropdown(_evaluation_runs(manager), label="Evaluation", allow_custom_value=True)

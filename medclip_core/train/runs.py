@@ -454,6 +454,8 @@ class RunManager:
             pass
 
     def _start(self, record: RunRecord) -> None:
+        """Start a queued run's process. The queued -> running step holds the database's write lock, so
+        of several managers on one runs folder (the app's, a CLI's) exactly one starts it."""
         request = RunRequest(**record.request)
         run_dir = Path(record.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,14 +463,23 @@ class RunManager:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                                         os.environ.get("PYTHONPATH")]))}
         env.pop("WORLD_SIZE", None)
-        with open(run_dir / LOG_NAME, "ab") as log, open(run_dir / RESULT_NAME, "wb") as out:
-            log.write(f"$ {' '.join(command)}\n".encode())
-            log.flush()
-            process = subprocess.Popen(command, stdout=out, stderr=log, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT,
-                                       env=env, start_new_session=True)
-        self._children[record.id] = process
-        self._update(record.id, state="running", started=time.time(), pid=process.pid,
-                     pid_start=_process_start(process.pid) or "?")
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT state FROM runs WHERE id = ?", (record.id,)).fetchone() != ("queued",):
+                conn.rollback()
+                return  # another manager started (or cancelled) it meanwhile
+            with open(run_dir / LOG_NAME, "ab") as log, open(run_dir / RESULT_NAME, "wb") as out:
+                log.write(f"$ {' '.join(command)}\n".encode())
+                log.flush()
+                process = subprocess.Popen(command, stdout=out, stderr=log, stdin=subprocess.DEVNULL,
+                                           cwd=PROJECT_ROOT, env=env, start_new_session=True)
+            self._children[record.id] = process
+            conn.execute("UPDATE runs SET state = 'running', started = ?, pid = ?, pid_start = ? WHERE id = ?",
+                         (time.time(), process.pid, _process_start(process.pid) or "?", record.id))
+            conn.commit()
+        finally:
+            conn.close()
 
     # -- watching ---------------------------------------------------------------------------
     def refresh(self) -> list[RunRecord]:
