@@ -35,7 +35,7 @@ from medclip_core.errors import MedclipError
 from medclip_core.models.base import ClipModel, ImageLike, image_to_rgb_array
 from medclip_core.models.embedding_cache import model_fingerprint
 from medclip_core.tasks import embed_in_batches
-from medclip_core.tasks.retrieval import Progress, build_index
+from medclip_core.tasks.retrieval import Progress, build_index, build_report_index
 from medclip_core.tasks.saving import SavesJson
 
 METHODS: tuple[str, ...] = ("umap", "pca", "tsne")
@@ -272,14 +272,53 @@ def project(vectors: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarray
             perplexity = min(30.0, (n - 1) / 3)
             tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
             return tsne.fit_transform(vectors), [f"t-SNE perplexity {perplexity:g}."]
-        import umap  # slow to import (numba): only when asked for
-
+        warm_up_projection()  # compiles UMAP once per process, or waits for the compilation under way
         neighbours = min(15, n - 1)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed makes UMAP single-threaded
-            reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1)
-            coordinates = reducer.fit_transform(vectors)
-        return np.asarray(coordinates, dtype=np.float64), [f"UMAP n_neighbors {neighbours}."]
+        return _umap(vectors, neighbours, seed), [f"UMAP n_neighbors {neighbours}."]
+
+
+def _umap(vectors: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
+    import umap  # slow to import (numba): only when asked for
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed makes UMAP single-threaded
+        reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1)
+        return np.asarray(reducer.fit_transform(vectors), dtype=np.float64)
+
+
+class _ProjectionWarmUp:
+    """UMAP's numba functions compile on the first fit of a process (about 8 s on a quiet core, not
+    cached between processes): done once, under a lock, by :func:`warm_up_projection`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done = False
+
+    def run(self) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if not self.done:
+                from threadpoolctl import threadpool_limits
+
+                sample = np.random.default_rng(0).normal(size=(WARM_UP_POINTS, 8))  # float64, like real maps
+                with threadpool_limits(limits=1):
+                    _umap(sample, min(15, WARM_UP_POINTS - 1), 0)
+                self.done = True
+
+
+WARM_UP_POINTS = 40
+_PROJECTION_WARM_UP = _ProjectionWarmUp()
+
+
+def warm_up_projection() -> None:
+    """Compile UMAP with a tiny fit (the app runs this in a background thread at start-up)."""
+    _PROJECTION_WARM_UP.run()
+
+
+def projection_ready(method: str) -> bool:
+    """False while a projection's one-time set-up (UMAP's compilation) is still to come or under way."""
+    return method != "umap" or _PROJECTION_WARM_UP.done
 
 
 def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -326,8 +365,12 @@ def embedding_map(model: ClipModel,
     else:
         image_vectors = embed_in_batches(model.encode_image, pixels, batch_size, report(0)) if pixels else None
         thumbnails = [thumbnail_data_uri(array) for array in pixels] + [None] * len(points.texts)
-    text_vectors = (embed_in_batches(model.encode_text, points.texts, batch_size, report(points.n_images))
-                    if points.texts else None)
+    if not points.texts:
+        text_vectors = None
+    elif isinstance(data, Collection):  # a gallery's reports: cached on disk, shipped for the default one
+        text_vectors = build_report_index(model, points.texts, cache_dir, batch_size, report(points.n_images)).vectors
+    else:
+        text_vectors = embed_in_batches(model.encode_text, points.texts, batch_size, report(points.n_images))
     # a modality without inputs becomes a (0, D) array of the other one's width
     dim = (image_vectors if image_vectors is not None else text_vectors).shape[1]
     image_vectors, text_vectors = (v if v is not None else np.zeros((0, dim), np.float32)

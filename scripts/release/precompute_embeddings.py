@@ -4,7 +4,7 @@
 
 A fresh install would otherwise embed, on the first query of a tab, the 3,142 Open-i training reports
 (Retrieve, image → reports), the 5,457 corpus sentences and 64 reference images (Report), and the
-phantom test gallery (Retrieve) and its first 200 images (Embeddings): about a minute each on a CPU.
+phantom test gallery (Retrieve) and its first 200 images and their reports (Embeddings): about a minute each on a CPU.
 For each model this script runs exactly those code paths once with an empty cache folder, then
 writes every cache entry they made as ``assets/embeddings/<entry name>.npz`` (float16 vectors and
 the entry's fingerprint, :func:`~medclip_core.models.embedding_cache.write_shipped`). The model's
@@ -34,6 +34,7 @@ def first_use_paths(model_name: str) -> None:
     """What the app's tabs compute on a model's first use, written into the current cache folder."""
     from medclip_core.data.galleries import collection_from_spec
     from medclip_core.models import load_model
+    from medclip_core.tasks.embedding import embedding_map
     from medclip_core.tasks.report import REFERENCE_CACHE
     from medclip_core.tasks.retrieval import build_index, build_report_index
 
@@ -41,7 +42,8 @@ def first_use_paths(model_name: str) -> None:
     build_report_index(model)                       # Retrieve: image -> reports
     REFERENCE_CACHE.get(model)                      # Report: sentence corpus and reference images
     build_index(model, collection_from_spec("phantom"))                  # Retrieve: the default gallery
-    build_index(model, collection_from_spec(EMBEDDINGS_GALLERY_SPEC))    # Embeddings: the default map
+    embedding_map(model, collection_from_spec(EMBEDDINGS_GALLERY_SPEC), method="pca", cache=None)  # Embeddings:
+    # the default map's images and report texts
 
 
 def shipped_model_name(path: Path) -> str | None:
