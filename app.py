@@ -38,10 +38,11 @@ log = logging.getLogger("medclip_explorer")
 
 
 def warm_up() -> None:
-    """What the tabs' first use with the default model would wait for, cheapest and most shared first:
-    the model (every tab), the phantom renderer's set-up (gallery thumbnails, about 2 s), UMAP's
-    compilation (about 8 s) and the Embeddings tab's default map. Each step is locked or cached where
-    it lives, so a request that arrives meanwhile waits for the step under way instead of repeating it."""
+    """What the tabs' first use with the default model would wait for, most shared first: the model
+    (every tab), the phantom renderer's set-up (gallery thumbnails, about 2 s), UMAP's compilation
+    (about 8 s; the Embeddings tab shows PCA until then) and the Embeddings tab's default map. Each
+    step is locked or cached where it lives, so a request that arrives meanwhile waits for the step
+    under way instead of repeating it."""
     try:
         model = load_model(None)
         phantom.warm_up()

@@ -3,6 +3,8 @@ shipped report embeddings (bench/bench_first_use.py measures the times; these ch
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from medclip_core.data import phantom
 from medclip_core.data.galleries import PHANTOM_RENDERS, RenderCache, collection_from_spec
 from medclip_core.models import load_model
-from medclip_core.tasks.embedding import embedding_map
+from medclip_core.tasks.embedding import EmbeddingMapCache, embedding_map, thumbnail_data_uri
 
 
 def test_shipped_lung_mask_list_is_what_a_scan_of_the_archive_finds() -> None:
@@ -63,10 +65,51 @@ def test_embeddings_default_map_embeds_nothing_on_first_use(name, monkeypatch, t
 
     monkeypatch.setattr(model, "encode_text", refuse)
     monkeypatch.setattr(model, "encode_image", refuse)
-    result = embedding_map(model, collection_from_spec("phantom:200"), method="pca", cache=None)
+    renders = PHANTOM_RENDERS.renders
+    gallery = collection_from_spec("phantom:200")
+    result = embedding_map(model, gallery, method="pca", cache=None)
+    assert PHANTOM_RENDERS.renders == renders  # the thumbnails are shipped too
+    assert result.thumbnails[:2] == [thumbnail_data_uri(item.image()) for item in gallery.items[:2]]
     assert result.modality.count("image") == result.modality.count("text") == 200
     assert result.modality_gap is not None and result.modality_gap > 0
     from medclip_core.tasks.retrieval import build_report_index
 
     shipped = build_report_index(model, [item.report for item in collection_from_spec("phantom:200").items]).vectors
     assert np.abs(shipped[:4] - expected).max() < 2e-3  # float16 rounding, nothing more
+
+
+def test_a_map_asked_for_while_it_is_being_computed_is_computed_once(monkeypatch) -> None:
+    """The start-up warm-up and a first click ask for the same map: the second waits for the first."""
+    model = load_model("medclip-phantom")
+    pixels = [np.full((32, 32), v, np.float32) for v in (0.1, 0.4, 0.7, 0.9)]
+    data = (pixels, ["effusion", "nodule", "normal", "edema"], None)
+    encoded, second_started = [], threading.Event()
+    encode_image = model.encode_image
+
+    def counting(images):
+        encoded.append(len(images))
+        return encode_image(images)
+
+    def hold_first(done, total):  # the first computation pauses until the second caller has asked
+        if threading.current_thread().name == "first" and done == total:
+            second_started.wait(10)
+            time.sleep(0.5)
+
+    monkeypatch.setattr(model, "encode_image", counting)
+    cache = EmbeddingMapCache()
+    results = {}
+
+    def ask(name):
+        results[name] = embedding_map(model, data, method="pca", cache=cache, progress=hold_first)
+
+    first = threading.Thread(target=ask, args=("first",), name="first")
+    first.start()
+    deadline = time.monotonic() + 30
+    while not encoded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = threading.Thread(target=ask, args=("second",), name="second")
+    second.start()
+    second_started.set()
+    first.join(30), second.join(30)
+    assert encoded == [4] and (cache.misses, cache.hits) == (1, 1)
+    assert np.array_equal(results["first"].coordinates, results["second"].coordinates)

@@ -7,7 +7,8 @@ A fresh install would otherwise embed, on the first query of a tab, the 3,142 Op
 phantom test gallery (Retrieve) and its first 200 images and their reports (Embeddings): about a minute each on a CPU.
 For each model this script runs exactly those code paths once with an empty cache folder, then
 writes every cache entry they made as ``assets/embeddings/<entry name>.npz`` (float16 vectors and
-the entry's fingerprint, :func:`~medclip_core.models.embedding_cache.write_shipped`). The model's
+the entry's fingerprint, :func:`~medclip_core.models.embedding_cache.write_shipped`), and the 64-px
+thumbnails of the Embeddings tab's default map (``thumbnails-*.json``, no model involved). The model's
 old shipped files are removed first. Run it again whenever an embedded model's weights, the phantom
 renderer or the report corpus change: ``tests/test_first_use.py`` fails until the shipped files
 match.
@@ -73,6 +74,18 @@ def main() -> None:
             fingerprint = json.loads((entry / FINGERPRINT_NAME).read_text())
             path = write_shipped(entry.name, fingerprint, np.load(entry / VECTORS_NAME))
             print(f"{path.relative_to(SHIPPED_DIR.parents[1])}: {path.stat().st_size / 1e6:.2f} MB")
+    write_thumbnails()
+
+
+def write_thumbnails() -> None:
+    """The Embeddings default map's image thumbnails (model-independent), replacing stale ones."""
+    from medclip_core.data.galleries import collection_from_spec
+    from medclip_core.tasks.embedding import write_shipped_thumbnails
+
+    for old in SHIPPED_DIR.glob("thumbnails-*.json"):
+        old.unlink()
+    path = write_shipped_thumbnails(collection_from_spec(EMBEDDINGS_GALLERY_SPEC))
+    print(f"{path.relative_to(SHIPPED_DIR.parents[1])}: {path.stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":
