@@ -26,7 +26,7 @@ from medclip_core.data import phantom  # noqa: E402
 from medclip_core.data.galleries import collection_from_spec  # noqa: E402
 from medclip_core.errors import MedclipError  # noqa: E402
 from medclip_core.models import load_model  # noqa: E402
-from medclip_core.tasks.embedding import embedding_map, warm_up_projection  # noqa: E402
+from medclip_core.tasks.embedding import announce_projection_warm_up, embedding_map, warm_up_projection  # noqa: E402
 from pages import archive, common, diagnose, embeddings, grounding, inspect, report, retrieve, segment, train  # noqa: E402
 
 TITLE = "MedCLIP Explorer"
@@ -40,16 +40,20 @@ log = logging.getLogger("medclip_explorer")
 def warm_up() -> None:
     """What the tabs' first use with the default model would wait for, most shared first: the model
     (every tab), the phantom renderer's set-up (gallery thumbnails, about 2 s), UMAP's compilation
-    (about 8 s; the Embeddings tab shows PCA until then) and the Embeddings tab's default map. Each
-    step is locked or cached where it lives, so a request that arrives meanwhile waits for the step
-    under way instead of repeating it."""
+    (about 8 s, holding the interpreter lock much of the time, hence last; the Embeddings tab shows PCA
+    until then) and the Embeddings tab's default map. Each step is locked or cached where it lives, so
+    a request that arrives meanwhile waits for the step under way instead of repeating it."""
+    announce_projection_warm_up()
+    model = None
     try:
         model = load_model(None)
         phantom.warm_up()
-        warm_up_projection()
-        embedding_map(model, collection_from_spec(embeddings.DEFAULT_COLLECTION), method=embeddings.DEFAULT_METHOD)
     except MedclipError as error:  # e.g. no default model on this machine: the tabs will say so on use
-        log.warning("warm-up stopped: %s", error)
+        log.warning("warm-up: %s", error)
+    finally:
+        warm_up_projection()  # whatever happened above, or the Embeddings tab would wait for it forever
+    if model is not None:
+        embedding_map(model, collection_from_spec(embeddings.DEFAULT_COLLECTION), method=embeddings.DEFAULT_METHOD)
 
 
 def start_warm_up() -> threading.Thread | None:

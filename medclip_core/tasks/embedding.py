@@ -366,13 +366,20 @@ def warm_up_projection() -> None:
     _PROJECTION_WARM_UP.run()
 
 
+def announce_projection_warm_up() -> None:
+    """Say that :func:`warm_up_projection` will run soon (the app's start-up thread, after cheaper
+    steps), so that :func:`projection_preparing` is true from now on and callers show PCA meanwhile
+    instead of compiling UMAP a second time."""
+    _PROJECTION_WARM_UP.started = True
+
+
 def projection_ready(method: str) -> bool:
     """False while a projection's one-time set-up (UMAP's compilation) is still to come or under way."""
     return method != "umap" or _PROJECTION_WARM_UP.done
 
 
 def projection_preparing(method: str) -> bool:
-    """True while :func:`warm_up_projection` is compiling ``method`` (a caller may show PCA meanwhile)."""
+    """True while :func:`warm_up_projection` is announced or compiling ``method`` (a caller may show PCA meanwhile)."""
     return method == "umap" and _PROJECTION_WARM_UP.started and not _PROJECTION_WARM_UP.done
 
 
