@@ -1,6 +1,7 @@
 """First-use and warm times of every model tab of the app, through ``gradio_client``.
 
-Each case starts the app in a fresh process (so nothing is loaded yet) with an empty
+Each case starts the app in a fresh process (so nothing is loaded yet; its start-up warm-up thread
+begins as with ``python app.py``) with an empty
 ``MEDCLIP_CACHE_DIR`` (so only the files shipped in ``assets/`` are there), calls one endpoint once
 (first use: model loading, corpus and gallery embeddings, ...) and then ``--warm`` more times
 (median: warm). The input is the committed example DICOM; the model the default ``medclip-phantom``.
@@ -69,8 +70,8 @@ def run_case(name: str, warm: int) -> dict[str, Any]:
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="medclip-first-use-") as cache:
         env = dict(os.environ, MEDCLIP_CACHE_DIR=cache, GRADIO_ANALYTICS_ENABLED="False")
-        code = ("from app import build_app; "
-                f"build_app().launch(server_name='127.0.0.1', server_port={port}, quiet=True)")
+        code = ("import app; app.start_warm_up(); "  # as `python app.py` does
+                f"app.build_app().launch(server_name='127.0.0.1', server_port={port}, quiet=True)")
         started = time.perf_counter()
         server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from medclip_core.data import phantom
 from medclip_core.data.galleries import collection_from_spec
 from medclip_core.errors import ImageLoadError, TaskInputError
 from medclip_core.index import ArchiveIndex, registered_indexes, resolve_index, search_index_image, search_index_text
@@ -94,6 +95,8 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
         return ([], [[h.rank, round(h.score, 4), "", h.report] for h in result.hits], summary, details,
                 ood_notice(details["ood"]))
     collection = gallery_collection(gallery)
+    if not phantom.is_warm():  # the background warm-up (app.py) is still building the renderer's banks
+        progress(0, desc="preparing the phantom gallery… (first use)")
     index = build_index(model, collection, progress=report)
     if mode == "text → images":
         result = search_text(model, index, query_text, k=k)

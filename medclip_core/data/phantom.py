@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -41,12 +42,16 @@ from medclip_core.data.reports import (
     report_splits,
     torchxrayvision_data_file,
 )
+from medclip_core.errors import MedclipError
+from medclip_core.models.embedding_cache import content_digest
 
 # Where the lungs sit in every image before the final jitter (fractions of the image side).
 LUNG_BOX = (0.11, 0.09, 0.89, 0.80)  # x0, y0, x1, y1
 MIDLINE = 0.5
 N_VARIANTS = 6  # how many rib cages / vessel trees / textures each size keeps
 ANATOMY = ("lung_right", "lung_left", "heart")  # patient's right/left
+# Which archive members make the lung-mask bank, so that no image waits for all of them to be decoded.
+LUNG_MASK_LIST = Path(__file__).resolve().parents[2] / "assets" / "phantom" / "lung_masks.json"
 
 # Cardiothoracic ratio drawn for each cardiomegaly severity (normal hearts stay at 0.38-0.47).
 CTR_BY_SEVERITY = {"borderline": 0.53, "mild": 0.56, "small": 0.56, "moderate": 0.61,
@@ -81,26 +86,74 @@ def _masks_archive() -> Path:
     return torchxrayvision_data_file("semantic_masks_v7labs_lungs.zip")
 
 
+def lung_mask_source_digest() -> str:
+    """What decides which masks are usable: the archive's member names, sizes and CRCs (read from its
+    directory, nothing decoded) and the versions of the libraries that decode and filter them."""
+    import PIL
+    import scipy
+    import skimage
+
+    with zipfile.ZipFile(_masks_archive()) as archive:
+        members = sorted((i.filename, i.file_size, i.CRC) for i in archive.infolist() if not i.filename.endswith("/"))
+    return content_digest("lung masks", members, PIL.__version__, scipy.__version__, skimage.__version__,
+                          np.__version__)
+
+
+@functools.lru_cache(maxsize=None)  # at most the archive's 517 members, 16 KB each
+def _decoded_lungs(name: str) -> np.ndarray | None:
+    """Member ``name`` of the mask archive as a bank mask (see :func:`lung_mask_bank`), None when unusable."""
+    with zipfile.ZipFile(_masks_archive()) as archive:
+        image = Image.open(io.BytesIO(archive.read(name)))
+    image.draft("L", (256, 256))  # JPEG: decode at reduced scale, much faster
+    image = image.convert("L")
+    image.thumbnail((320, 320))
+    return _two_lungs(np.asarray(image) > 64)
+
+
+def scan_usable_lung_masks() -> tuple[str, ...]:
+    """Decode every mask of the archive (about 6 s) and name the usable ones, in bank order."""
+    with zipfile.ZipFile(_masks_archive()) as archive:
+        names = sorted(n for n in archive.namelist() if not n.endswith("/"))
+    return tuple(name for name in names if _decoded_lungs(name) is not None)
+
+
 @functools.lru_cache(maxsize=1)
+def usable_lung_mask_names() -> tuple[str, ...]:
+    """The archive members that make the bank, in order: read from ``LUNG_MASK_LIST`` (shipped, written
+    by ``scripts/release/phantom_lung_masks.py``) when it was made from this very archive with these
+    library versions, so that an image needs only its own mask decoded; else scanned."""
+    try:
+        shipped = json.loads(LUNG_MASK_LIST.read_text())
+        if shipped["source"] == lung_mask_source_digest():
+            return tuple(shipped["names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return scan_usable_lung_masks()
+
+
+def lung_mask_count() -> int:
+    return len(usable_lung_mask_names())
+
+
+def lung_mask(index: int) -> np.ndarray:
+    """Mask ``index`` of the bank, decoding only that one archive member (cached)."""
+    name = usable_lung_mask_names()[index]
+    mask = _decoded_lungs(name)
+    if mask is None:
+        raise MedclipError(f"The shipped lung-mask list names {name}, which does not decode as two lungs here; "
+                           "run scripts/release/phantom_lung_masks.py again.")
+    return mask
+
+
 def lung_mask_bank() -> tuple[np.ndarray, ...]:
     """The usable real lung masks, cropped to the lungs, 128x128, softened edges (uint8 0-255).
 
     A mask is kept when it shows two whole lungs: its two largest components (thin annotation
     spikes opened away), the smaller at least a quarter of the larger, one on each side, each
     nearly convex (solidity >= 0.8), not cut flat by the film edge. Of the 517 masks, 418 pass;
-    82 of those dropped are empty.
+    82 of those dropped are empty. Rendering decodes only the masks it draws (:func:`lung_mask`).
     """
-    bank = []
-    with zipfile.ZipFile(_masks_archive()) as archive:
-        for name in sorted(n for n in archive.namelist() if not n.endswith("/")):
-            image = Image.open(io.BytesIO(archive.read(name)))
-            image.draft("L", (256, 256))  # JPEG: decode at reduced scale, much faster
-            image = image.convert("L")
-            image.thumbnail((320, 320))
-            lungs = _two_lungs(np.asarray(image) > 64)
-            if lungs is not None:
-                bank.append(lungs)
-    return tuple(bank)
+    return tuple(lung_mask(i) for i in range(lung_mask_count()))
 
 
 def _two_lungs(mask: np.ndarray) -> np.ndarray | None:
@@ -152,7 +205,7 @@ class LungGeometry:
 @functools.lru_cache(maxsize=512)
 def lung_geometry(index: int, size: int) -> LungGeometry:
     """Place mask ``index`` of the bank in the lung box of a ``size`` image; split and measure."""
-    base = lung_mask_bank()[index]
+    base = lung_mask(index)
     x0, y0, x1, y1 = (round(v * size) for v in LUNG_BOX)
     placed = np.zeros((size, size), bool)
     resized = Image.fromarray(base).resize((x1 - x0, y1 - y0), Image.BICUBIC)
@@ -327,6 +380,46 @@ def _static_layers(size: int) -> _StaticLayers:
 
 
 # ---------------------------------------------------------------------------------------------
+# One-time set-up
+
+class _WarmUp:
+    """The per-size one-time set-up of the renderer (lung-mask list, anatomy banks), done once per size
+    under a lock, so that a request arriving while :func:`warm_up` runs in the background waits for it
+    instead of building the same banks a second time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sizes: set[int] = set()
+
+    def is_done(self, size: int) -> bool:
+        return size in self._sizes
+
+    def run(self, size: int) -> None:
+        if size in self._sizes:
+            return
+        with self._lock:
+            if size in self._sizes:
+                return
+            usable_lung_mask_names()
+            _grid(size), _textures(size), _rib_cages(size), _vessel_trees(size), _static_layers(size)
+            self._sizes.add(size)
+
+
+_WARM_UP = _WarmUp()
+
+
+def warm_up(size: int = 224) -> None:
+    """Build what every rendered image of ``size`` needs (about 2 s the first time, nothing after):
+    the app calls it in a background thread at start-up so that the first gallery answers at once."""
+    _WARM_UP.run(size)
+
+
+def is_warm(size: int = 224) -> bool:
+    """Whether :func:`warm_up` has finished for ``size`` (the pages say "preparing ... (first use)" until then)."""
+    return _WARM_UP.is_done(size)
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering
 
 def _seed_for(report: Report, seed: int, size: int) -> np.random.Generator:
@@ -345,8 +438,7 @@ class _Canvas:
         self.report, self.rng, self.size = report, rng, size
         self.xs, self.ys = _grid(size)
         self.mesh = " ".join(report.mesh).lower()
-        n_masks = len(lung_mask_bank())
-        self.geo = lung_geometry(int(rng.integers(n_masks)), size)
+        self.geo = lung_geometry(int(rng.integers(lung_mask_count())), size)
         self.variant = int(rng.integers(N_VARIANTS))
         self.textures = _textures(size)
         self.lungs = self.geo.left | self.geo.right
@@ -760,6 +852,7 @@ def _heart(cv: _Canvas, ctr: float) -> np.ndarray:
 
 def render(report: Report, seed: int, size: int = 224) -> PhantomSample:
     """Render ``report`` as a frontal chest radiograph; deterministic given (report, seed, size)."""
+    warm_up(size)
     rng = _seed_for(report, seed, size)
     cv = _Canvas(report, rng, size)
     labels = report.labels

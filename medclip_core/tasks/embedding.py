@@ -17,14 +17,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import contextlib
 import io
+import json
 import os
 import textwrap
 import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -33,9 +36,9 @@ from PIL import Image
 from medclip_core.data.galleries import Collection, sorted_labels
 from medclip_core.errors import MedclipError
 from medclip_core.models.base import ClipModel, ImageLike, image_to_rgb_array
-from medclip_core.models.embedding_cache import model_fingerprint
+from medclip_core.models.embedding_cache import SHIPPED_DIR, model_fingerprint
 from medclip_core.tasks import embed_in_batches
-from medclip_core.tasks.retrieval import Progress, build_index
+from medclip_core.tasks.retrieval import Progress, build_index, build_report_index
 from medclip_core.tasks.saving import SavesJson
 
 METHODS: tuple[str, ...] = ("umap", "pca", "tsne")
@@ -132,8 +135,25 @@ class EmbeddingMapCache:
         self.max_entries = max_entries
         self._maps: OrderedDict[tuple, EmbeddingMap] = OrderedDict()
         self._lock = threading.Lock()
+        self._computing: dict[tuple, list] = {}  # key -> [lock, number of callers holding or awaiting it]
         self.hits = 0
         self.misses = 0
+
+    @contextlib.contextmanager
+    def computing(self, key: tuple) -> Iterator[None]:
+        """Held while one caller computes the map of ``key``: a second caller for the same key (the
+        start-up warm-up and a user's first click) waits for it and then finds it cached."""
+        with self._lock:
+            entry = self._computing.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._computing[key]
 
     def get(self, key: tuple) -> EmbeddingMap | None:
         with self._lock:
@@ -169,6 +189,34 @@ def thumbnail_data_uri(image: ImageLike, size: int = THUMBNAIL_SIZE) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def shipped_thumbnails_path(collection: Collection, size: int = THUMBNAIL_SIZE) -> Path:
+    """Where the thumbnails of ``collection`` ship (the Embeddings tab's default gallery does)."""
+    return SHIPPED_DIR / f"thumbnails-{collection.fingerprint[:16]}-{size}.json"
+
+
+def collection_thumbnails(collection: Collection, size: int = THUMBNAIL_SIZE) -> list[str]:
+    """One thumbnail data URI per item: from the shipped file when it was written for exactly this
+    collection (fingerprint and ids), else rendered (200 phantom images: about 3 s on one core)."""
+    try:
+        shipped = json.loads(shipped_thumbnails_path(collection, size).read_text())
+        if shipped["fingerprint"] == collection.fingerprint and \
+                shipped["ids"] == [item.item_id for item in collection.items]:
+            return list(shipped["thumbnails"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return [thumbnail_data_uri(item.image(), size) for item in collection.items]
+
+
+def write_shipped_thumbnails(collection: Collection, size: int = THUMBNAIL_SIZE) -> Path:
+    """Render and write the shipped thumbnails of ``collection``: release time only."""
+    path = shipped_thumbnails_path(collection, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    thumbnails = [thumbnail_data_uri(item.image(), size) for item in collection.items]
+    path.write_text(json.dumps({"fingerprint": collection.fingerprint, "ids": [item.item_id for item in collection.items],
+                                "thumbnails": thumbnails}) + "\n")
+    return path
 
 
 def _colour_label(labels: Iterable[str] | None) -> str:
@@ -272,14 +320,67 @@ def project(vectors: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarray
             perplexity = min(30.0, (n - 1) / 3)
             tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
             return tsne.fit_transform(vectors), [f"t-SNE perplexity {perplexity:g}."]
-        import umap  # slow to import (numba): only when asked for
-
+        warm_up_projection()  # compiles UMAP once per process, or waits for the compilation under way
         neighbours = min(15, n - 1)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed makes UMAP single-threaded
-            reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1)
-            coordinates = reducer.fit_transform(vectors)
-        return np.asarray(coordinates, dtype=np.float64), [f"UMAP n_neighbors {neighbours}."]
+        return _umap(vectors, neighbours, seed), [f"UMAP n_neighbors {neighbours}."]
+
+
+def _umap(vectors: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
+    import umap  # slow to import (numba): only when asked for
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed makes UMAP single-threaded
+        reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1)
+        return np.asarray(reducer.fit_transform(vectors), dtype=np.float64)
+
+
+class _ProjectionWarmUp:
+    """UMAP's numba functions compile on the first fit of a process (about 8 s on a quiet core, not
+    cached between processes): done once, under a lock, by :func:`warm_up_projection`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = False
+        self.done = False
+
+    def run(self) -> None:
+        if self.done:
+            return
+        self.started = True
+        with self._lock:
+            if not self.done:
+                from threadpoolctl import threadpool_limits
+
+                sample = np.random.default_rng(0).normal(size=(WARM_UP_POINTS, 8))  # float64, like real maps
+                with threadpool_limits(limits=1):
+                    _umap(sample, min(15, WARM_UP_POINTS - 1), 0)
+                self.done = True
+
+
+WARM_UP_POINTS = 40
+_PROJECTION_WARM_UP = _ProjectionWarmUp()
+
+
+def warm_up_projection() -> None:
+    """Compile UMAP with a tiny fit (the app runs this in a background thread at start-up)."""
+    _PROJECTION_WARM_UP.run()
+
+
+def announce_projection_warm_up() -> None:
+    """Say that :func:`warm_up_projection` will run soon (the app's start-up thread, after cheaper
+    steps), so that :func:`projection_preparing` is true from now on and callers show PCA meanwhile
+    instead of compiling UMAP a second time."""
+    _PROJECTION_WARM_UP.started = True
+
+
+def projection_ready(method: str) -> bool:
+    """False while a projection's one-time set-up (UMAP's compilation) is still to come or under way."""
+    return method != "umap" or _PROJECTION_WARM_UP.done
+
+
+def projection_preparing(method: str) -> bool:
+    """True while :func:`warm_up_projection` is announced or compiling ``method`` (a caller may show PCA meanwhile)."""
+    return method == "umap" and _PROJECTION_WARM_UP.started and not _PROJECTION_WARM_UP.done
 
 
 def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -311,9 +412,19 @@ def embedding_map(model: ClipModel,
         points, pixels = _array_points(*data)
 
     key = (model_fingerprint(model), points.fingerprint, method, seed)
-    if cache is not None and (cached := cache.get(key)) is not None:
-        return replace(cached, color_by=color_by)
+    if cache is None:
+        return _compute_map(model, data, points, pixels, method, color_by, seed, progress, cache_dir, batch_size)
+    with cache.computing(key):
+        if (cached := cache.get(key)) is not None:
+            return replace(cached, color_by=color_by)
+        result = _compute_map(model, data, points, pixels, method, color_by, seed, progress, cache_dir, batch_size)
+        cache.put(key, result)
+    return result
 
+
+def _compute_map(model: ClipModel, data: Collection | tuple, points: _Points, pixels: list[np.ndarray] | None,
+                 method: str, color_by: str, seed: int, progress: Progress | None,
+                 cache_dir: str | os.PathLike | None, batch_size: int) -> EmbeddingMap:
     total = points.n_images + len(points.texts)
 
     def report(offset: int) -> Progress | None:
@@ -321,13 +432,17 @@ def embedding_map(model: ClipModel,
 
     if isinstance(data, Collection):
         image_vectors = build_index(model, data, cache_dir, batch_size, report(0)).vectors
-        thumbnails = [thumbnail_data_uri(item.image()) for item in data.items]
+        thumbnails = collection_thumbnails(data)
         thumbnails += [thumb for item, thumb in zip(data.items, thumbnails) if item.report]
     else:
         image_vectors = embed_in_batches(model.encode_image, pixels, batch_size, report(0)) if pixels else None
         thumbnails = [thumbnail_data_uri(array) for array in pixels] + [None] * len(points.texts)
-    text_vectors = (embed_in_batches(model.encode_text, points.texts, batch_size, report(points.n_images))
-                    if points.texts else None)
+    if not points.texts:
+        text_vectors = None
+    elif isinstance(data, Collection):  # a gallery's reports: cached on disk, shipped for the default one
+        text_vectors = build_report_index(model, points.texts, cache_dir, batch_size, report(points.n_images)).vectors
+    else:
+        text_vectors = embed_in_batches(model.encode_text, points.texts, batch_size, report(points.n_images))
     # a modality without inputs becomes a (0, D) array of the other one's width
     dim = (image_vectors if image_vectors is not None else text_vectors).shape[1]
     image_vectors, text_vectors = (v if v is not None else np.zeros((0, dim), np.float32)
@@ -348,8 +463,6 @@ def embedding_map(model: ClipModel,
         hover_text=points.hover_text, thumbnails=thumbnails,
         modality_gap=gap.distance if gap else None, centroid_cosine=gap.centroid_cosine if gap else None,
         notes=projection_notes + notes)
-    if cache is not None:
-        cache.put(key, result)
     return result
 
 

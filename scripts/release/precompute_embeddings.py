@@ -4,10 +4,11 @@
 
 A fresh install would otherwise embed, on the first query of a tab, the 3,142 Open-i training reports
 (Retrieve, image → reports), the 5,457 corpus sentences and 64 reference images (Report), and the
-phantom test gallery (Retrieve) and its first 200 images (Embeddings): about a minute each on a CPU.
+phantom test gallery (Retrieve) and its first 200 images and their reports (Embeddings): about a minute each on a CPU.
 For each model this script runs exactly those code paths once with an empty cache folder, then
 writes every cache entry they made as ``assets/embeddings/<entry name>.npz`` (float16 vectors and
-the entry's fingerprint, :func:`~medclip_core.models.embedding_cache.write_shipped`). The model's
+the entry's fingerprint, :func:`~medclip_core.models.embedding_cache.write_shipped`), and the 64-px
+thumbnails of the Embeddings tab's default map (``thumbnails-*.json``, no model involved). The model's
 old shipped files are removed first. Run it again whenever an embedded model's weights, the phantom
 renderer or the report corpus change: ``tests/test_first_use.py`` fails until the shipped files
 match.
@@ -34,6 +35,7 @@ def first_use_paths(model_name: str) -> None:
     """What the app's tabs compute on a model's first use, written into the current cache folder."""
     from medclip_core.data.galleries import collection_from_spec
     from medclip_core.models import load_model
+    from medclip_core.tasks.embedding import embedding_map
     from medclip_core.tasks.report import REFERENCE_CACHE
     from medclip_core.tasks.retrieval import build_index, build_report_index
 
@@ -41,7 +43,8 @@ def first_use_paths(model_name: str) -> None:
     build_report_index(model)                       # Retrieve: image -> reports
     REFERENCE_CACHE.get(model)                      # Report: sentence corpus and reference images
     build_index(model, collection_from_spec("phantom"))                  # Retrieve: the default gallery
-    build_index(model, collection_from_spec(EMBEDDINGS_GALLERY_SPEC))    # Embeddings: the default map
+    embedding_map(model, collection_from_spec(EMBEDDINGS_GALLERY_SPEC), method="pca", cache=None)  # Embeddings:
+    # the default map's images and report texts
 
 
 def shipped_model_name(path: Path) -> str | None:
@@ -71,6 +74,18 @@ def main() -> None:
             fingerprint = json.loads((entry / FINGERPRINT_NAME).read_text())
             path = write_shipped(entry.name, fingerprint, np.load(entry / VECTORS_NAME))
             print(f"{path.relative_to(SHIPPED_DIR.parents[1])}: {path.stat().st_size / 1e6:.2f} MB")
+    write_thumbnails()
+
+
+def write_thumbnails() -> None:
+    """The Embeddings default map's image thumbnails (model-independent), replacing stale ones."""
+    from medclip_core.data.galleries import collection_from_spec
+    from medclip_core.tasks.embedding import write_shipped_thumbnails
+
+    for old in SHIPPED_DIR.glob("thumbnails-*.json"):
+        old.unlink()
+    path = write_shipped_thumbnails(collection_from_spec(EMBEDDINGS_GALLERY_SPEC))
+    print(f"{path.relative_to(SHIPPED_DIR.parents[1])}: {path.stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":
