@@ -698,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "specificity (default: Youden's per finding)")
     p.add_argument("--relevance", choices=("report", "labels"), default="report",
                    help="labelled set retrieval: a hit is the own report text, or any report of the same label set")
-    p.add_argument("--workers", type=int, default=2, help="labelled set: image decoding processes")
+    p.add_argument("--workers", type=int, help="labelled set: image decoding processes (default: the cores "
+                                                "torch's threads leave free)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--seed", type=int, default=0)

@@ -44,10 +44,10 @@ def test_a_warm_retrieval_call_renders_no_thumbnail_again(monkeypatch, tmp_path)
     from pages.retrieve import run_retrieval
 
     query = ("text → images", "pleural effusion", None, "phantom", 8, "medclip-phantom")
-    thumbnails, rows, _, _ = run_retrieval(*query)
+    thumbnails, rows, _, _, _ = run_retrieval(*query)
     assert len(thumbnails) == len(rows) == 8 and phantom.is_warm(224)
     renders = PHANTOM_RENDERS.renders
-    again, rows_again, _, _ = run_retrieval(*query)
+    again, rows_again, _, _, _ = run_retrieval(*query)
     assert PHANTOM_RENDERS.renders == renders  # all 8 thumbnails came from the cache
     assert rows_again == rows
     assert all(np.array_equal(np.asarray(a[0]), np.asarray(b[0])) for a, b in zip(thumbnails, again))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -73,7 +74,7 @@ Progress = Callable[[float, str], Any]
 class EvalOptions:
     """How to evaluate. ``tasks`` None: every task the set allows. ``threshold`` None: Youden's per
     finding. ``methods``: heatmap methods for grounding and segmentation. ``workers``: decoding
-    processes (0 decodes in this one)."""
+    processes (0 decodes in this one); None: the cores torch's threads leave free (:func:`decode_workers`)."""
 
     tasks: tuple[str, ...] | None = None
     bootstrap: int = 1000
@@ -84,7 +85,7 @@ class EvalOptions:
     relevance: str = "report"
     negatives: str | None = None
     batch_size: int = 32
-    workers: int = 2
+    workers: int | None = None
     ece_bins: int = 10
 
 
@@ -193,6 +194,16 @@ class _DecodedImages(Dataset):
 
 def _as_list(batch: list) -> list:
     return batch
+
+
+def decode_workers(requested: int | None = None) -> int:
+    """Decoding processes for a run: ``requested``, or the cores left after torch's intra-op threads (at
+    most 4). A decoding process on a core the encoder's threads use slows the encoder more than decoding
+    costs: on 2 cores with 2 torch threads, one worker halved the throughput of the phantom benchmark
+    (bench/bench_evaluate.py), while decoding in the main process kept 0.99 of bare ``encode_image``."""
+    if requested is not None:
+        return requested
+    return max(0, min(4, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
 def decoded_batches(paths: Sequence[str], batch_size: int, workers: int) -> DataLoader:
@@ -435,7 +446,7 @@ def evaluate_set(models: dict[str, ClipModel], labelled: LabelledSet, options: E
     seconds_encode = {name: 0.0 for name in models}
     seconds_maps = 0.0
     done = 0
-    for batch in decoded_batches([i.path for i in images], options.batch_size, options.workers):
+    for batch in decoded_batches([i.path for i in images], options.batch_size, decode_workers(options.workers)):
         good = [(i, image) for i, image in batch if not isinstance(image, str)]
         skipped += [{"image": images[i].image_id, "reason": image} for i, image in batch if isinstance(image, str)]
         for i, _ in good:
