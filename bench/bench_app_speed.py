@@ -4,7 +4,9 @@ The floor of a call is what no app can avoid: Gradio's own cost for the same req
 Gradio app on the same machine receiving the same upload or text and answering a small JSON) plus
 the bare model work (one image forward, or one text forward for a text query) timed in this
 process. The figure is ``ratio = app / (gradio floor + bare forward)``; target <= 1.3 for Diagnose
-(``/zero_shot``), Retrieve by text (``/retrieve``) and Report by retrieval (``/report``).
+(``/zero_shot``), Retrieve by text (``/retrieve``) and Report by retrieval (``/report``). The client
+fetches every output file, as a browser does (Retrieve's 8 thumbnails: one HTTP request each);
+``ratio_without_file_downloads`` is the same call answered without fetching them.
 
 The model is BiomedCLIP-sized with random weights, built here (nothing is downloaded): an open_clip
 ViT-B/16 image tower and a BERT-base-sized text transformer (12 layers, 768 wide, 12 heads, 256
@@ -162,6 +164,8 @@ def main() -> None:
 
     try:
         app_client = Client(f"http://127.0.0.1:{app_port}/", verbose=False)
+        # the same calls without fetching output files (a gallery's images): what the app itself costs
+        app_answer_client = Client(f"http://127.0.0.1:{app_port}/", verbose=False, download_files=False)
         floor_client = Client(f"http://127.0.0.1:{floor_port}/", verbose=False)
         for name in args.endpoints.split(","):
             floor_kind, bare_kind, request = calls[name]
@@ -170,18 +174,22 @@ def main() -> None:
             for _ in range(args.warmup):
                 app_client.predict(*request["args"], api_name=request["api_name"])
             warmup = time.perf_counter() - started
-            times: dict[str, list[float]] = {"gradio_floor": [], "app": [], "bare_forward": []}
+            times: dict[str, list[float]] = {"gradio_floor": [], "app": [], "app_without_file_downloads": [],
+                                             "bare_forward": []}
             for _ in range(args.rounds):
                 times["gradio_floor"].append(seconds_of(lambda: floor_client.predict(*floor_args,
                                                                                      api_name=f"/{floor_kind}")))
                 times["app"].append(seconds_of(lambda: app_client.predict(*request["args"],
                                                                           api_name=request["api_name"])))
+                times["app_without_file_downloads"].append(seconds_of(lambda: app_answer_client.predict(
+                    *request["args"], api_name=request["api_name"])))
                 with torch.inference_mode():
                     times["bare_forward"].append(seconds_of(bare[bare_kind]))
             medians = {k: statistics.median(v) for k, v in times.items()}
             floor_total = medians["gradio_floor"] + medians["bare_forward"]
             results[name] = {**{f"{k}_ms": round(1000 * v, 1) for k, v in medians.items()},
                              "ratio_app_to_floor_plus_forward": round(medians["app"] / floor_total, 3),
+                             "ratio_without_file_downloads": round(medians["app_without_file_downloads"] / floor_total, 3),
                              "app_over_floor_ms": round(1000 * (medians["app"] - floor_total), 1),
                              "bare": f"{bare_kind} forward", "warmup_s": round(warmup, 1)}
             print(name, results[name], flush=True)

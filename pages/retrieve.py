@@ -136,7 +136,8 @@ def build(model_picker: gr.Dropdown) -> None:
                 button = gr.Button("Search", variant="primary")
         summary = gr.Markdown()
         ood = gr.Markdown(elem_id="retrieve-ood")
-        results = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain", elem_id="retrieve-gallery")
+        results = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain", format="jpeg",
+                             elem_id="retrieve-gallery")
         table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True,
                              column_widths=["8%", "10%", "22%", "60%"])
         details = gr.JSON(label="Result")

@@ -404,7 +404,10 @@ def bench_app_speed() -> list[Row]:
             continue
         data, command = _bench(name)
         cells = [f"`/{endpoint}` {r['app_ms']:,.0f} ms vs {r['gradio_floor_ms']:,.0f} + {r['bare_forward_ms']:,.0f} ms "
-                 f"({r['ratio_app_to_floor_plus_forward']:.2f}×)" for endpoint, r in data["endpoints"].items()]
+                 f"({r['ratio_app_to_floor_plus_forward']:.2f}×"
+                 + (f"; {r['ratio_without_file_downloads']:.2f}× without fetching output files"
+                    if "ratio_without_file_downloads" in r else "") + ")"
+                 for endpoint, r in data["endpoints"].items()]
         rows.append([f"each tab's main endpoint through `gradio_client` vs a do-nothing Gradio app + the bare forward, "
                      f"{data['model']} (load average {data['machine']['load_average'][0]}; target ≤ 1.3×)", command(),
                      "; ".join(cells)])
