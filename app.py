@@ -27,7 +27,6 @@ from medclip_core.data.galleries import collection_from_spec  # noqa: E402
 from medclip_core.errors import MedclipError  # noqa: E402
 from medclip_core.models import load_model  # noqa: E402
 from medclip_core.tasks.embedding import announce_projection_warm_up, embedding_map, warm_up_projection  # noqa: E402
-from medclip_core.tasks.report import REFERENCE_CACHE  # noqa: E402
 from medclip_core.train.runs import RunManager  # noqa: E402
 from pages import (  # noqa: E402
     archive, common, diagnose, embeddings, evaluate, grounding, inspect, report, retrieve, segment, train,
@@ -43,8 +42,7 @@ log = logging.getLogger("medclip_explorer")
 
 def warm_up() -> None:
     """What the tabs' first use with the default model would wait for, most shared first: the model
-    (every tab), the phantom renderer's set-up (gallery thumbnails, about 2 s), the Report tab's
-    sentence corpus, UMAP's compilation
+    (every tab), the phantom renderer's set-up (gallery thumbnails, about 2 s), UMAP's compilation
     (about 8 s, holding the interpreter lock much of the time, hence last; the Embeddings tab shows PCA
     until then) and the Embeddings tab's default map. Each step is locked or cached where it lives, so
     a request that arrives meanwhile waits for the step under way instead of repeating it."""
@@ -53,7 +51,6 @@ def warm_up() -> None:
     try:
         model = load_model(None)
         phantom.warm_up()
-        REFERENCE_CACHE.get(model)  # the Report tab's sentence corpus and its calibration (about 3 s)
     except MedclipError as error:  # e.g. no default model on this machine: the tabs will say so on use
         log.warning("warm-up: %s", error)
     finally:
