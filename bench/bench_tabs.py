@@ -3,11 +3,14 @@
 Each tab is measured in an app process of its own, started fresh with an empty embedding cache
 folder (``MEDCLIP_CACHE_DIR``) and runs folder: *first use* is that process's first call of the
 tab's endpoint (model loading, gallery / corpus embedding and any other first-time work included),
-*warm* the median of ``--repeats`` further calls. The inputs are the tab's defaults (the values the
+*warm* the median of ``--repeats`` further calls. ``--arrive-after S`` waits S seconds after the
+app answers before the first call: a user arriving once the start-up warm-up (``app.warm_up``) is done,
+rather than one racing it. The inputs are the tab's defaults (the values the
 UI starts with) and a committed example image. The machine's load is recorded, since the CPU here
 is shared.
 
     nice python bench/bench_tabs.py [--repeats 3] [--tabs diagnose,retrieve,...] [--out bench/results/tabs.json]
+    nice python bench/bench_tabs.py --arrive-after 30 --out bench/results/tabs_arrive_30s.json
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ def start_app(folder: Path) -> tuple[subprocess.Popen, str, float]:
             time.sleep(0.5)
 
 
-def measure(tab: str, repeats: int) -> dict[str, Any]:
+def measure(tab: str, repeats: int, arrive_after: float = 0.0) -> dict[str, Any]:
     from gradio_client import Client, handle_file
 
     with tempfile.TemporaryDirectory(prefix="bench-tabs-") as folder:
@@ -84,6 +87,7 @@ def measure(tab: str, repeats: int) -> dict[str, Any]:
                 client.predict(*args, api_name=endpoint, **kwargs)
                 return time.perf_counter() - began
 
+            time.sleep(arrive_after)
             first = call()
             warm = [call() for _ in range(repeats)]
         finally:
@@ -97,13 +101,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tabs", default=",".join(tab_calls(None)), help="comma-separated tab names")
+    parser.add_argument("--arrive-after", type=float, default=0.0,
+                        help="seconds between the app answering and the first call")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tabs.json")
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                              "model": MODEL, "repeats": args.repeats, "load_average_before": os.getloadavg()[0],
+                              "model": MODEL, "repeats": args.repeats, "arrive_after_s": args.arrive_after,
+                              "load_average_before": os.getloadavg()[0],
                               "tabs": {}}
     for tab in args.tabs.split(","):
-        result["tabs"][tab] = measure(tab, args.repeats)
+        result["tabs"][tab] = measure(tab, args.repeats, args.arrive_after)
         print(tab, result["tabs"][tab], flush=True)
     result["load_average_after"] = os.getloadavg()[0]
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
