@@ -156,8 +156,9 @@ def test_findings_sr_round_trip(client, archive) -> None:
     assert findings[0].code == ("60046008", "SCT") and findings[1].code == ("287272002", "SCT")
     assert findings[2].code[1] == "99MEDCLIP" and findings[2].label == "calcified granuloma"
     assert {f.source_sop_uid for f in findings} == {first.SOPInstanceUID}
+    assert result.diagnosis.ood.in_distribution is True  # a phantom radiograph under the embedded default
     assert {(f.model, f.model_version, f.in_distribution) for f in findings} == {
-        (result.model, result.model_version, "Not assessed")}
+        (result.model, result.model_version, "Yes")}
     # produced by an algorithm: the observer is a device
     observer = [item for item in read_back.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121005"]
     assert observer and observer[0].ConceptCodeSequence[0].CodeValue == "121007"

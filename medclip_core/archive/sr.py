@@ -4,9 +4,10 @@
   group per (source image, finding): the finding as a coded concept (SNOMED CT where the code
   dictionary of pydicom has one, else a project code ``99MEDCLIP`` with the finding as its meaning),
   its probability (DCM 122157, unitless), the decision threshold (DCM 122411), whether the
-  probability reached it, and whether the input was within what the model was trained on. No
-  out-of-distribution check exists yet, so that field is recorded as *not assessed*
-  (:data:`IN_DISTRIBUTION_NOT_ASSESSED`) rather than guessed. Each group names the algorithm (model
+  probability reached it, and whether the input was within what the model was trained on: the
+  image's out-of-distribution verdict (:mod:`medclip_core.models.ood`) as SNOMED CT Yes / No, or
+  *not assessed* (:data:`IN_DISTRIBUTION_NOT_ASSESSED`) when the model has no reference or the
+  verdict was not kept (study jobs), rather than guessed. Each group names the algorithm (model
   name and version) and references its source image; the observer is a device (this software),
   which marks the document as produced by an algorithm.
 * :func:`report_sr`: the draft report as a text SR (Comprehensive SR: a container with FINDINGS and
@@ -79,6 +80,7 @@ class ImageFindings:
     labels: Sequence[str]
     probabilities: Sequence[float]
     frame: int | None = None  # 0-based frame scored in a multi-frame source
+    in_distribution: bool | None = None  # the image's OOD verdict; None: not assessed
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ def findings_sr(images: Sequence[ImageFindings], model_name: str, version: str, 
         source = hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=image.source.SOPClassUID, referenced_sop_instance_uid=image.source.SOPInstanceUID,
             referenced_frame_numbers=frames)
+        inside = {True: codes.SCT.Yes, False: codes.SCT.No}.get(image.in_distribution, IN_DISTRIBUTION_NOT_ASSESSED)
         for number, (label, probability) in enumerate(zip(image.labels, image.probabilities), start=1):
             measurements = [
                 hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(probability), 6), unit=UNITLESS,
@@ -166,7 +169,7 @@ def findings_sr(images: Sequence[ImageFindings], model_name: str, version: str, 
                 hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=float(threshold), unit=UNITLESS)]
             evaluations = [
                 hd.sr.QualitativeEvaluation(ABOVE_THRESHOLD, codes.SCT.Yes if probability >= threshold else codes.SCT.No),
-                hd.sr.QualitativeEvaluation(IN_DISTRIBUTION, IN_DISTRIBUTION_NOT_ASSESSED)]
+                hd.sr.QualitativeEvaluation(IN_DISTRIBUTION, inside)]
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=hd.UID(), identifier=f"{label[:40]} / image {image.source.SOPInstanceUID}"[:64]),

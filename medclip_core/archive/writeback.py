@@ -68,8 +68,9 @@ def push_findings(client: ArchiveClient, result: ArchivedDiagnosis,
                   threshold: float = DEFAULT_THRESHOLD) -> StoredObject:
     """Store the TID 1500 findings SR of one diagnosed instance in its study (patient module kept: it goes
     back to the archive the source came from)."""
+    verdict = result.diagnosis.ood
     findings = ImageFindings(result.source, result.diagnosis.labels, result.diagnosis.scores[result.model],
-                             result.frame)
+                             result.frame, verdict.in_distribution if verdict else None)
     document = findings_sr([findings], result.model, result.model_version, threshold, result.diagnosis.mode,
                            deidentify=False)
     return client.store(document, result.study_uid, model=result.model)
