@@ -10,7 +10,8 @@ from medclip_core.tasks.diagnose import Diagnosis, probability_figure
 from medclip_core.tasks.embedding import GROUP_GREYS, HIGHLIGHT_COLOUR, MULTIPLE_LABEL, EmbeddingMap, figure
 from medclip_core.tasks.segmentation import SegmentationResult
 from pages.inspect import NOT_RECORDED, displayed_metadata
-from pages.segment import implausible_masks, methods_for_model as segment_methods
+from medclip_core.tasks.segmentation import implausible_masks
+from pages.segment import methods_for_model as segment_methods
 from pages.grounding import methods_for_model as grounding_methods
 
 

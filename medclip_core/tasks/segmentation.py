@@ -125,3 +125,34 @@ def segment(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | N
         masks = np.stack([mask_from_heatmap(m, refine=refine) for m in scores])
     return SegmentationResult(phrases, method, clip.card.name, masks, scores, base, time.perf_counter() - started,
                               verdict)
+
+
+# Plausibility of a mask as a finding's outline: the Segment tab marks the others and keeps them out of
+# the DICOM SEG (a zero-shot map thresholded on a non-chest image can cover most of it).
+MAX_PLAUSIBLE_AREA = 0.5      # a finding's outline covering more than half the image is not an outline
+MIN_INSIDE_BODY = 0.5         # nor one lying mostly on the air around the body
+BACKGROUND_LEVEL = 0.1        # air: the darkest tenth of the image's range, connected to its border
+
+
+def body_mask(image: Image.Image) -> np.ndarray:
+    """The body on a radiograph: everything but the dark air connected to the image border (the whole
+    image when there is no such border, e.g. a tightly cropped film)."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    low, high = np.percentile(grey, [1, 99])
+    dark, _ = ndimage.label(grey <= low + BACKGROUND_LEVEL * max(high - low, 1.0))
+    border = np.unique(np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]]))
+    body = ~np.isin(dark, border[border > 0])
+    return body if body.mean() > 0.1 else np.ones_like(body)
+
+
+def implausible_masks(result: SegmentationResult) -> dict[str, str]:
+    """Phrase -> why its mask cannot be the finding's outline (empty masks are just empty, not listed)."""
+    body = body_mask(result.image)
+    reasons = {}
+    for phrase, mask in zip(result.phrases, result.masks):
+        area = float(mask.mean())
+        if area > MAX_PLAUSIBLE_AREA:
+            reasons[phrase] = f"covers {area:.0%} of the image"
+        elif mask.any() and (mask & body).sum() < MIN_INSIDE_BODY * mask.sum():
+            reasons[phrase] = f"lies mostly outside the body ({1 - (mask & body).sum() / mask.sum():.0%} of it)"
+    return reasons
