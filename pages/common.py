@@ -11,7 +11,8 @@ import gradio as gr
 
 from medclip_core.errors import ImageLoadError, MedclipError
 from medclip_core.io import MedicalImage, load_image
-from medclip_core.models import default_model_name, describe_models, get_spec
+from medclip_core.models import default_model_name, describe_models, get_spec, load_model
+from medclip_core.tasks.grounding import method_support
 
 log = logging.getLogger("medclip_explorer")
 
@@ -189,3 +190,13 @@ def show_preview(path: str | None) -> Any:
         return load_image(path).to_pil()
     except MedclipError:
         return None
+
+
+def unsupported_methods(model_name: str) -> dict[str, str]:
+    """Heatmap method -> why ``model_name`` cannot serve it (empty when it serves all, or cannot be loaded:
+    the call itself then says why)."""
+    try:
+        support = method_support(load_model(model_name))
+    except MedclipError:
+        return {}
+    return {method: reason for method, reason in support.items() if reason}

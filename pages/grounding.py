@@ -9,12 +9,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from medclip_core.errors import MedclipError, TaskInputError
+from medclip_core.errors import TaskInputError
 from medclip_core.eval.heatmap_sanity import CONTROL_PHRASE
-from medclip_core.models import load_model
-from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, method_support, parse_phrases
+from medclip_core.tasks.grounding import METHOD_TITLES, METHODS, GroundingResult, ground, parse_phrases
 from medclip_core.tasks.saving import saved_paths
-from pages.common import clear_on, image_input_column, load_upload, ood_notice, ui_errors
+from pages.common import clear_on, image_input_column, load_upload, ood_notice, ui_errors, unsupported_methods
 
 METHODS_INFO = "Every method this model can serve."
 
@@ -78,15 +77,6 @@ def reblend(state: list[list[GroundingResult]] | None, opacity: float) -> list:
     results, controls = state or ([], [])
     return _gallery(results, opacity, controls)
 
-
-def unsupported_methods(model_name: str) -> dict[str, str]:
-    """Heatmap method -> why ``model_name`` cannot serve it (empty when it serves all, or cannot be loaded:
-    the call itself then says why)."""
-    try:
-        support = method_support(load_model(model_name))
-    except MedclipError:
-        return {}
-    return {method: reason for method, reason in support.items() if reason}
 
 
 def methods_for_model(model_name: str, chosen: list[str] | None) -> Any:

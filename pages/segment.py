@@ -18,8 +18,7 @@ from medclip_core.models.segmentation_decoder import CONFIG_NAME, decoder_dir_fo
 from medclip_core.tasks.grounding import parse_phrases
 from medclip_core.tasks.saving import saved_paths
 from medclip_core.tasks.segmentation import SEGMENT_METHODS, TRAINED, implausible_masks, segment
-from pages.common import clear_on, image_input_column, load_upload, ood_notice, ui_errors
-from pages.grounding import unsupported_methods
+from pages.common import clear_on, image_input_column, load_upload, ood_notice, ui_errors, unsupported_methods
 
 
 @ui_errors
