@@ -81,7 +81,7 @@ def local_rows(model: ClipModel, listing: SourceListing, items: list[SourceItem]
                options: BuildOptions) -> Iterator[ShardRow]:
     """The local engine: decode in ``options.workers`` processes, encode batches here."""
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(listing.root, items, model.preprocess), batch_size=options.batch_size,
+        _DecodeDataset(listing.root, items, model.preprocessing), batch_size=options.batch_size,
         num_workers=options.workers, collate_fn=_as_list, prefetch_factor=4 if options.workers else None)
     for decoded in loader:
         yield from encode_decoded(model, decoded)
@@ -122,7 +122,7 @@ def build_index(source: str | Path, model_name: str | None, out: str | Path,
     if options.engine == "ray":
         from medclip_core.index.ray_engine import ray_rows
 
-        rows = ray_rows(model_name, listing, pending, options)
+        rows = ray_rows(model_name, model.preprocessing, listing, pending, options)
     else:
         rows = local_rows(model, listing, pending, options)
     with _progress_bar(len(pending), options.progress) as bar, contextlib.closing(rows):

@@ -143,11 +143,48 @@ def image_to_rgb_array(image: ImageLike) -> np.ndarray:
     return pixels
 
 
-class ClipModel(ABC):
-    """A CLIP-style dual encoder with the preprocessing it was trained with.
+@dataclass(frozen=True)
+class Preprocessing:
+    """A model's image preprocessing on its own: resize to ``image_size`` (``"crop"``: shorter side, then
+    centre crop, as CLIP and open_clip do; ``"squash"``: both sides, as SigLIP does) and normalise.
+    Small and picklable, so decode processes (a DataLoader's, Ray Data's) preprocess without the model."""
 
-    ``resize_mode`` is ``"crop"`` (shorter side to ``image_size`` then centre crop, as CLIP and
-    open_clip do) or ``"squash"`` (resize both sides to ``image_size``, as SigLIP does).
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize_mode: str = "crop"
+
+    def geometry(self, width: int, height: int) -> CropGeometry:
+        size = self.image_size
+        if self.resize_mode == "squash":
+            return CropGeometry(width, height, size, size / width, size / height, 0.0, 0.0)
+        scale = size / min(width, height)
+        new_w, new_h = round(width * scale), round(height * scale)
+        return CropGeometry(
+            width, height, size, new_w / width, new_h / height, (new_w - size) // 2, (new_h - size) // 2
+        )
+
+    def normalise(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) RGB in [0, 1] -> normalised with the model's mean and std."""
+        mean = torch.tensor(self.mean, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
+        return (rgb - mean) / std
+
+    def __call__(self, image: ImageLike) -> torch.Tensor:
+        """One image -> (3, S, S) float tensor, resized, cropped and normalised."""
+        rgb = torch.from_numpy(np.ascontiguousarray(image_to_rgb_array(image))).permute(2, 0, 1)
+        height, width = rgb.shape[1:]
+        geo = self.geometry(width, height)
+        new_size = (round(height * geo.scale_y), round(width * geo.scale_x))
+        resized = F.interpolate(rgb[None], size=new_size, mode="bicubic", antialias=True, align_corners=False)[0]
+        left, top = int(geo.left), int(geo.top)
+        cropped = resized[:, top : top + self.image_size, left : left + self.image_size].clamp(0.0, 1.0)
+        return self.normalise(cropped)
+
+
+class ClipModel(ABC):
+    """A CLIP-style dual encoder with the preprocessing it was trained with (``preprocessing``, a
+    :class:`Preprocessing`).
     ``ood_reference`` is the embedding distribution of the model's training images, set by the loader
     when the model ships one (see :mod:`medclip_core.models.ood`); None otherwise.
     """
@@ -164,10 +201,7 @@ class ClipModel(ABC):
     ) -> None:
         self.card = card
         self.device = device
-        self.image_size = card.image_size
-        self.resize_mode = resize_mode
-        self._mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
+        self.preprocessing = Preprocessing(card.image_size, tuple(image_mean), tuple(image_std), resize_mode)
 
     # -- hooks the backends implement -------------------------------------------------
     @abstractmethod
@@ -197,26 +231,20 @@ class ClipModel(ABC):
         """The underlying torch module (for training, devices and parameter counts)."""
 
     # -- shared behaviour ---------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    @property
+    def resize_mode(self) -> str:
+        return self.preprocessing.resize_mode
+
     def geometry(self, width: int, height: int) -> CropGeometry:
-        size = self.image_size
-        if self.resize_mode == "squash":
-            return CropGeometry(width, height, size, size / width, size / height, 0.0, 0.0)
-        scale = size / min(width, height)
-        new_w, new_h = round(width * scale), round(height * scale)
-        return CropGeometry(
-            width, height, size, new_w / width, new_h / height, (new_w - size) // 2, (new_h - size) // 2
-        )
+        return self.preprocessing.geometry(width, height)
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """One image -> (3, S, S) float tensor, resized, cropped and normalised as the model expects."""
-        rgb = torch.from_numpy(np.ascontiguousarray(image_to_rgb_array(image))).permute(2, 0, 1)
-        height, width = rgb.shape[1:]
-        geo = self.geometry(width, height)
-        new_size = (round(height * geo.scale_y), round(width * geo.scale_x))
-        resized = F.interpolate(rgb[None], size=new_size, mode="bicubic", antialias=True, align_corners=False)[0]
-        left, top = int(geo.left), int(geo.top)
-        cropped = resized[:, top : top + self.image_size, left : left + self.image_size].clamp(0.0, 1.0)
-        return (cropped - self._mean) / self._std
+        return self.preprocessing(image)
 
     def preprocess_batch(self, images: Sequence[ImageLike]) -> torch.Tensor:
         return torch.stack([self.preprocess(image) for image in images])

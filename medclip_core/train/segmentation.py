@@ -242,7 +242,7 @@ class SegmentationTrainer(TrainingRun):
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(images).to(self.device, torch.float32).div_(255.0)[:, None].expand(-1, 3, -1, -1)
-        return (x - self.model._mean.to(self.device)[None]) / self.model._std.to(self.device)[None]
+        return self.model.preprocessing.normalise(x)
 
     def batch_loss(self, module: TextConditionedDecoder, data: FeatureSet, bank: PhraseBank, rows: np.ndarray,
                    rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
