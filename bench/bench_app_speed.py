@@ -5,8 +5,9 @@ Gradio app on the same machine receiving the same upload or text and answering a
 the bare model work (one image forward, or one text forward for a text query) timed in this
 process. The figure is ``ratio = app / (gradio floor + bare forward)``; target <= 1.3 for Diagnose
 (``/zero_shot``), Retrieve by text (``/retrieve``) and Report by retrieval (``/report``). The client
-fetches every output file, as a browser does (Retrieve's 8 thumbnails: one HTTP request each);
-``ratio_without_file_downloads`` is the same call answered without fetching them.
+fetches every output file, as a browser does; ``ratio_without_file_downloads`` is the same call answered
+without fetching them. (Retrieve's thumbnails travel inline in its answer and Diagnose does not send the
+preview back, so these two have no output file to fetch.)
 
 The model is BiomedCLIP-sized with random weights, built here (nothing is downloaded): an open_clip
 ViT-B/16 image tower and a BERT-base-sized text transformer (12 layers, 768 wide, 12 heads, 256

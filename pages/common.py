@@ -2,12 +2,16 @@
 concurrency limit every model call shares."""
 from __future__ import annotations
 
+import base64
 import functools
+import html
+import io
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
+from PIL import Image
 
 from medclip_core.errors import ImageLoadError, MedclipError
 from medclip_core.io import MedicalImage, load_image
@@ -116,6 +120,17 @@ def share_model_limit(demo: gr.Blocks, picker: gr.Dropdown, limit: int) -> list[
     return grouped
 
 
+def release_sessions_on_close(demo: gr.Blocks) -> None:
+    """Drop a session's stored values (its ``gr.State``: Inspect's image, Grounding's maps …) as soon as
+    its browser tab closes. Gradio would keep them for an hour in case the tab reconnects, which on a
+    shared Space holds every recent visitor's images; a visitor who comes back starts afresh."""
+    def release(request: gr.Request) -> None:
+        if request is not None and request.session_hash:
+            demo.state_holder.delete_state(request.session_hash)
+
+    demo.unload(release)
+
+
 def example_files() -> list[str]:
     """The committed example images (phantom PNGs and one DICOM), for one-click examples."""
     files = sorted(str(p) for p in (EXAMPLES_DIR / "phantom").glob("[0-9]*.png"))
@@ -130,6 +145,37 @@ def image_upload(elem_id: str | None = None, label: str = "Image (PNG, JPEG, TIF
 
 def image_examples(upload: gr.File) -> gr.Examples:
     return gr.Examples(examples=[[path] for path in example_files()], inputs=[upload], label="Examples")
+
+
+THUMBNAIL_SIDE = 320  # px: a grid cell of a 1280-px page, four to a row
+THUMBNAIL_GRID_CSS = """
+.thumbnail-grid { display: grid; grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 8px; }
+.thumbnail-grid figure { margin: 0; display: flex; flex-direction: column; align-items: center; }
+.thumbnail-grid img { width: 100%; aspect-ratio: 1; object-fit: contain; background: #000; border-radius: 4px; }
+.thumbnail-grid figcaption { font-size: 0.85em; text-align: center; overflow-wrap: anywhere; }
+"""
+
+
+def thumbnail_grid(elem_id: str) -> gr.HTML:
+    """An output grid of result thumbnails with captions; its value comes from :func:`thumbnail_grid_html`."""
+    return gr.HTML("", css_template=THUMBNAIL_GRID_CSS, elem_id=elem_id, js_on_load=None)
+
+
+def thumbnail_grid_html(items: Sequence[tuple[Image.Image, str]]) -> str:
+    """(image, caption) pairs as one HTML grid with each thumbnail inline as a JPEG data URI (at most
+    :data:`THUMBNAIL_SIDE` px): the answer carries its images, so neither a browser nor an API client
+    makes one more request per thumbnail, and nothing is written to the server's file cache."""
+    figures = []
+    for image, caption in items:
+        small = image.convert("RGB")
+        small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        buffer = io.BytesIO()
+        small.save(buffer, format="JPEG", quality=85)
+        source = base64.b64encode(buffer.getvalue()).decode("ascii")
+        text = html.escape(caption)
+        figures.append(f'<figure><img src="data:image/jpeg;base64,{source}" alt="{text}" title="{text}">'
+                       f"<figcaption>{text}</figcaption></figure>")
+    return f'<div class="thumbnail-grid">{"".join(figures)}</div>' if figures else ""
 
 
 def image_input_column(elem_id: str, preview: bool = False) -> tuple[gr.File, gr.Image | None]:

@@ -19,15 +19,16 @@ NEGATIVE_CHOICES = [(MODEL_NEGATIVES, MODEL_NEGATIVES), ('"No {finding}." (CheXz
 
 @ui_errors
 def run_diagnosis(path: str | None, preset: str, custom_labels: str, mode: str, model: str, compare_with: str,
-                  shots: float, negatives: str = MODEL_NEGATIVES) -> tuple[Any, Any, Any, dict, str]:
-    """Image file + labels -> (preview, bar chart, table, full JSON result, out-of-distribution notice)."""
+                  shots: float, negatives: str = MODEL_NEGATIVES) -> tuple[Any, Any, dict, str]:
+    """Image file + labels -> (bar chart, table, full JSON result, out-of-distribution notice). The preview
+    is not sent again: the upload already showed it."""
     image = load_upload(path)
     result = diagnose(image, resolve_labels(custom_labels, preset), mode=mode, model=model,
                       compare_with=None if compare_with in (None, "", NO_COMPARISON) else compare_with,
                       shots=int(shots or 0), negatives=None if negatives in (None, "", MODEL_NEGATIVES) else negatives)
     header, rows = result.table()
     summary = result.to_dict()
-    return image.to_pil(), probability_figure(result), gr.update(value=rows, headers=header), summary, ood_notice(
+    return probability_figure(result), gr.update(value=rows, headers=header), summary, ood_notice(
         summary["ood"])
 
 
@@ -47,7 +48,7 @@ def build(model_picker: gr.Dropdown) -> None:
         gr.Markdown("Zero-shot findings: each label is written as report sentences (a prompt ensemble) and "
                     "scored per label against negative sentences (CheXzero style), or as a softmax across labels.")
         with gr.Row():
-            upload, preview = image_input_column("diagnose-upload", preview=True)
+            upload, _ = image_input_column("diagnose-upload", preview=True)
             with gr.Column():
                 preset = gr.Dropdown(list(LABEL_PRESETS), value=DEFAULT_PRESET, label="Label set")
                 custom = gr.Textbox(lines=4, label="Or your own labels, one per line",
@@ -67,7 +68,7 @@ def build(model_picker: gr.Dropdown) -> None:
         table = gr.Dataframe(label="Table", interactive=False)
         details = gr.JSON(label="Result (with the prompts used)")
         run = button.click(run_diagnosis, inputs=[upload, preset, custom, mode, model_picker, compare, shots, negatives],
-                           outputs=[preview, plot, table, details, ood], api_name="zero_shot")
+                           outputs=[plot, table, details, ood], api_name="zero_shot")
         clear_on([run.failure, upload.change, model_picker.change], [plot, table, details, ood])
         custom.change(label_set_in_effect, inputs=custom, outputs=preset, api_visibility="private", queue=False,
                       show_progress="hidden")

@@ -23,7 +23,9 @@ from medclip_core.models import load_model
 from medclip_core.tasks.retrieval import (
     build_index, image_to_reports, labelled_precision, search_image, search_text,
 )
-from pages.common import clear_on, image_examples, image_upload, ood_notice, ui_errors
+from pages.common import (
+    clear_on, image_examples, image_upload, ood_notice, thumbnail_grid, thumbnail_grid_html, ui_errors,
+)
 
 MODES = ("text → images", "image → images", "image → reports")
 GALLERY_ROOT_ENV = "MEDCLIP_GALLERY_ROOT"
@@ -71,9 +73,9 @@ def search_archive_index(name: str, mode: str, query_text: str, query_path: str 
 @ui_errors
 def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: str, k: float, model_name: str,
                   archive_index: str = NO_ARCHIVE_INDEX,
-                  progress: gr.Progress = gr.Progress()) -> tuple[list, list[list[Any]], str, dict, str]:
-    """Returns gallery thumbnails with captions, a hits table, a summary, the JSON result and, for an image
-    query, the out-of-distribution notice of the query image."""
+                  progress: gr.Progress = gr.Progress()) -> tuple[str, list[list[Any]], str, dict, str]:
+    """Returns the result thumbnails with captions (an HTML grid), a hits table, a summary, the JSON result
+    and, for an image query, the out-of-distribution notice of the query image."""
     k = int(k)
     if mode not in MODES:
         raise TaskInputError(f"Choose one of: {', '.join(MODES)}.")
@@ -82,7 +84,7 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
     if archive_index and archive_index != NO_ARCHIVE_INDEX:
         thumbnails, rows, summary, result = search_archive_index(archive_index, mode, query_text, query_path, k,
                                                                  model_name)
-        return thumbnails, rows, summary, result, ood_notice(result["ood"])
+        return thumbnail_grid_html(thumbnails), rows, summary, result, ood_notice(result["ood"])
     model = load_model(model_name)
 
     def report(done: int, total: int) -> None:
@@ -92,7 +94,7 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
         result = image_to_reports(model, load_image(query_path), k=k, progress=report)
         summary = f"{len(result.hits)} closest reports of {result.gallery}."
         details = result.to_dict()
-        return ([], [[h.rank, round(h.score, 4), "", h.report] for h in result.hits], summary, details,
+        return ("", [[h.rank, round(h.score, 4), "", h.report] for h in result.hits], summary, details,
                 ood_notice(details["ood"]))
     collection = gallery_collection(gallery)
     if not phantom.is_warm():  # the background warm-up (app.py) is still building the renderer's banks
@@ -110,8 +112,8 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
                   for h in result.hits]
     rows = [[h.rank, round(h.score, 4), ", ".join(h.labels or []), h.report or ""] for h in result.hits]
     details = result.to_dict()
-    return (thumbnails, rows, summary + "".join(f"\n\n{note}" for note in result.notes), details,
-            ood_notice(details["ood"]))
+    notes = "".join(f"\n\n{note}" for note in result.notes)
+    return thumbnail_grid_html(thumbnails), rows, summary + notes, details, ood_notice(details["ood"])
 
 
 def build(model_picker: gr.Dropdown) -> None:
@@ -136,8 +138,7 @@ def build(model_picker: gr.Dropdown) -> None:
                 button = gr.Button("Search", variant="primary")
         summary = gr.Markdown()
         ood = gr.Markdown(elem_id="retrieve-ood")
-        results = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain", format="jpeg",
-                             elem_id="retrieve-gallery")
+        results = thumbnail_grid("retrieve-gallery")
         table = gr.Dataframe(headers=["rank", "score", "labels", "report"], label="Hits", interactive=False, wrap=True,
                              column_widths=["8%", "10%", "22%", "60%"])
         details = gr.JSON(label="Result")

@@ -66,10 +66,11 @@ def inside(inner: dict, outer: dict, slack: float = 1.0) -> bool:
             and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + slack)
 
 
-def captions_fit(page, gallery: str) -> None:
-    """Each gallery caption lies inside the gallery and the viewport (once scrolled to) and is not cut."""
-    wrap = page.locator(f"{gallery} .grid-wrap")
-    captions = page.locator(f"{gallery} .caption-label")
+def captions_fit(page, gallery: str, wrap: str = ".grid-wrap", caption: str = ".caption-label") -> None:
+    """Each gallery caption lies inside the gallery and the viewport (once scrolled to) and is not cut
+    (``wrap`` and ``caption`` select the grid and captions: a Gradio gallery's by default)."""
+    wrap = page.locator(f"{gallery} {wrap}")
+    captions = page.locator(f"{gallery} {caption}")
     assert captions.count() > 0
     for caption in captions.all():
         caption.scroll_into_view_if_needed()
@@ -88,6 +89,7 @@ def test_diagnose_preview_sorted_chart_labels_in_effect_and_error(page) -> None:
     expect(page.locator("#diagnose-upload-preview img")).to_be_visible(timeout=30_000)  # before any button
     page.get_by_role("button", name="Diagnose", exact=True).click()
     expect(page.locator("#diagnose-chart .barlayer .point").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#diagnose-upload-preview img")).to_be_visible()  # the answer leaves the preview shown
     figure = plotly(page, "#diagnose-chart")
     probability = dict(zip(figure["data"][0]["y"], figure["data"][0]["x"]))
     order = figure["layout"]["yaxis"]["categoryarray"]
@@ -115,7 +117,8 @@ def test_retrieve_captions_whole_images_and_error(page) -> None:
     page.get_by_role("button", name="Search", exact=True).click()
     expect(page.get_by_text("8 of 16 images", exact=False).first).to_be_visible(timeout=120_000)
     expect(page.locator("#retrieve-gallery img")).to_have_count(8, timeout=30_000)
-    captions_fit(page, "#retrieve-gallery")
+    captions_fit(page, "#retrieve-gallery", wrap=".thumbnail-grid", caption="figcaption")
+    assert page.locator("#retrieve-gallery img").first.evaluate("img => img.complete && img.naturalWidth > 0")
     save_for_docs(page, "retrieve")
     page.get_by_label("Text query").fill(" ")
     fail_and_expect_cleared(page, "Search", page.locator("#retrieve-gallery img"))

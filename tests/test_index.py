@@ -180,9 +180,11 @@ def test_ivf_pq_index_recalls_the_exact_neighbours(tmp_path):
 def test_retrieve_tab_searches_a_registered_index_and_reads_thumbnails_from_the_archive(built, tiny_model_name,
                                                                                       archive, monkeypatch):
     from pages.retrieve import run_retrieval
+    from tests.test_pages_ui import inline_thumbnails
 
     monkeypatch.setenv("MEDCLIP_INDEX_ROOT", str(built.parent))
-    thumbnails, rows, summary, result, _ = run_retrieval("image → images", "", str(archive / "right" / "004.png"),
-                                                      "phantom", 3, tiny_model_name, built.name)
+    grid, rows, summary, result, _ = run_retrieval("image → images", "", str(archive / "right" / "004.png"),
+                                                "phantom", 3, tiny_model_name, built.name)
+    thumbnails = inline_thumbnails(grid)
     assert len(thumbnails) == 3 and thumbnails[0][0].size == (224, 224) and "right/004.png" in thumbnails[0][1]
     assert result["hits"][0]["id"] == "right/004.png" and f"{N_PNG + 1:,} images in archive index" in summary

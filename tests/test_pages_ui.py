@@ -78,3 +78,26 @@ def test_methods_a_model_cannot_serve_are_not_offered(open_clip_dir) -> None:
     vit = segment_methods(f"local-dir:{open_clip_dir}", "trained")
     assert "zero-shot:relevance" in vit["choices"] and "trained" not in vit["choices"]
     assert vit["value"] == "zero-shot:similarity" and "no trained decoder" in vit["info"]
+
+
+def inline_thumbnails(grid: str) -> list[tuple[Image.Image, str]]:
+    """The (image, caption) pairs of a thumbnail grid's HTML (``pages.common.thumbnail_grid_html``)."""
+    import base64
+    import html
+    import io
+    import re
+
+    found = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"[^>]*><figcaption>(.*?)</figcaption>', grid)
+    return [(Image.open(io.BytesIO(base64.b64decode(source))), html.unescape(caption)) for source, caption in found]
+
+
+def test_result_thumbnails_are_inline_bounded_jpegs_with_escaped_captions() -> None:
+    from pages.common import THUMBNAIL_SIDE, thumbnail_grid_html
+
+    wide = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (384, 8)))  # 2048 x 384
+    grid = thumbnail_grid_html([(wide, "1. 0.912 — effusion"), (Image.new("L", (64, 64)), '<img src=x onerror="alert(1)">')])
+    thumbnails = inline_thumbnails(grid)
+    assert [image.size for image, _ in thumbnails] == [(THUMBNAIL_SIDE, 60), (64, 64)]  # drawn down, never up
+    assert [caption for _, caption in thumbnails] == ["1. 0.912 — effusion", '<img src=x onerror="alert(1)">']
+    assert "onerror=\"alert" not in grid and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in grid
+    assert thumbnail_grid_html([]) == ""

@@ -42,15 +42,15 @@ def test_render_cache_renders_each_image_once_and_keeps_the_renderer_output() ->
 def test_a_warm_retrieval_call_renders_no_thumbnail_again(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("MEDCLIP_CACHE_DIR", str(tmp_path))
     from pages.retrieve import run_retrieval
+    from tests.test_pages_ui import inline_thumbnails
 
     query = ("text → images", "pleural effusion", None, "phantom", 8, "medclip-phantom")
-    thumbnails, rows, _, _, _ = run_retrieval(*query)
-    assert len(thumbnails) == len(rows) == 8 and phantom.is_warm(224)
+    grid, rows, _, _, _ = run_retrieval(*query)
+    assert len(inline_thumbnails(grid)) == len(rows) == 8 and phantom.is_warm(224)
     renders = PHANTOM_RENDERS.renders
     again, rows_again, _, _, _ = run_retrieval(*query)
     assert PHANTOM_RENDERS.renders == renders  # all 8 thumbnails came from the cache
-    assert rows_again == rows
-    assert all(np.array_equal(np.asarray(a[0]), np.asarray(b[0])) for a, b in zip(thumbnails, again))
+    assert rows_again == rows and again == grid
 
 
 @pytest.mark.parametrize("name", ["medclip-phantom", "medclip-phantom-grounding"])

@@ -75,8 +75,8 @@ def test_runs_start_queue_cancel_and_finish_through_the_api(client, monkeypatch)
     assert details["final_metrics"]["step"] == 2
 
     # the finished run is a model of every tab now
-    _, _, _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "000.png")), "Phantom findings",
-                                     "effusion\nnodule", "softmax", "api-short", "(none)", 0, api_name="/zero_shot")
+    _, _, result, _ = client.predict(handle_file(str(EXAMPLES / "phantom" / "000.png")), "Phantom findings",
+                                  "effusion\nnodule", "softmax", "api-short", "(none)", 0, api_name="/zero_shot")
     assert abs(sum(result["scores"]["api-short"]) - 1) < 1e-4
 
 
