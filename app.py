@@ -100,6 +100,7 @@ def build_app() -> gr.Blocks:
             archive.build(picker)
             archive.resume_jobs()
     common.share_model_limit(demo, picker, MODEL_CONCURRENCY)
+    common.release_sessions_on_close(demo)
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
     return demo
 

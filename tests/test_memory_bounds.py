@@ -151,3 +151,40 @@ def test_dicom_seg_masks_are_drawn_up_to_the_source_size(tmp_path: Path) -> None
     saved = result.save(tmp_path / "out", dicom_source=path)
     seg = pydicom.dcmread(saved["dicom_seg"])
     assert (seg.Rows, seg.Columns) == (1200, 1100)
+
+
+def test_a_closed_tab_releases_its_session_state_at_once(tmp_path: Path) -> None:
+    """Inspect keeps the decoded image in the session; once the browser tab closes, the app drops it (Gradio
+    alone would keep it an hour)."""
+    import time
+
+    from tests.conftest import free_port
+    from tests.test_browser import CHROMIUM, browser_page
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    from app import build_app
+
+    stored = np.tile(np.arange(900, dtype=np.uint16)[None, :] * 4, (700, 1))
+    path = write_dicom(tmp_path / "kept.dcm", stored, bits_stored=12, WindowCenter=1800, WindowWidth=3600)
+    demo = build_app()
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+
+    def kept_bytes() -> int:
+        return sum(value.pixels.nbytes for session in list(demo.state_holder.session_data.values())
+                   for value in session.state_data.values() if hasattr(value, "pixels"))
+    try:
+        with browser_page(demo.local_url) as page:
+            page.get_by_role("tab", name="Inspect image", exact=True).click()
+            page.locator("#inspect-upload input[type=file]").set_input_files(str(path))
+            deadline = time.monotonic() + 60
+            while kept_bytes() < 900 * 700 * 4 and time.monotonic() < deadline:  # the decoded image, float32
+                time.sleep(0.5)
+            assert kept_bytes() >= 900 * 700 * 4
+            page.close()
+            deadline = time.monotonic() + 30
+            while kept_bytes() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert kept_bytes() == 0
+    finally:
+        demo.close()
