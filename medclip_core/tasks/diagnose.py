@@ -103,18 +103,20 @@ def probability_figure(diagnosis: Diagnosis):
     order = [diagnosis.labels[i] for i in sorted(range(len(first)), key=lambda i: -first[i])]
     threshold = decision_threshold(diagnosis)
     outside = diagnosis.ood is not None and diagnosis.ood.in_distribution is False
-    figure = go.Figure()
-    for number, (series, probabilities) in enumerate(diagnosis.scores.items()):
-        grey = OUT_OF_DISTRIBUTION_GREYS[number % len(OUT_OF_DISTRIBUTION_GREYS)]
-        figure.add_trace(go.Bar(name=series, y=diagnosis.labels, x=probabilities, orientation="h",
-                                marker_color=grey if outside else None,
-                                hovertemplate="%{y}: %{x:.3f}<extra>" + series + "</extra>"))
-    figure.add_vline(x=threshold, line_dash="dash", line_color="#d62728", annotation_text=f"threshold {threshold:.2f}",
-                     annotation_position="top right")
-    figure.update_layout(barmode="group", xaxis=dict(range=[0, 1], title="probability"),
-                         yaxis=dict(categoryorder="array", categoryarray=order, autorange="reversed"),
-                         height=max(320, 28 * len(diagnosis.labels) * max(1, len(diagnosis.scores) // 2)),
-                         margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"),
-                         title=f"⚠️ {diagnosis.ood.message}" if outside
-                         else f"Zero-shot ({diagnosis.mode}), sorted by probability")
+    bars = [go.Bar(name=series, y=diagnosis.labels, x=probabilities, orientation="h",
+                   marker_color=OUT_OF_DISTRIBUTION_GREYS[number % len(OUT_OF_DISTRIBUTION_GREYS)] if outside else None,
+                   hovertemplate="%{y}: %{x:.3f}<extra>" + series + "</extra>")
+            for number, (series, probabilities) in enumerate(diagnosis.scores.items())]
+    # the threshold as a layout shape and label: a sixth of the time of plotly's add_vline
+    threshold_line = dict(type="line", x0=threshold, x1=threshold, xref="x", y0=0, y1=1, yref="paper",
+                          line=dict(dash="dash", color="#d62728"))
+    threshold_label = dict(x=threshold, y=1, xref="x", yref="paper", text=f"threshold {threshold:.2f}",
+                           showarrow=False, xanchor="left", yanchor="bottom")
+    figure = go.Figure(data=bars, layout=dict(
+        barmode="group", xaxis=dict(range=[0, 1], title="probability"),
+        yaxis=dict(categoryorder="array", categoryarray=order, autorange="reversed"),
+        height=max(320, 28 * len(diagnosis.labels) * max(1, len(diagnosis.scores) // 2)),
+        margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"), shapes=[threshold_line],
+        annotations=[threshold_label],
+        title=f"⚠️ {diagnosis.ood.message}" if outside else f"Zero-shot ({diagnosis.mode}), sorted by probability"))
     return figure
