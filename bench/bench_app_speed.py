@@ -14,7 +14,9 @@ ViT-B/16 image tower and a BERT-base-sized text transformer (12 layers, 768 wide
 tokens), saved in open_clip's folder layout and served as ``local-dir:``; ``--model`` names any
 other model (e.g. the embedded ``medclip-phantom``). Calls are interleaved (floor, app, bare) in
 ``--rounds`` rounds after warm-up calls that build the model's caches (the report sentence corpus
-and gallery embeddings go to the usual on-disk cache, so a second run starts faster); medians.
+and gallery embeddings go to the usual on-disk cache, so a second run starts faster); medians. The
+app's start-up warm-up thread is off (``MEDCLIP_WARM_UP=0``): it would share the cores with the
+measured calls for its first half minute, and the warm-up calls build what the endpoints need.
 The machine is shared: ``load_average`` says how busy it was.
 
     PYTHONPATH=. nice python bench/bench_app_speed.py --rounds 5 --endpoints zero_shot,retrieve
@@ -141,7 +143,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout still stops the servers (finally below)
     app_port, floor_port = free_port(), free_port()
     app = start([sys.executable, "app.py"], app_port, {**env, "GRADIO_SERVER_NAME": "127.0.0.1",
-                                                       "GRADIO_SERVER_PORT": str(app_port)})
+                                                       "GRADIO_SERVER_PORT": str(app_port), "MEDCLIP_WARM_UP": "0"})
     floor = start([sys.executable, "-c", FLOOR_APP, str(floor_port)], floor_port, env)
     results: dict[str, Any] = {}
 
