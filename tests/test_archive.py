@@ -346,6 +346,13 @@ def test_whole_study_job_scores_images_skips_non_images_and_stores_one_sr(client
     assert {f.source_sop_uid for f in findings} == {archive["first"].SOPInstanceUID, archive["second"].SOPInstanceUID}
     assert [f.probability for f in findings if f.source_sop_uid == archive["first"].SOPInstanceUID] == \
         pytest.approx(scored.probabilities, abs=1e-6)
+    assert scored.in_distribution is on_disk.ood.in_distribution is True  # a phantom under the embedded default
+    for row in rows.values():  # each image's own verdict, as its row has it
+        if row.status == "scored":
+            assert {f.in_distribution for f in findings if f.source_sop_uid == row.sop_uid} == {
+                {True: "Yes", False: "No"}[row.in_distribution]}
+    assert csv_lines[0].split(",")[7] == "in distribution" and ",yes," in csv_lines[1 + list(rows).index(
+        archive["first"].SOPInstanceUID)]
 
 
 def test_job_survives_a_restart_and_skips_what_is_done(client, archive, tmp_path) -> None:

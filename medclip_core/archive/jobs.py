@@ -98,6 +98,7 @@ class JobRow:
     frame: int | None = None
     probabilities: list[float] = field(default_factory=list)
     report: str = ""
+    in_distribution: bool | None = None  # the image's out-of-distribution verdict; None: no reference
 
 
 def _now() -> str:
@@ -268,6 +269,7 @@ def _score_file(spec: JobSpec, path: Path, model, name: str) -> JobRow:
 def _score(row: JobRow, spec: JobSpec, image, model, name: str, frames: int) -> None:
     result = zero_shot(model, image, spec.labels, spec.mode)
     row.probabilities = [round(float(p), 6) for p in result.probabilities]
+    row.in_distribution = result.ood.in_distribution if result.ood else None
     chosen = frame_index(spec.frame, frames) if frames > 1 else None
     row.frame = (frames // 2 if chosen is None else chosen) if frames > 1 else None
     if spec.report:
@@ -283,7 +285,8 @@ def _store_study_srs(folder: Path, client: ArchiveClient, spec: JobSpec, name: s
     version = model_version(load_model(name).card)
     for study_uid in sorted({row.study_uid for row in rows} - stored_studies):
         images = [ImageFindings(client.fetch_metadata(row.study_uid, row.series_uid, row.sop_uid), spec.labels,
-                                row.probabilities, row.frame) for row in rows if row.study_uid == study_uid]
+                                row.probabilities, row.frame, row.in_distribution)
+                  for row in rows if row.study_uid == study_uid]
         stored = client.store(findings_sr(images, name, version, spec.threshold, spec.mode, deidentify=False),
                               study_uid, model=name)
         state.setdefault("stored", []).append(stored.to_dict())
@@ -295,10 +298,11 @@ def job_table(folder: Path) -> tuple[list[str], list[list[Any]]]:
     """(header, rows) of a job so far: one row per instance or file, one column per label (probability),
     status and note. The UI shows it while the job runs; :func:`write_csv` writes it at the end."""
     spec = read_spec(folder)
-    header = ["item", "status", "note", "study_uid", "series_uid", "sop_uid", "frame", *spec.labels,
-              *(["report"] if spec.report else [])]
+    header = ["item", "status", "note", "study_uid", "series_uid", "sop_uid", "frame", "in distribution",
+              *spec.labels, *(["report"] if spec.report else [])]
     rows = [[row.key, row.status, row.note, row.study_uid, row.series_uid, row.sop_uid,
-             "" if row.frame is None else row.frame, *(row.probabilities or [""] * len(spec.labels)),
+             "" if row.frame is None else row.frame, {True: "yes", False: "no"}.get(row.in_distribution, ""),
+             *(row.probabilities or [""] * len(spec.labels)),
              *([row.report] if spec.report else [])] for row in read_rows(folder)]
     return header, rows
 

@@ -6,8 +6,8 @@
   its probability (DCM 122157, unitless), the decision threshold (DCM 122411), whether the
   probability reached it, and whether the input was within what the model was trained on: the
   image's out-of-distribution verdict (:mod:`medclip_core.models.ood`) as SNOMED CT Yes / No, or
-  *not assessed* (:data:`IN_DISTRIBUTION_NOT_ASSESSED`) when the model has no reference or the
-  verdict was not kept (study jobs), rather than guessed. Each group names the algorithm (model
+  *not assessed* (:data:`IN_DISTRIBUTION_NOT_ASSESSED`) when the model has no reference, rather than
+  guessed. Each group names the algorithm (model
   name and version) and references its source image; the observer is a device (this software),
   which marks the document as produced by an algorithm.
 * :func:`report_sr`: the draft report as a text SR (Comprehensive SR: a container with FINDINGS and
