@@ -42,7 +42,7 @@ from medclip_core.tasks.diagnose import probability_figure
 from medclip_core.tasks.grounding import parse_phrases
 from medclip_core.tasks.segmentation import SEGMENT_METHODS
 from medclip_core.tasks.zero_shot import resolve_labels
-from pages.common import ui_errors
+from pages.common import MODEL_CALLS, ui_errors
 
 FRAME_RULES = ["middle", "first", "last"]
 FOLLOW_SECONDS = 30 * 60  # a page follows a job this long; the job itself runs on regardless
@@ -324,11 +324,13 @@ def build(model_picker: gr.Dropdown) -> None:
         diagnose_button.click(run_diagnosis,
                               inputs=[study, series, instance, frame, preset, custom, mode, model_picker],
                               outputs=[preview, plot, table, details, diagnosis, *notes], api_name="archive_zero_shot")
-        for button, store, inputs, note in ((push_sr, store_findings, [diagnosis, threshold], notes[0]),
-                                             (push_report, store_report, [diagnosis], notes[1]),
-                                             (push_seg, store_segmentation, [diagnosis, phrases, method], notes[2])):
+        # the report and SEG write-backs run the diagnosis' model: they share the model-call limit
+        for button, store, inputs, note, group in (
+                (push_sr, store_findings, [diagnosis, threshold], notes[0], None),
+                (push_report, store_report, [diagnosis], notes[1], MODEL_CALLS),
+                (push_seg, store_segmentation, [diagnosis, phrases, method], notes[2], MODEL_CALLS)):
             button.click(_storing, outputs=note, api_visibility="private").then(
-                store, inputs=inputs, outputs=note, api_visibility="private")
+                store, inputs=inputs, outputs=note, api_visibility="private", concurrency_id=group)
         run_button.click(run_whole, inputs=[source, study, series, frame, preset, custom, mode, model_picker,
                                             with_report, write_sr], outputs=job, api_visibility="private").success(
             follow_job, inputs=job, outputs=[job_status, job_rows, job_csv], api_visibility="private",

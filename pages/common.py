@@ -108,12 +108,15 @@ def share_model_limit(demo: gr.Blocks, picker: gr.Dropdown, limit: int) -> list[
     """Put every event that reads the model picker into one Gradio concurrency group (``concurrency_id``
     :data:`MODEL_CALLS`) of at most ``limit`` running at once, across all tabs and endpoints: heavy
     heatmaps and light zero-shot calls then share the server's compute instead of each endpoint having
-    its own limit. Events given their own concurrency settings (e.g. the archive's job followers) keep
-    them. Returns the names of the grouped functions."""
+    its own limit. Events that run a model named elsewhere (the archive's write-back of a diagnosis)
+    join by being given ``concurrency_id=MODEL_CALLS``; events given other concurrency settings (e.g.
+    the archive's job followers) keep them. Returns the names of the grouped functions."""
     grouped = []
     for block_fn in demo.fns.values():
+        marked = block_fn.concurrency_id == MODEL_CALLS
         own_settings = block_fn.concurrency_limit != "default" or block_fn.concurrency_id != str(id(block_fn.fn))
-        if block_fn.fn is None or own_settings or not any(c is picker for c in block_fn.inputs):
+        reads_picker = any(c is picker for c in block_fn.inputs)
+        if block_fn.fn is None or not (marked or (reads_picker and not own_settings)):
             continue
         block_fn.concurrency_id, block_fn.concurrency_limit = MODEL_CALLS, limit
         grouped.append(block_fn.name)

@@ -51,7 +51,7 @@ def archive_app(tmp_path_factory):
         demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
         try:
             yield {"url": demo.local_url, "server": server, "study": study, "image": image, "other": other,
-                   "folder": folder, "left_over": left_over}
+                   "folder": folder, "left_over": left_over, "demo": demo}
         finally:
             demo.close()
 
@@ -110,6 +110,15 @@ def test_whole_series_job_shows_its_table_and_csv(page, archive_app) -> None:
     assert download.first.get_attribute("href").endswith(f"{csv_files[0].parent.name}.csv")
     # the job left queued before the app started was resumed at start and has finished
     assert read_state(archive_app["left_over"])["status"] == "done"
+
+
+def test_write_backs_that_run_a_model_share_the_model_call_limit(archive_app) -> None:
+    from app import MODEL_CONCURRENCY
+    from pages.common import MODEL_CALLS
+
+    groups = {fn.name: (fn.concurrency_id, fn.concurrency_limit) for fn in archive_app["demo"].fns.values()}
+    assert groups["store_report"] == groups["store_segmentation"] == (MODEL_CALLS, MODEL_CONCURRENCY)
+    assert groups["store_findings"][0] != MODEL_CALLS  # writes an SR of scores already computed
 
 
 def test_a_refused_write_says_not_stored_with_the_archives_reason(archive_app) -> None:
