@@ -33,8 +33,9 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -180,6 +181,10 @@ def method_support(model: ClipModel) -> dict[str, str | None]:
 
 
 # -- the methods -----------------------------------------------------------------------------------
+MethodOutput = tuple[torch.Tensor, Optional[torch.Tensor]]
+"""A method's (P, gh, gw) maps, and the image's unit embedding (D,) when its passes computed it (the
+out-of-distribution verdict then needs no pass of its own)."""
+
 def _smooth(grid: torch.Tensor) -> torch.Tensor:
     """(P, gh, gw) -> same, convolved with a 3x3 binomial kernel (edges replicated)."""
     padded = F.pad(grid[:, None], (1, 1, 1, 1), mode="replicate")
@@ -207,37 +212,53 @@ def interleave_views(tokens: torch.Tensor) -> torch.Tensor:
     return fine
 
 
-def _grid_tokens(model: ClipModel, pixels: torch.Tensor, tokens_of: Callable[[torch.Tensor], torch.Tensor],
-                 fine_grid: bool) -> torch.Tensor:
+TokensOf = Callable[[torch.Tensor, bool], tuple[Optional[torch.Tensor], torch.Tensor]]
+"""((B, 3, S, S) pixels, whether the image embeddings are wanted) -> (unit image embeddings (B, D) or
+None, unit patch tokens (B, gh, gw, D))."""
+
+
+def _grid_tokens(model: ClipModel, pixels: torch.Tensor, tokens_of: TokensOf,
+                 fine_grid: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Unit-norm patch tokens (gh, gw, D) from one pass, or with ``fine_grid`` (2gh, 2gw, D) from four
-    shifted passes (one batch, four times the cost)."""
+    shifted passes (one batch, four times the cost); and the image's unit embedding when one pass of
+    the unshifted image gave it (None otherwise)."""
     if not fine_grid:
-        return tokens_of(pixels)[0]
-    return interleave_views(tokens_of(shifted_views(pixels, model.patch_grid[0])))
+        pooled, tokens = tokens_of(pixels, True)
+        return tokens[0], None if pooled is None else pooled[0]
+    return interleave_views(tokens_of(shifted_views(pixels, model.patch_grid[0]), False)[1]), None
+
+
+def _patch_tokens(model: ClipModel, pixels: torch.Tensor, pooled: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """:data:`TokensOf` of the model's own patch tokens (one pass for both where the backend allows)."""
+    return model.encode_image_and_patches(pixels) if pooled else (None, model.patch_tokens(pixels))
 
 
 def _similarity(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str],
-                fine_grid: bool = False) -> torch.Tensor:
-    patches = _grid_tokens(model, pixels, model.patch_tokens, fine_grid)
-    return _smooth(torch.einsum("hwd,pd->phw", patches, text))
+                fine_grid: bool = False) -> MethodOutput:
+    patches, embedding = _grid_tokens(model, pixels, partial(_patch_tokens, model), fine_grid)
+    return _smooth(torch.einsum("hwd,pd->phw", patches, text)), embedding
 
 
 def _surgery(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str],
-             fine_grid: bool = False, neutral: torch.Tensor | None = None) -> torch.Tensor:
+             fine_grid: bool = False, neutral: torch.Tensor | None = None) -> MethodOutput:
     """``neutral``: the embedding of ``NEUTRAL_PROMPT``, removed as what a single phrase shares with
     nothing (CLIP Surgery uses the empty prompt, which some tokenizers turn into no tokens at all);
     a set of phrases shares their mean."""
     parts = _vit_parts_or_reason(model)
-    tokens_of = model.patch_tokens if isinstance(parts, str) else (lambda batch: _value_value_tokens(model, parts, batch))
-    patches = _grid_tokens(model, pixels, tokens_of, fine_grid)
+    tokens_of = partial(_patch_tokens, model) if isinstance(parts, str) else \
+        (lambda batch, _: _value_value_tokens(model, parts, batch))
+    patches, embedding = _grid_tokens(model, pixels, tokens_of, fine_grid)
     redundant = text.mean(dim=0) if len(text) > 1 or neutral is None else neutral
     directions = text - redundant[None]
-    return torch.einsum("hwd,pd->phw", patches, directions)
+    return torch.einsum("hwd,pd->phw", patches, directions), embedding
 
 
-def _value_value_tokens(model: ClipModel, parts: ViTParts, pixels: torch.Tensor) -> torch.Tensor:
+def _value_value_tokens(model: ClipModel, parts: ViTParts,
+                        pixels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """CLIP Surgery's dual path: the last half of the blocks also feed a v-v attention path
-    (softmax(v v^T) v, no FFN) whose tokens replace the ordinary ones. Returns (B, gh, gw, D), unit norm."""
+    (softmax(v v^T) v, no FFN) whose tokens replace the ordinary ones. Returns (the unit image embedding
+    (B, D) of the ordinary path when the tower pools its class token, else None; v-v tokens (B, gh, gw, D),
+    unit norm)."""
     start = len(parts.blocks) // 2
     with torch.inference_mode():
         x = parts.embed(pixels)
@@ -250,12 +271,14 @@ def _value_value_tokens(model: ClipModel, parts: ViTParts, pixels: torch.Tensor)
                 surgery = (x if surgery is None else surgery) + vv
             x = block.forward(x)
         tokens = F.normalize(parts.head(surgery)[:, parts.prefix_tokens:].float(), dim=-1)
-    return tokens.reshape(len(tokens), *model.patch_grid, -1)
+        pooled = F.normalize(parts.head(x[:, :1])[:, 0].float(), dim=-1) if parts.class_token_pooled else None
+    return pooled, tokens.reshape(len(tokens), *model.patch_grid, -1)
 
 
 def _activations_and_grads(model: ClipModel, pixels: torch.Tensor,
-                           text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Grad-CAM layer's map (C, h, w) and the gradient of each phrase's cosine score (P, C, h, w)."""
+                           text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Grad-CAM layer's map (C, h, w), the gradient of each phrase's cosine score (P, C, h, w) and
+    the image's unit embedding (D,)."""
     target = model.gradcam_layer()
     captured: list[torch.Tensor] = []
     handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
@@ -268,18 +291,18 @@ def _activations_and_grads(model: ClipModel, pixels: torch.Tensor,
     finally:
         handle.remove()
     feature_map = model.gradcam_feature_map(activation.detach().float())[0]
-    return feature_map, torch.stack([model.gradcam_feature_map(g.float())[0] for g in grads])
+    return feature_map, torch.stack([model.gradcam_feature_map(g.float())[0] for g in grads]), embedding.detach()
 
 
-def _gradcam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
-    feature_map, grads = _activations_and_grads(model, pixels, text)
+def _gradcam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> MethodOutput:
+    feature_map, grads, embedding = _activations_and_grads(model, pixels, text)
     weights = grads.mean(dim=(2, 3))                                   # (P, C)
-    return torch.relu(torch.einsum("pc,chw->phw", weights, feature_map))
+    return torch.relu(torch.einsum("pc,chw->phw", weights, feature_map)), embedding
 
 
 def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str],
-               channels_kept: int = GSCORECAM_CHANNELS) -> torch.Tensor:
-    feature_map, grads = _activations_and_grads(model, pixels, text)
+               channels_kept: int = GSCORECAM_CHANNELS) -> MethodOutput:
+    feature_map, grads, embedding = _activations_and_grads(model, pixels, text)
     weights = grads.mean(dim=(2, 3))
     size = pixels.shape[-2:]
     cams = []
@@ -294,7 +317,7 @@ def _gscorecam(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phras
             scores = model.encode_image(masked.to(pixels.dtype)) @ text[p]
             channel_weights = (scores * model.logit_scale).softmax(dim=0)
             cams.append(torch.relu(torch.einsum("k,khw->hw", channel_weights, maps)))
-    return torch.stack(cams)
+    return torch.stack(cams), embedding
 
 
 def vit_forward_with_attention(model: ClipModel, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -312,7 +335,7 @@ def vit_forward_with_attention(model: ClipModel, pixels: torch.Tensor) -> tuple[
     return F.normalize(parts.head(x[:, 0]).float(), dim=-1), attentions
 
 
-def _relevance(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+def _relevance(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phrases: list[str]) -> MethodOutput:
     """Chefer et al.: propagate gradient-weighted attention from the class token to the patches."""
     prefix = model.vit_parts().prefix_tokens
     with torch.enable_grad():
@@ -326,7 +349,7 @@ def _relevance(model: ClipModel, pixels: torch.Tensor, text: torch.Tensor, phras
                 weighted = (grad[0] * probs[0].detach()).clamp_min(0).mean(dim=0).float()
                 relevance = relevance + weighted @ relevance
             maps.append(relevance[0, prefix:].reshape(model.patch_grid))
-    return torch.stack(maps)
+    return torch.stack(maps), embedding[0].detach()
 
 
 _METHOD_FUNCTIONS = {"similarity": _similarity, "surgery": _surgery, "gradcam": _gradcam,
@@ -380,7 +403,8 @@ def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | No
                "surgery": {"fine_grid": fine_grid, "neutral": text[-1] if with_neutral else None},
                "gscorecam": {"channels_kept": channels}}.get(method, {})
     text = text[:len(phrases)]
-    grids = _METHOD_FUNCTIONS[method](clip, pixels, text, phrases, **options).float().cpu().numpy()
+    grids, embedding = _METHOD_FUNCTIONS[method](clip, pixels, text, phrases, **options)
+    grids = grids.float().cpu().numpy()
     geometry = clip.geometry(base.width, base.height)
     maps = np.stack([heatmap_from_patches(grid, geometry, base.width, base.height) for grid in grids])
     notes = []
@@ -389,6 +413,7 @@ def ground(image: ImageLike, phrases: Sequence[str], model: str | ClipModel | No
                      "backend opens up.")
     if len(phrases) == 1 and method == "surgery":
         notes.append(f"one phrase: the embedding of '{NEUTRAL_PROMPT}' is removed as the shared part.")
-    verdict = ood_verdict(clip, clip.encode_image(pixels))  # the maps compute no pooled embedding: one more pass
+    # from the method's own pass where it had one (not the four shifted passes of fine_grid)
+    verdict = ood_verdict(clip, clip.encode_image(pixels) if embedding is None else embedding)
     return GroundingResult(phrases, method, clip.card.name, maps, grids, base,
                            time.perf_counter() - started, notes, verdict)
