@@ -4,8 +4,9 @@
 
 Each part merges its figures into bench/results/index.json (with the command, the machine and its load).
 
-* throughput: local engine images/s on N phantom PNGs (224 px, default model) against bare batched
-  ``encode_image`` of the same model on already-preprocessed tensors (same batch size).
+* throughput: local engine images/s on N phantom PNGs (224 px, default model), steady and over the whole
+  job, against bare batched ``encode_image`` of the same model on already-preprocessed tensors (same
+  batch size).
 * rss: peak RSS (driver + decode workers) of the local engine at 10k and 40k images. The images are
   48 rendered phantom PNGs hard-linked under distinct names (rendering 40k phantoms takes hours on two
   cores; every file is still opened and decoded), encoded with a tiny open_clip model so the pipeline,
@@ -82,6 +83,27 @@ def run_build(source: Path, out: Path, model: str | None, engine: str, workers: 
     return time.perf_counter() - start
 
 
+def timed_build(source: Path, out: Path, engine: str, workers: int) -> tuple[float, float]:
+    """(whole-job images/s, steady images/s) of one fresh build with the default model. Steady counts the
+    rows after the first batch over the time from its arrival to the last row's: the rate without the
+    fixed start-up (Ray starting worker processes, each importing torch and the backends; model loads),
+    as in an archive of millions of images."""
+    from unittest import mock
+
+    from medclip_core.index.build import ShardCollector
+
+    arrivals: list[float] = []
+    add = ShardCollector.add
+
+    def timed_add(collector: ShardCollector, row) -> bool:
+        arrivals.append(time.perf_counter())
+        return add(collector, row)
+
+    with mock.patch.object(ShardCollector, "add", timed_add):
+        seconds = run_build(source, out, None, engine, workers)
+    return len(arrivals) / seconds, (len(arrivals) - BATCH) / (arrivals[-1] - arrivals[BATCH - 1])
+
+
 def part_throughput(args: argparse.Namespace) -> dict:
     import torch
 
@@ -97,11 +119,14 @@ def part_throughput(args: argparse.Namespace) -> dict:
         for i in range(0, len(pixels), BATCH):
             model.encode_image(pixels[i:i + BATCH])
     bare = 2 * len(pixels) / (time.perf_counter() - start)
-    engine = {w: args.n / run_build(source, args.work / "out", None, "local", w) for w in (1, 2)}
+    rates = {w: timed_build(source, args.work / "out", "local", w) for w in (1, 2)}
+    steady = {w: rate[1] for w, rate in rates.items()}
     return {"model": model.card.name, "n_images": args.n, "batch_size": BATCH, "torch_threads": torch.get_num_threads(),
             "bare_encode_images_per_s": round(bare, 1),
-            "local_engine_images_per_s": {f"{w}_decode_workers": round(v, 1) for w, v in engine.items()},
-            "ratio_best_vs_bare": round(max(engine.values()) / bare, 3),
+            "local_engine_images_per_s": {f"{w}_decode_workers": round(v, 1) for w, v in steady.items()},
+            "local_engine_images_per_s_whole_job": {f"{w}_decode_workers": round(r[0], 1) for w, r in rates.items()},
+            "ratio_best_vs_bare": round(max(steady.values()) / bare, 3),
+            "ratio_best_whole_job_vs_bare": round(max(r[0] for r in rates.values()) / bare, 3),
             "target": ">= 0.9 x bare encode"}
 
 
@@ -128,27 +153,6 @@ def part_rss(args: argparse.Namespace) -> dict:
     return {"model": "tiny open_clip ViT (tests/conftest.py), so the pipeline dominates", "images": figures,
             "driver_peak_rss_growth_10k_to_40k": round(growth, 3), "target": "within 10 %",
             "images_note": "48 phantom renders hard-linked under distinct names; each file decoded"}
-
-
-def timed_build(source: Path, out: Path, engine: str, workers: int) -> tuple[float, float]:
-    """(whole-job images/s, steady images/s) of one fresh build with the default model. Steady counts the
-    rows after the first batch over the time from its arrival to the last row's: the rate without the
-    fixed start-up (Ray starting worker processes, each importing torch and the backends; model loads),
-    as in an archive of millions of images."""
-    from unittest import mock
-
-    from medclip_core.index.build import ShardCollector
-
-    arrivals: list[float] = []
-    add = ShardCollector.add
-
-    def timed_add(collector: ShardCollector, row) -> bool:
-        arrivals.append(time.perf_counter())
-        return add(collector, row)
-
-    with mock.patch.object(ShardCollector, "add", timed_add):
-        seconds = run_build(source, out, None, engine, workers)
-    return len(arrivals) / seconds, (len(arrivals) - BATCH) / (arrivals[-1] - arrivals[BATCH - 1])
 
 
 def part_ray(args: argparse.Namespace) -> dict:
