@@ -2,20 +2,19 @@
 concurrency limit every model call shares."""
 from __future__ import annotations
 
-import base64
 import functools
 import html
-import io
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
-from PIL import Image
 
 from medclip_core.errors import ImageLoadError, MedclipError
 from medclip_core.io import MedicalImage, load_image
 from medclip_core.models import default_model_name, describe_models, get_spec, load_model
+from medclip_core.models.base import ImageLike
+from medclip_core.tasks.embedding import thumbnail_data_uri
 from medclip_core.tasks.grounding import method_support
 
 log = logging.getLogger("medclip_explorer")
@@ -164,20 +163,15 @@ def thumbnail_grid(elem_id: str) -> gr.HTML:
     return gr.HTML("", css_template=THUMBNAIL_GRID_CSS, elem_id=elem_id, js_on_load=None)
 
 
-def thumbnail_grid_html(items: Sequence[tuple[Image.Image, str]]) -> str:
+def thumbnail_grid_html(items: Sequence[tuple[ImageLike, str]]) -> str:
     """(image, caption) pairs as one HTML grid with each thumbnail inline as a JPEG data URI (at most
     :data:`THUMBNAIL_SIDE` px): the answer carries its images, so neither a browser nor an API client
     makes one more request per thumbnail, and nothing is written to the server's file cache."""
     figures = []
     for image, caption in items:
-        small = image.convert("RGB")
-        small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        buffer = io.BytesIO()
-        small.save(buffer, format="JPEG", quality=85)
-        source = base64.b64encode(buffer.getvalue()).decode("ascii")
         text = html.escape(caption)
-        figures.append(f'<figure><img src="data:image/jpeg;base64,{source}" alt="{text}" title="{text}">'
-                       f"<figcaption>{text}</figcaption></figure>")
+        figures.append(f'<figure><img src="{thumbnail_data_uri(image, THUMBNAIL_SIDE, "JPEG")}" alt="{text}" '
+                       f'title="{text}"><figcaption>{text}</figcaption></figure>')
     return f'<div class="thumbnail-grid">{"".join(figures)}</div>' if figures else ""
 
 

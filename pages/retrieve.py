@@ -59,7 +59,7 @@ def search_archive_index(name: str, mode: str, query_text: str, query_path: str 
     thumbnails, missing = [], 0
     for hit in result.hits:
         try:
-            thumbnails.append((index.load_image(hit.item_id).to_pil(), f"{hit.rank}. {hit.score:.3f} — {hit.item_id}"))
+            thumbnails.append((index.load_image(hit.item_id), f"{hit.rank}. {hit.score:.3f} — {hit.item_id}"))
         except ImageLoadError:
             missing += 1
     summary = f"{len(result.hits)} of {len(index):,} images in archive index *{index.info.name}* ({result.index_kind})."
@@ -108,7 +108,7 @@ def run_retrieval(mode: str, query_text: str, query_path: str | None, gallery: s
     precision = labelled_precision(result, collection)
     if precision is not None:
         summary += f" Precision@{len(result.hits)} against the labels: **{precision:.2f}**."
-    thumbnails = [(index.item(h.item_id).image().to_pil(), f"{h.rank}. {h.score:.3f} — {short_labels(h.labels)}")
+    thumbnails = [(index.item(h.item_id).image(), f"{h.rank}. {h.score:.3f} — {short_labels(h.labels)}")
                   for h in result.hits]
     rows = [[h.rank, round(h.score, 4), ", ".join(h.labels or []), h.report or ""] for h in result.hits]
     details = result.to_dict()
