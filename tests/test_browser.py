@@ -140,6 +140,7 @@ def test_diagnose_tab_draws_the_chart_of_an_uploaded_image(page, tmp_path: Path)
 
     page.get_by_role("tab", name="Diagnose").click()
     page.locator("#diagnose-upload input[type=file]").set_input_files(str(EXAMPLES / "002.png"))
+    expect(page.locator("#diagnose-upload-preview img")).to_be_visible(timeout=30_000)  # the upload has arrived
     page.get_by_role("button", name="Diagnose", exact=True).click()
     bars = page.locator("#diagnose-chart .barlayer .point")
     expect(bars.first).to_be_visible(timeout=60_000)

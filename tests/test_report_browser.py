@@ -37,8 +37,7 @@ def test_report_tab_first_draft_is_quick_or_says_what_it_does(page) -> None:  # 
     progress = page.locator(".progress-level-inner")
     start, progress_texts = time.monotonic(), set()
     while not draft.input_value() and time.monotonic() - start < ANSWER_TIMEOUT_S:
-        if progress.count():
-            progress_texts.add(progress.first.inner_text().strip())
+        progress_texts.update(text.strip() for text in progress.all_inner_texts())  # no wait: it may be gone
         page.wait_for_timeout(250)
     waited = time.monotonic() - start
     text = draft.input_value()
